@@ -1,0 +1,71 @@
+"""batchml: batch-first ML pipelines.
+
+Version datasets, train LightGBM models, score whole populations into versioned prediction tables, and
+serve them read-only from DuckDB. The library is pure (no Prefect); `flows/` wraps it for scheduling.
+"""
+
+from batchml.api import (
+    connect,
+    database_path,
+    promote,
+    publish,
+    query,
+    rebuild_catalog,
+    register_model,
+    rollback_model,
+    rollback_predictions,
+    score,
+    snapshot_dataset,
+    train,
+)
+from batchml.config import Config, ModelSpec, load_config
+from batchml.datasets import DatasetVersion
+from batchml.errors import (
+    BatchMLError,
+    ConfigError,
+    ConflictError,
+    DataError,
+    IntegrityError,
+    InvalidNameError,
+    NotFoundError,
+    ReadOnlyError,
+    SchemaError,
+    TransientError,
+)
+from batchml.project import Project
+from batchml.registry import ModelVersion
+from batchml.scoring import PredictionRun
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchMLError",
+    "Config",
+    "ConfigError",
+    "ConflictError",
+    "DataError",
+    "DatasetVersion",
+    "IntegrityError",
+    "InvalidNameError",
+    "ModelSpec",
+    "ModelVersion",
+    "NotFoundError",
+    "PredictionRun",
+    "Project",
+    "ReadOnlyError",
+    "SchemaError",
+    "TransientError",
+    "connect",
+    "database_path",
+    "load_config",
+    "promote",
+    "publish",
+    "query",
+    "rebuild_catalog",
+    "register_model",
+    "rollback_model",
+    "rollback_predictions",
+    "score",
+    "snapshot_dataset",
+    "train",
+]

@@ -1,0 +1,238 @@
+"""The verbs of batchml on a Project: what the CLI, the flows and notebooks call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import lightgbm as lgb
+
+from batchml import datasets, training
+from batchml.datasets import DatasetVersion
+from batchml.errors import BatchMLError, ConfigError, ReadOnlyError
+from batchml.eventlog import now
+from batchml.features import Feature
+from batchml.lineage import actor, code_version, git_state, package_versions
+from batchml.names import check_name
+from batchml.project import Project
+from batchml.publications import PublicationLog
+from batchml.registry import ModelVersion, Registry
+from batchml.scoring import PredictionRun, Progress
+from batchml.scoring import score as score_dataset
+from batchml.serving import build_serving_db, connect_serving, serving_path
+
+
+def snapshot_dataset(
+    project: Project, name: str, source: str | None = None, *, progress: Progress | None = None
+) -> DatasetVersion:
+    """Snapshot `source` (default: the dataset's configured source) as a version of dataset `name`."""
+    check_name("dataset", name)
+    configured = project.config.datasets.get(name)
+    if source is None:
+        if configured is None or configured.source is None:
+            raise ConfigError(
+                f"no source given for dataset {name!r} and none configured under [datasets.{name}]"
+            )
+        source = project.resolve_source(configured.source)
+    file_format = configured.format if configured else None
+    return datasets.snapshot(project.storage, name, source, file_format=file_format, progress=progress)
+
+
+def _training_key(dataset: DatasetVersion, spec_json: str, params: dict[str, Any]) -> str:
+    payload = json.dumps([dataset.ref, spec_json, params, code_version()], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def train(
+    project: Project, model: str, *, dataset: str | None = None, params: dict[str, Any] | None = None
+) -> ModelVersion:
+    """Train model `model` as configured on `dataset` (default: its dataset's latest version) and register it.
+
+    Training the same spec and params on the same dataset version again returns the existing version.
+    """
+    spec = project.config.model(check_name("model", model))
+    version = datasets.get_version(project.storage, dataset or f"{spec.dataset}@latest")
+    registry = Registry(project.storage)
+    key = _training_key(version, spec.model_dump_json(), params or {})
+    for existing in registry.list_versions(model):
+        if existing.card.get("training_key") == key:
+            return ModelVersion(model, existing.version, existing.card, reused=True)
+    started = now()
+    table = datasets.read_frame(project.storage, version).to_arrow()
+    result = training.fit(table, spec, params)
+    card = {
+        "origin": "batchml.train",
+        "training_key": key,
+        "task": spec.task,
+        "dataset_version": version.ref,
+        "entity_id": spec.entity_id,
+        "timestamp": spec.timestamp,
+        "target": spec.target,
+        "features": [f.to_dict() for f in result.features],
+        "classes": result.classes,
+        "params": result.params,
+        "metrics": result.metrics,
+        "importance": result.importance,
+        "split": result.split,
+        "num_trees": result.booster.num_trees(),
+        "git": git_state(project.base_dir),
+        "packages": package_versions(),
+        "code_version": code_version(),
+        "started_at": started,
+        "finished_at": now(),
+        "created_at": now(),
+        **actor(),
+    }
+    return registry.register(model, result.booster, card)
+
+
+def _booster_features(booster: lgb.Booster) -> list[Feature]:
+    """Features of a booster trained elsewhere: pandas categoricals map strings to codes, others pass."""
+    names = booster.feature_name()
+    infos = booster.dump_model(num_iteration=1).get("feature_infos", {})
+    categorical = [n for n in names if not str(infos.get(n, "[")).startswith(("[", "none"))]
+    levels = iter(getattr(booster, "pandas_categorical", None) or [])
+    features = []
+    for name in names:
+        categories = next(levels, None) if name in categorical else None
+        if categories is None:
+            features.append(Feature(name, "numeric", "unknown"))
+        else:
+            features.append(Feature(name, "categorical", "category", tuple(str(c) for c in categories)))
+    return features
+
+
+def _booster_task(booster: lgb.Booster) -> str:
+    objective = str(booster.dump_model(num_iteration=1).get("objective", "regression"))
+    if objective.startswith(("binary", "cross_entropy")):
+        return "binary"
+    return "multiclass" if objective.startswith(("multiclass", "softmax", "multiclassova")) else "regression"
+
+
+def register_model(
+    project: Project,
+    name: str,
+    booster: lgb.Booster,
+    *,
+    entity_id: str,
+    dataset: str | None = None,
+    target: str | None = None,
+    classes: list[str] | None = None,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Register a booster trained elsewhere (a notebook): features bind by its feature names."""
+    task = _booster_task(booster)
+    num_class = booster.num_model_per_iteration() if task == "multiclass" else 2
+    default_classes = [] if task == "regression" else [str(i) for i in range(num_class)]
+    version = datasets.get_version(project.storage, dataset) if dataset else None
+    card = {
+        "origin": "register_model",
+        "task": task,
+        "dataset_version": version.ref if version else None,
+        "entity_id": entity_id,
+        "target": target,
+        "features": [f.to_dict() for f in _booster_features(booster)],
+        "classes": classes or default_classes,
+        "params": params if params is not None else dict(getattr(booster, "params", {}) or {}),
+        "metrics": metrics or {},
+        "num_trees": booster.num_trees(),
+        "git": git_state(Path.cwd()),
+        "packages": package_versions(),
+        "code_version": code_version(),
+        "created_at": now(),
+        **actor(),
+    }
+    return Registry(project.storage).register(name, booster, card)
+
+
+def promote(
+    project: Project, model: str, version: int | str, alias: str = "champion", reason: str = ""
+) -> dict[str, Any]:
+    """Point `alias` of `model` at `version` (an append-only event), and refresh the serving catalog."""
+    event = Registry(project.storage).promote(model, version, alias, reason)
+    rebuild_catalog(project)
+    return event
+
+
+def rollback_model(project: Project, model: str, alias: str = "champion", reason: str = "") -> dict[str, Any]:
+    """Return `alias` of `model` to its previous holder, and refresh the serving catalog."""
+    event = Registry(project.storage).rollback(model, alias, reason)
+    rebuild_catalog(project)
+    return event
+
+
+def score(
+    project: Project,
+    model: str,
+    *,
+    alias: str | None = "champion",
+    version: int | str | None = None,
+    dataset: str | None = None,
+    progress: Progress | None = None,
+) -> PredictionRun:
+    """Score a dataset version (default: the latest of the model's dataset) with the model's alias/version."""
+    registry = Registry(project.storage)
+    chosen = registry.resolve(model, alias=None if version is not None else alias, version=version)
+    if dataset is None:
+        configured = project.config.models.get(model)
+        trained_on = chosen.card.get("dataset_version") or ""
+        name = configured.dataset if configured else trained_on.partition("@")[0]
+        if not name:
+            raise ConfigError(f"model {model!r} has no configured dataset: pass dataset='NAME@VERSION'")
+        dataset = f"{name}@latest"
+    version_ = datasets.get_version(project.storage, dataset)
+    return score_dataset(project.storage, chosen, registry.load_booster(chosen), version_, progress=progress)
+
+
+def publish(project: Project, model: str, run_id: str, reason: str = "") -> Path:
+    """Make run `run_id` the published predictions of `model` and swap in a new serving file."""
+    log = PublicationLog(project.storage)
+    if log.current(model) != run_id:
+        log.publish(model, run_id, reason)
+    return rebuild_catalog(project)
+
+
+def rollback_predictions(project: Project, model: str, reason: str = "") -> Path:
+    """Return `model`'s published predictions to the previously published run."""
+    PublicationLog(project.storage).rollback(model, reason)
+    return rebuild_catalog(project)
+
+
+def rebuild_catalog(project: Project) -> Path:
+    """Rebuild the serving DuckDB file from storage (it holds nothing storage does not)."""
+    return build_serving_db(project.storage, project.serving_dir)
+
+
+def connect(project: Project | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...)."""
+    project = project or Project.open()
+    return connect_serving(project.serving_dir, project.storage)
+
+
+def database_path(project: Project) -> Path:
+    """The documented path of the serving DuckDB file (a symlink to the current build)."""
+    return serving_path(project.serving_dir)
+
+
+_READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only SQL statement (SELECT/EXPLAIN); anything that could write is refused."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise BatchMLError(f"SQL does not parse: {exc}") from None
+    kinds = [str(s.type).rsplit(".", 1)[-1] for s in statements]
+    if len(statements) != 1 or kinds[0] not in _READ_ONLY_STATEMENTS:
+        raise ReadOnlyError(f"only one SELECT or EXPLAIN statement is allowed, got {kinds or 'nothing'}")
+    try:
+        result = con.execute(sql)
+    except duckdb.Error as exc:
+        raise BatchMLError(f"query failed: {exc}") from None
+    columns = [d[0] for d in result.description or []]
+    return columns, result.fetchall()

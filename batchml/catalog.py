@@ -1,0 +1,203 @@
+"""The catalog tables of the serving database, derived from manifests and event logs in storage.
+
+Storage is the truth (DESIGN.md invariant 2): every row here is rebuilt from the JSON records, so a serving
+file can be thrown away and built again at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from batchml import datasets
+from batchml.publications import PublicationLog
+from batchml.registry import RegistryReader
+from batchml.scoring import list_runs
+from batchml.storage import Storage
+
+_TS = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "datasets": pa.schema(
+        [
+            ("name", pa.string()),
+            ("version", pa.string()),
+            ("ref", pa.string()),
+            ("created_at", _TS),
+            ("created_by", pa.string()),
+            ("rows", pa.int64()),
+            ("columns", pa.int64()),
+            ("bytes", pa.int64()),
+            ("source", pa.string()),
+            ("parent", pa.string()),
+            ("schema_json", pa.string()),
+        ]
+    ),
+    "models": pa.schema(
+        [
+            ("model", pa.string()),
+            ("version", pa.int64()),
+            ("created_at", _TS),
+            ("created_by", pa.string()),
+            ("host", pa.string()),
+            ("task", pa.string()),
+            ("dataset_version", pa.string()),
+            ("metrics_json", pa.string()),
+            ("params_json", pa.string()),
+            ("features", pa.list_(pa.string())),
+            ("model_sha256", pa.string()),
+            ("git_commit", pa.string()),
+            ("git_dirty", pa.bool_()),
+            ("origin", pa.string()),
+        ]
+    ),
+    "alias_events": pa.schema(
+        [
+            ("model", pa.string()),
+            ("seq", pa.int64()),
+            ("alias", pa.string()),
+            ("action", pa.string()),
+            ("from_version", pa.int64()),
+            ("to_version", pa.int64()),
+            ("reason", pa.string()),
+            ("by", pa.string()),
+            ("at", _TS),
+        ]
+    ),
+    "model_aliases": pa.schema(
+        [("model", pa.string()), ("alias", pa.string()), ("version", pa.int64()), ("since", _TS)]
+    ),
+    "runs": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("model", pa.string()),
+            ("model_version", pa.int64()),
+            ("dataset_version", pa.string()),
+            ("code_version", pa.string()),
+            ("rows", pa.int64()),
+            ("started_at", _TS),
+            ("finished_at", _TS),
+            ("user", pa.string()),
+            ("host", pa.string()),
+            ("published", pa.bool_()),
+        ]
+    ),
+    "publications": pa.schema(
+        [
+            ("model", pa.string()),
+            ("seq", pa.int64()),
+            ("action", pa.string()),
+            ("run_id", pa.string()),
+            ("from_run_id", pa.string()),
+            ("reason", pa.string()),
+            ("by", pa.string()),
+            ("at", _TS),
+        ]
+    ),
+}
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+
+
+def dataset_rows(storage: Storage) -> list[dict[str, Any]]:
+    """One row per dataset version."""
+    return [
+        {
+            "name": v.name,
+            "version": v.version,
+            "ref": v.ref,
+            "created_at": _ts(v.created_at),
+            "created_by": v.created_by,
+            "rows": v.rows,
+            "columns": len(v.schema),
+            "bytes": sum(f.size for f in v.files),
+            "source": v.source,
+            "parent": v.parent,
+            "schema_json": json.dumps(v.schema),
+        }
+        for name in datasets.list_datasets(storage)
+        for v in datasets.list_versions(storage, name)
+    ]
+
+
+def model_rows(registry: RegistryReader) -> list[dict[str, Any]]:
+    """One row per model version."""
+    rows = []
+    for name in registry.list_models():
+        for m in registry.list_versions(name):
+            card = m.card
+            rows.append(
+                {
+                    "model": name,
+                    "version": m.version,
+                    "created_at": _ts(card.get("created_at")),
+                    "created_by": card.get("user"),
+                    "host": card.get("host"),
+                    "task": m.task,
+                    "dataset_version": card.get("dataset_version"),
+                    "metrics_json": json.dumps(card.get("metrics", {})),
+                    "params_json": json.dumps(card.get("params", {})),
+                    "features": [f.name for f in m.features],
+                    "model_sha256": m.model_file.sha256,
+                    "git_commit": card.get("git", {}).get("commit"),
+                    "git_dirty": card.get("git", {}).get("dirty"),
+                    "origin": card.get("origin"),
+                }
+            )
+    return rows
+
+
+def build_tables(storage: Storage) -> dict[str, pa.Table]:
+    """Every catalog table, from storage."""
+    registry = RegistryReader(storage)
+    publications = PublicationLog(storage)
+    events, aliases, runs, pubs = [], [], [], []
+    for name in registry.list_models():
+        history = registry.events(name)
+        events += [{**e, "model": name, "at": _ts(e["at"])} for e in history]
+        for alias, version in registry.aliases(name).items():
+            since = max((e["at"] for e in history if e["alias"] == alias), default=None)
+            aliases.append({"model": name, "alias": alias, "version": version, "since": _ts(since)})
+    for name in publications.models():
+        pubs += [{**e, "at": _ts(e["at"])} for e in publications.events(name)]
+    for name in storage.list_dir("runs"):
+        current = publications.current(name)
+        for run in list_runs(storage, name):
+            m = run.manifest
+            runs.append(
+                {
+                    **{
+                        k: m[k]
+                        for k in (
+                            "run_id",
+                            "model",
+                            "model_version",
+                            "dataset_version",
+                            "code_version",
+                            "rows",
+                        )
+                    },
+                    "started_at": _ts(m["started_at"]),
+                    "finished_at": _ts(m["finished_at"]),
+                    "user": m.get("user"),
+                    "host": m.get("host"),
+                    "published": run.run_id == current,
+                }
+            )
+    return {
+        "datasets": _table("datasets", dataset_rows(storage)),
+        "models": _table("models", model_rows(registry)),
+        "alias_events": _table("alias_events", events),
+        "model_aliases": _table("model_aliases", aliases),
+        "runs": _table("runs", runs),
+        "publications": _table("publications", pubs),
+    }

@@ -1,0 +1,139 @@
+"""Features bound by name: what a model expects, and turning Arrow columns into its input matrix.
+
+The same encoding serves training and scoring, so a category maps to the same code in both. Column names
+are kept as the user wrote them (spaces, quotes, unicode); LightGBM only ever sees safe positional names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchml.config import ModelSpec
+from batchml.errors import SchemaError
+
+MAX_CATEGORIES = 1000
+FeatureKind = Literal["numeric", "categorical"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input: the dataset column it binds to, how it is encoded, and its training dtype."""
+
+    name: str
+    kind: FeatureKind
+    dtype: str
+    categories: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for the model card."""
+        data = asdict(self)
+        data["categories"] = list(self.categories)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Feature:
+        """Parse the model card's JSON form."""
+        return cls(data["name"], data["kind"], data["dtype"], tuple(data.get("categories", ())))
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_temporal(kind)
+    )
+
+
+def select_feature_columns(schema: pa.Schema, spec: ModelSpec) -> list[str]:
+    """The feature columns of `spec` in dataset order, checking that every named column exists."""
+    roles = {spec.entity_id, spec.target} | ({spec.timestamp} if spec.timestamp else set())
+    wanted = list(roles) + (spec.features or []) + spec.exclude + spec.categorical
+    missing = [c for c in dict.fromkeys(wanted) if c not in schema.names]
+    if missing:
+        raise SchemaError(
+            f"columns named in the model spec are not in the dataset (columns: {schema.names})",
+            [f"missing column {c!r}" for c in missing],
+        )
+    if spec.features is not None:
+        return list(spec.features)
+    excluded = roles | set(spec.exclude)
+    return [c for c in schema.names if c not in excluded]
+
+
+def infer_features(table: pa.Table, columns: list[str], categorical: list[str]) -> list[Feature]:
+    """Decide numeric vs categorical per column and learn category sets from the training table."""
+    features = []
+    for name in columns:
+        column = table.column(name)
+        kind = column.type
+        if _is_numeric(kind) and name not in categorical:
+            features.append(Feature(name, "numeric", str(kind)))
+            continue
+        counts = Counter(v for v in column.cast(pa.string()).to_pylist() if v is not None)
+        top = sorted(c for c, _ in counts.most_common(MAX_CATEGORIES))
+        features.append(Feature(name, "categorical", str(kind), tuple(top)))
+    return features
+
+
+def lightgbm_names(features: list[Feature]) -> list[str]:
+    """Safe, unique names for LightGBM (it rejects JSON special characters in feature names)."""
+    names: list[str] = []
+    for i, feature in enumerate(features):
+        base = re.sub(r"[^A-Za-z0-9_]", "_", feature.name).strip("_")[:60] or "feature"
+        names.append(f"f{i}_{base}")
+    return names
+
+
+def _numeric_column(name: str, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    kind = column.type
+    if pa.types.is_temporal(kind):
+        column = pc.cast(column, pa.timestamp("us")) if pa.types.is_date(kind) else column
+        column = column.cast(pa.int64())
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        try:
+            column = pc.cast(column, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise SchemaError(
+                "input column cannot be used as the model expects",
+                [f"{name!r}: expected numeric, found {kind}"],
+            ) from None
+    return np.asarray(pc.fill_null(column.cast(pa.float64()), np.nan), dtype=np.float64)
+
+
+def check_input_schema(schema: pa.Schema, features: list[Feature]) -> None:
+    """Raise SchemaError naming every missing column and every dtype that cannot be used."""
+    problems = []
+    for feature in features:
+        if feature.name not in schema.names:
+            problems.append(f"{feature.name!r}: missing (expected {feature.kind} {feature.dtype})")
+            continue
+        found = schema.field(feature.name).type
+        castable = _is_numeric(found) or pa.types.is_null(found) or pa.types.is_string(found)
+        if feature.kind == "numeric" and not (castable or pa.types.is_large_string(found)):
+            problems.append(f"{feature.name!r}: expected numeric {feature.dtype}, found {found}")
+        if feature.kind == "categorical" and pa.types.is_nested(found):
+            problems.append(f"{feature.name!r}: expected categorical {feature.dtype}, found {found}")
+    if problems:
+        raise SchemaError("input does not match the model's features (bound by name)", problems)
+
+
+def encode(batch: pa.RecordBatch | pa.Table, features: list[Feature]) -> np.ndarray:
+    """The model's input matrix (rows x features, float64, C order); unseen categories become missing."""
+    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64)
+    for i, feature in enumerate(features):
+        column = batch.column(feature.name)
+        if feature.kind == "numeric":
+            matrix[:, i] = _numeric_column(feature.name, column)
+        else:
+            codes = pc.index_in(column.cast(pa.string()), value_set=pa.array(feature.categories, pa.string()))
+            matrix[:, i] = np.asarray(pc.fill_null(codes.cast(pa.float64()), np.nan), dtype=np.float64)
+    return matrix

@@ -1,0 +1,61 @@
+"""Which prediction run is published per model: an append-only log of publish and rollback events.
+
+    publications/<model>/events/<000000001>.json
+
+The log in storage is the record; the serving DuckDB file is built from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchml.errors import NotFoundError
+from batchml.eventlog import EventLog, replay_stacks
+from batchml.names import check_name
+from batchml.scoring import get_run
+from batchml.storage import Storage
+
+
+class PublicationLog:
+    """Publish/rollback events per model, and the current published run derived from them."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def _log(self, model: str) -> EventLog:
+        return EventLog(self.storage, f"publications/{check_name('model', model)}/events")
+
+    def models(self) -> list[str]:
+        """Models that have publication events."""
+        return [
+            m
+            for m in self.storage.list_dir("publications")
+            if self.storage.list_dir(f"publications/{m}/events")
+        ]
+
+    def events(self, model: str) -> list[dict[str, Any]]:
+        """All publication events of `model`, oldest first."""
+        return self._log(model).read()
+
+    def stack(self, model: str) -> list[str]:
+        """Published run ids, oldest first; the last is current."""
+        return replay_stacks(self.events(model), group="model", value="run_id").get(model, [])
+
+    def current(self, model: str) -> str | None:
+        """The run id currently published for `model`, if any."""
+        stack = self.stack(model)
+        return stack[-1] if stack else None
+
+    def publish(self, model: str, run_id: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
+        """Record that `run_id` (a committed run of `model`) is now the published table."""
+        get_run(self.storage, model, run_id)  # raises NotFoundError listing the model's runs
+        event = {"model": model, "action": "publish", "run_id": run_id, "from_run_id": self.current(model)}
+        return self._log(model).append({**event, "reason": reason}, actor)
+
+    def rollback(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
+        """Return `model`'s published table to the run published before the current one."""
+        stack = self.stack(model)
+        if len(stack) < 2:
+            raise NotFoundError(f"previously published run of model {model!r}", "previous", stack)
+        event = {"model": model, "action": "rollback", "run_id": stack[-2], "from_run_id": stack[-1]}
+        return self._log(model).append({**event, "reason": reason}, actor)

@@ -1,0 +1,232 @@
+"""Streaming batch scoring into immutable prediction runs.
+
+    runs/<model>/<run_id>/<attempt>-<n>.parquet    prediction files, invisible until the manifest lists them
+    runs/<model>/manifests/<run_id>.json           the run manifest; creating it commits the run
+
+The run id is a hash of the run's content key (model version and hash, dataset version, code version,
+params), so scoring the same thing twice returns the first run. Memory is bounded by the batch size, not by
+the dataset: batches are read, encoded, predicted and written one at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchml.datasets import DatasetVersion, iter_batches
+from batchml.errors import ConflictError, DataError, NotFoundError, SchemaError
+from batchml.eventlog import now
+from batchml.features import check_input_schema, encode
+from batchml.lineage import actor, code_version
+from batchml.names import check_name
+from batchml.parts import write_parquet_parts
+from batchml.registry import ModelVersion
+from batchml.storage import FileEntry, Storage
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 131_072
+ROWS_PER_FILE = 4_000_000
+BINARY_THRESHOLD = 0.5
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class PredictionRun:
+    """A committed prediction run, as its manifest records it."""
+
+    manifest: dict[str, Any]
+    reused: bool = False
+
+    @property
+    def run_id(self) -> str:
+        """The content-derived run id."""
+        return str(self.manifest["run_id"])
+
+    @property
+    def model(self) -> str:
+        """The model's name."""
+        return str(self.manifest["model"])
+
+    @property
+    def rows(self) -> int:
+        """How many predictions the run holds."""
+        return int(self.manifest["rows"])
+
+    @property
+    def files(self) -> list[FileEntry]:
+        """The run's Parquet files."""
+        return [FileEntry.from_dict(f) for f in self.manifest["files"]]
+
+
+def run_key(model: ModelVersion, dataset: DatasetVersion, code: str) -> dict[str, Any]:
+    """The content key of scoring `dataset` with `model` by `code`: equal keys mean equal work."""
+    return {
+        "model": model.name,
+        "model_version": model.version,
+        "model_sha256": model.model_file.sha256,
+        "dataset_version": dataset.ref,
+        "code_version": code,
+        "params": {"binary_threshold": BINARY_THRESHOLD},
+    }
+
+
+def run_id_of(key: dict[str, Any]) -> str:
+    """The run id for a content key."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _manifest_path(model: str, run_id: str) -> str:
+    return f"runs/{model}/manifests/{run_id}.json"
+
+
+def get_run(storage: Storage, model: str, run_id: str) -> PredictionRun:
+    """A committed run of `model`; NotFoundError lists the model's runs."""
+    path = _manifest_path(check_name("model", model), run_id)
+    if not storage.exists(path):
+        raise NotFoundError(
+            f"prediction run of model {model!r}", run_id, [r.run_id for r in list_runs(storage, model)]
+        )
+    return PredictionRun(storage.read_json(path))
+
+
+def list_runs(storage: Storage, model: str) -> list[PredictionRun]:
+    """Committed runs of `model`, oldest first."""
+    folder = f"runs/{check_name('model', model)}/manifests"
+    runs = [
+        PredictionRun(storage.read_json(f"{folder}/{n}"))
+        for n in storage.list_dir(folder)
+        if n.endswith(".json")
+    ]
+    return sorted(runs, key=lambda r: r.manifest["finished_at"])
+
+
+def output_schema(entity_type: pa.DataType) -> pa.Schema:
+    """Columns of every prediction file."""
+    return pa.schema(
+        [
+            ("entity_id", entity_type),
+            ("prediction", pa.float64()),
+            ("predicted_class", pa.string()),
+            ("model", pa.string()),
+            ("model_version", pa.int64()),
+            ("dataset_version", pa.string()),
+            ("code_version", pa.string()),
+            ("run_id", pa.string()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+def _predict(booster: lgb.Booster, model: ModelVersion, matrix: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+    """Prediction value and predicted class label per row."""
+    raw = np.asarray(booster.predict(matrix))
+    classes = pa.array(model.classes, pa.string())
+    if model.task == "binary":
+        return raw, classes.take(pa.array((raw >= BINARY_THRESHOLD).astype(np.int64)))
+    if model.task == "multiclass":
+        best = raw.argmax(axis=1)
+        return raw[np.arange(len(best)), best], classes.take(pa.array(best))
+    return raw, pa.nulls(len(raw), pa.string())
+
+
+def _scored_batches(
+    batches: Iterator[pa.RecordBatch],
+    booster: lgb.Booster,
+    model: ModelVersion,
+    entity_id: str,
+    schema: pa.Schema,
+    constants: dict[str, Any],
+) -> Iterator[pa.RecordBatch]:
+    features = model.features
+    for batch in batches:
+        ids = batch.column(entity_id)
+        if ids.null_count:
+            raise DataError(f"entity id column {entity_id!r} has {ids.null_count} null values in the input")
+        values, labels = _predict(booster, model, encode(batch, features))
+        n = batch.num_rows
+        columns = [ids, pa.array(values, pa.float64()), labels]
+        columns += [pa.repeat(pa.scalar(constants[f.name], f.type), n) for f in list(schema)[3:]]
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def score(
+    storage: Storage,
+    model: ModelVersion,
+    booster: lgb.Booster,
+    dataset: DatasetVersion,
+    *,
+    progress: Progress | None = None,
+) -> PredictionRun:
+    """Score every row of `dataset` with `model` into a committed run (or return the existing one)."""
+    code = code_version()
+    key = run_key(model, dataset, code)
+    run_id = run_id_of(key)
+    if storage.exists(_manifest_path(model.name, run_id)):
+        log.info("run %s of %s already exists: nothing to do", run_id, model.ref)
+        return PredictionRun(get_run(storage, model.name, run_id).manifest, reused=True)
+
+    entity_id = str(model.card["entity_id"])
+    with storage.open_read(dataset.files[0].path) as f:
+        input_schema = pq.read_schema(f)
+    if entity_id not in input_schema.names:
+        raise SchemaError(f"dataset {dataset.ref} has no entity id column {entity_id!r}", input_schema.names)
+    check_input_schema(input_schema, model.features)
+    started = now()
+    schema = output_schema(input_schema.field(entity_id).type)
+    scored_at = datetime.now(UTC)
+    constants: dict[str, Any] = {
+        "model": model.name,
+        "model_version": model.version,
+        "dataset_version": dataset.ref,
+        "code_version": code,
+        "run_id": run_id,
+        "scored_at": scored_at,
+    }
+    columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features)]))
+    batches = iter_batches(storage, dataset, columns=columns, batch_size=BATCH_ROWS)
+    scored = _scored_batches(batches, booster, model, entity_id, schema, constants)
+    prefix = f"runs/{model.name}/{run_id}/{uuid.uuid4().hex[:8]}"
+    rows = 0
+
+    def count(n: int) -> None:
+        nonlocal rows
+        rows += n
+        if progress:
+            progress(n)
+
+    files = write_parquet_parts(storage, prefix, scored, schema, rows_per_file=ROWS_PER_FILE, progress=count)
+    if not files:
+        raise DataError(f"dataset {dataset.ref} has no rows to score")
+    manifest = {
+        "kind": "prediction_run",
+        "run_id": run_id,
+        "key": key,
+        **{k: key[k] for k in ("model", "model_version", "dataset_version", "code_version")},
+        "entity_id_column": entity_id,
+        "task": model.task,
+        "rows": rows,
+        "files": [f.to_dict() for f in files],
+        "started_at": started,
+        "finished_at": now(),
+        "scored_at": scored_at.isoformat(),
+        **actor(),
+    }
+    try:
+        storage.create_json(_manifest_path(model.name, run_id), manifest)
+    except ConflictError:  # a concurrent run of the same work won: keep theirs
+        for entry in files:
+            storage.delete(entry.path)
+        return PredictionRun(get_run(storage, model.name, run_id).manifest, reused=True)
+    return PredictionRun(manifest)

@@ -216,3 +216,32 @@ def read_frame(storage: Storage, version: DatasetVersion, columns: list[str] | N
     if not batches:
         return pl.DataFrame()
     return pl.from_arrow(pa.Table.from_batches(batches))  # type: ignore[return-value]
+
+
+def diff_versions(old: DatasetVersion, new: DatasetVersion) -> dict[str, Any]:
+    """What changed from `old` to `new`: columns added/removed/retyped, rows, and per-column summaries."""
+    old_types = {c["name"]: c["type"] for c in old.schema}
+    new_types = {c["name"]: c["type"] for c in new.schema}
+    changed = {}
+    for column in [c for c in new_types if c in old_types]:
+        before, after = old.summary.get(column, {}), new.summary.get(column, {})
+        delta = {
+            stat: {"old": before.get(stat), "new": after.get(stat)}
+            for stat in ("nulls", "min", "max", "mean")
+            if before.get(stat) != after.get(stat)
+        }
+        if delta:
+            changed[column] = delta
+    return {
+        "old": old.ref,
+        "new": new.ref,
+        "rows": {"old": old.rows, "new": new.rows, "change": new.rows - old.rows},
+        "added_columns": [c for c in new_types if c not in old_types],
+        "removed_columns": [c for c in old_types if c not in new_types],
+        "retyped_columns": {
+            c: {"old": old_types[c], "new": t}
+            for c, t in new_types.items()
+            if c in old_types and old_types[c] != t
+        },
+        "column_changes": changed,
+    }

@@ -1,0 +1,74 @@
+"""Shared fixtures: a small seeded loan dataset and throwaway projects on real local storage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import batchml
+from batchml.testing import write_loans
+
+SAMPLE_ROWS = 4000
+
+PROJECT_TOML = """
+[storage]
+root = "store"
+
+[datasets.loans]
+source = "{source}"
+
+[models.default_risk]
+dataset = "loans"
+entity_id = "loan_id"
+timestamp = "application_date"
+target = "defaulted"
+task = "binary"
+
+[models.default_risk.params]
+num_iterations = 30
+num_leaves = 15
+"""
+
+
+@pytest.fixture(scope="session")
+def loans_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded CSV of SAMPLE_ROWS loans, written once per session (treat as read-only)."""
+    return write_loans(tmp_path_factory.mktemp("source") / "loans.csv", rows=SAMPLE_ROWS, seed=7)
+
+
+@pytest.fixture
+def make_project(tmp_path: Path, loans_csv: Path) -> Callable[..., batchml.Project]:
+    """Build a project in a fresh folder; `toml` may replace the default config text."""
+
+    def make(toml: str | None = None, folder: str = "project") -> batchml.Project:
+        root = tmp_path / folder
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "batchml.toml").write_text(toml or PROJECT_TOML.format(source=loans_csv))
+        return batchml.Project.open(root / "batchml.toml")
+
+    return make
+
+
+@pytest.fixture
+def project(make_project: Callable[..., batchml.Project]) -> batchml.Project:
+    """A fresh project with the loans dataset configured but nothing stored yet."""
+    return make_project()
+
+
+@pytest.fixture
+def champion(project: batchml.Project) -> batchml.ModelVersion:
+    """The loans snapshot, a trained default_risk model, promoted to champion."""
+    batchml.snapshot_dataset(project, "loans")
+    model = batchml.train(project, "default_risk")
+    batchml.promote(project, "default_risk", model.version, reason="fixture")
+    return model
+
+
+@pytest.fixture
+def published(project: batchml.Project, champion: batchml.ModelVersion) -> batchml.PredictionRun:
+    """A scored and published run of the champion."""
+    run = batchml.score(project, "default_risk")
+    batchml.publish(project, "default_risk", run.run_id)
+    return run

@@ -93,7 +93,7 @@ def _booster_features(booster: lgb.Booster) -> list[Feature]:
     """Features of a booster trained elsewhere: pandas categoricals map strings to codes, others pass."""
     names = booster.feature_name()
     infos = booster.dump_model(num_iteration=1).get("feature_infos", {})
-    categorical = [n for n in names if not str(infos.get(n, "[")).startswith(("[", "none"))]
+    categorical = [n for n in names if infos.get(n, {}).get("values")]  # only categoricals list values
     levels = iter(getattr(booster, "pandas_categorical", None) or [])
     features = []
     for name in names:

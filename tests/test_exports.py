@@ -1,0 +1,26 @@
+"""The public API is what `__all__` says, kept sorted; the library never imports Prefect."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import batchml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert batchml.__all__ == sorted(batchml.__all__)
+    public = {name for name in dir(batchml) if not name.startswith("_")}
+    modules = {name for name in public if type(getattr(batchml, name)).__name__ == "module"}
+    assert set(batchml.__all__) == public - modules
+
+
+def test_library_layering_contract_holds() -> None:
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint, "import-linter is a dev dependency"
+    done = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import lightgbm as lgb
 
-from batchml import datasets, training
+from batchml import datasets
 from batchml.datasets import DatasetVersion
 from batchml.errors import BatchMLError, ConfigError, ReadOnlyError
 from batchml.eventlog import now
@@ -23,6 +22,9 @@ from batchml.registry import ModelVersion, Registry
 from batchml.scoring import PredictionRun, Progress
 from batchml.scoring import score as score_dataset
 from batchml.serving import build_serving_db, connect_serving, serving_path
+
+if TYPE_CHECKING:  # lightgbm (and the sklearn it imports) costs seconds: load it only to train or score
+    import lightgbm as lgb
 
 
 def snapshot_dataset(
@@ -62,6 +64,8 @@ def train(
             return ModelVersion(model, existing.version, existing.card, reused=True)
     started = now()
     table = datasets.read_frame(project.storage, version).to_arrow()
+    from batchml import training
+
     result = training.fit(table, spec, params)
     card = {
         "origin": "batchml.train",

@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import lightgbm as lgb
+from typing import TYPE_CHECKING, Any
 
 from batchml.errors import ConflictError, DataError, IntegrityError, NotFoundError
 from batchml.eventlog import EventLog, replay_stacks
 from batchml.features import Feature
 from batchml.names import check_name
 from batchml.storage import FileEntry, Storage
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 _MAX_ATTEMPTS = 100
 
@@ -62,7 +63,10 @@ class ModelVersion:
 
 
 def _parse_time(value: str | datetime) -> datetime:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    try:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    except ValueError:
+        raise DataError(f"time {value!r} is not ISO-8601: use e.g. 2026-01-31T12:00:00+00:00") from None
     if moment.tzinfo is None:
         raise DataError(f"time {value!s} has no timezone: give one, e.g. 2026-01-31T12:00:00+00:00")
     return moment
@@ -136,6 +140,8 @@ class RegistryReader:
         actual = hashlib.sha256(text).hexdigest()
         if actual != entry.sha256:
             raise IntegrityError(self.storage.uri(entry.path), entry.sha256, actual)
+        import lightgbm as lgb  # deferred: importing it takes seconds
+
         return lgb.Booster(model_str=text.decode())
 
 

@@ -1,0 +1,86 @@
+"""The `batchml` command: a thin typer + rich layer over the library (`batchml.api` and friends).
+
+Every command takes `--json` for machine-readable output on stdout. Errors batchml raises on purpose print
+`error: <message>` on stderr and exit with code 1; usage errors keep typer's exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import batchml
+from batchml.cli import _datasets, _models, _serving
+from batchml.cli._common import ErrorHandlingGroup, State
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="batchml",
+    cls=ErrorHandlingGroup,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="""Batch-first ML pipelines: versioned datasets, LightGBM models, predictions served from DuckDB.
+
+Example session:
+  batchml sample-data data/raw/loans.csv --rows 100000
+  batchml datasets snapshot loans
+  batchml train default_risk
+  batchml models promote default_risk 1
+  batchml score default_risk
+  batchml query "SELECT * FROM predictions LIMIT 5"
+""",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"batchml {batchml.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="BATCHML_CONFIG",
+            metavar="PATH",
+            help="Project config file.",
+            show_default="$BATCHML_CONFIG or ./batchml.toml",
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            envvar="BATCHML_STORAGE",
+            metavar="URL",
+            help="Override the configured storage root (a path, file://, s3://...).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = State(config=config, storage=storage)
+
+
+app.command("sample-data")(_datasets.sample_data)
+app.add_typer(_datasets.app, name="datasets")
+app.command("train")(_models.train)
+app.add_typer(_models.app, name="models")
+app.command("score")(_serving.score)
+app.add_typer(_serving.predictions_app, name="predictions")
+app.command("query")(_serving.query)
+app.add_typer(_serving.catalog_app, name="catalog")
+app.command("info")(_serving.info)
+
+
+def main() -> None:
+    """Entry point of the `batchml` console script."""
+    app(prog_name="batchml")

@@ -1,0 +1,195 @@
+"""What every CLI command shares: the project state, error handling, JSON/table output and progress bars."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import math
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from batchml.errors import BatchMLError
+from batchml.project import Project
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")
+]
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class State:
+    """Global options, and the project they open (lazily: `--help` and `sample-data` need none)."""
+
+    config: Path | None = None
+    storage: str | None = None
+    _project: Project | None = field(default=None, repr=False)
+
+    @property
+    def project(self) -> Project:
+        """The project of `--config` (or $BATCHML_CONFIG, else ./batchml.toml), opened once."""
+        if self._project is None:
+            self._project = Project.open(self.config, storage=self.storage)
+        return self._project
+
+
+def state(ctx: typer.Context) -> State:
+    """The State the root callback stored, found from any sub-command's context."""
+    found = ctx.find_object(State)
+    return found if found is not None else ctx.ensure_object(State)
+
+
+def project_of(ctx: typer.Context) -> Project:
+    """The project the global options select."""
+    return state(ctx).project
+
+
+class ErrorHandlingGroup(TyperGroup):
+    """Turns batchml's errors into `error: <message>` on stderr and exit code 1, without a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; expected failures become one line on stderr."""
+        try:
+            return super().invoke(ctx)
+        except BatchMLError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            fail(str(exc))
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` to stderr and exit with code 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def jsonable(value: Any) -> Any:
+    """`value` made JSON-safe: datetimes as ISO strings, decimals as exact strings, NaN/inf as null."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else None
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, uuid.UUID | Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return jsonable(value.item())
+    return str(value)
+
+
+def emit(as_json: bool, data: Mapping[str, Any], render: Callable[[Console], None]) -> None:
+    """Print `data` as JSON (and nothing else) or call `render` with a stdout console."""
+    if as_json:
+        typer.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
+    else:
+        render(Console(highlight=False))
+
+
+def cell(value: Any) -> Text:
+    """One table cell, never interpreted as rich markup."""
+    if value is None:
+        return Text("-", style="dim")
+    if isinstance(value, bool):
+        return Text("yes" if value else "no")
+    if isinstance(value, float):
+        return Text(f"{value:.6g}")
+    if isinstance(value, Mapping | list | tuple):
+        return Text(json.dumps(jsonable(value), separators=(", ", ": ")))
+    if isinstance(value, dt.datetime):
+        return Text(value.isoformat(sep=" ", timespec="seconds"))
+    return Text(str(value))
+
+
+def short_time(value: str | None) -> str | None:
+    """An ISO-8601 timestamp from a record, to the second, for tables (JSON keeps the full value)."""
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).isoformat(sep=" ", timespec="seconds")
+    except ValueError:
+        return value
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> Table:
+    """A plain table of `rows` under `columns`."""
+    out = Table(title=title, header_style="bold", title_justify="left")
+    for name in columns:
+        out.add_column(name, overflow="fold")
+    for row in rows:
+        out.add_row(*(cell(v) for v in row))
+    return out
+
+
+def properties(items: Iterable[tuple[str, Any]]) -> Table:
+    """A two-column `key  value` listing."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in items:
+        grid.add_row(Text(key), cell(value))
+    return grid
+
+
+def _interactive(as_json: bool) -> bool:
+    return not as_json and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, as_json: bool) -> Iterator[ProgressCallback | None]:
+    """A rows-done progress bar on stderr (None when output is JSON or stderr is not a terminal)."""
+    if not _interactive(as_json):
+        yield None
+        return
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}" + (f"/{total:,}" if total is not None else "") + " rows"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda rows: bar.advance(task, rows)
+
+
+@contextlib.contextmanager
+def spinner(description: str, as_json: bool) -> Iterator[None]:
+    """A spinner on stderr while work without progress reports runs (none for JSON or non-terminals)."""
+    if not _interactive(as_json):
+        yield
+        return
+    with Console(stderr=True).status(description):
+        yield
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise BatchMLError(message) unless `condition` holds (for CLI-level argument checks)."""
+    if not condition:
+        raise BatchMLError(message)

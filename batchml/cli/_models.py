@@ -1,0 +1,255 @@
+"""`batchml train` and `batchml models ...`: training, cards, aliases and their history."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from batchml import api
+from batchml.cli._common import (
+    ErrorHandlingGroup,
+    JsonFlag,
+    emit,
+    project_of,
+    properties,
+    require,
+    short_time,
+    spinner,
+    table,
+)
+from batchml.names import parse_ref
+from batchml.registry import ModelVersion, RegistryReader
+
+TOP_FEATURES = 10
+
+app = typer.Typer(
+    cls=ErrorHandlingGroup,
+    no_args_is_help=True,
+    help="List, inspect, promote and roll back model versions.",
+)
+
+AliasOption = Annotated[str, typer.Option("--alias", help="Alias to move, e.g. champion, challenger.")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why, recorded in the event log.")]
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs as a dict; VALUE is JSON when it parses as JSON, else the string itself."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        require(
+            bool(sep and key.strip()),
+            f"--param {pair!r} is invalid: use KEY=VALUE, e.g. --param num_leaves=63 "
+            "(VALUE is parsed as JSON when it parses, else kept as a string)",
+        )
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        params[key.strip()] = value
+    return params
+
+
+def _top_features(model: ModelVersion) -> list[dict[str, Any]]:
+    importance: dict[str, float] = model.card.get("importance") or {}
+    ranked = sorted(importance.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_FEATURES]
+    return [{"feature": name, "importance": gain} for name, gain in ranked]
+
+
+def train(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name, as configured in batchml.toml.")],
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", metavar="NAME@VERSION", help="Train on this version (default: latest)."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", metavar="KEY=VALUE", help="LightGBM parameter override (repeatable)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train MODEL on a dataset version and register it (a no-op returning the same version if done before).
+
+    Examples:
+      batchml train default_risk
+      batchml train default_risk --dataset loans@3f2a --param num_leaves=63 --param learning_rate=0.03
+    """
+    params = parse_params(param or [])
+    project = project_of(ctx)
+    with spinner(f"training {model}", as_json):
+        version = api.train(project, model, dataset=dataset, params=params or None)
+    card = version.card
+    data = {
+        "model": version.name,
+        "version": version.version,
+        "ref": version.ref,
+        "reused": version.reused,
+        "dataset_version": card.get("dataset_version"),
+        "metrics": card.get("metrics", {}),
+        "top_features": _top_features(version),
+    }
+
+    def render(console: Console) -> None:
+        verb = "reused existing" if version.reused else "registered new"
+        console.print(f"{verb} version {version.ref} (trained on {data['dataset_version']})")
+        console.print(table(["metric", "value"], data["metrics"].items(), "metrics"))
+        features = ([f["feature"], f["importance"]] for f in data["top_features"])
+        console.print(table(["feature", "importance (gain)"], features, "top features"))
+
+    emit(as_json, data, render)
+
+
+def _reader(ctx: typer.Context) -> RegistryReader:
+    return RegistryReader(project_of(ctx).storage)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List models with their version count, latest version and aliases."""
+    project = project_of(ctx)
+    reader = RegistryReader(project.storage)
+    rows = []
+    for name in sorted(set(reader.list_models()) | set(project.config.models)):
+        versions = reader.list_versions(name)
+        rows.append(
+            {
+                "model": name,
+                "versions": len(versions),
+                "latest": versions[-1].version if versions else None,
+                "aliases": reader.aliases(name),
+                "configured": name in project.config.models,
+            }
+        )
+    columns = ["model", "versions", "latest", "aliases", "configured"]
+    cells = ([r[k] for k in columns] for r in rows)
+    emit(as_json, {"models": rows}, lambda c: c.print(table(columns, cells)))
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(metavar="MODEL[@VERSION]", help="Version number (default: latest).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a model card: lineage, params, metrics, features with dtypes and importance, git, packages.
+
+    Examples:
+      batchml models show default_risk
+      batchml models show default_risk@3 --json
+    """
+    reader = _reader(ctx)
+    name, wanted = parse_ref(ref, "model")
+    model = reader.get(name, wanted)
+    aliases = [alias for alias, v in reader.aliases(name).items() if v == model.version]
+    data = {"model": name, "version": model.version, "ref": model.ref, "aliases": aliases, "card": model.card}
+
+    def render(console: Console) -> None:
+        card = model.card
+        lineage = ["origin", "task", "dataset_version", "entity_id", "target", "timestamp", "code_version"]
+        console.print(
+            properties(
+                [("model", model.ref), ("aliases", ", ".join(aliases) or None)]
+                + [(k, card.get(k)) for k in lineage]
+                + [("created", f"{card.get('created_at')} by {card.get('user')}@{card.get('host')}")]
+                + [("git", card.get("git")), ("split", card.get("split")), ("trees", card.get("num_trees"))]
+            )
+        )
+        console.print(table(["metric", "value"], (card.get("metrics") or {}).items(), "metrics"))
+        console.print(table(["param", "value"], (card.get("params") or {}).items(), "params"))
+        importance = card.get("importance") or {}
+        features = (
+            [f.name, f.kind, f.dtype, len(f.categories) or None, importance.get(f.name)]
+            for f in model.features
+        )
+        console.print(table(["feature", "kind", "dtype", "categories", "importance"], features, "features"))
+        console.print(table(["package", "version"], (card.get("packages") or {}).items(), "packages"))
+
+    emit(as_json, data, render)
+
+
+def _print_event(console: Console, event: dict[str, Any]) -> None:
+    before = f"v{event['from_version']}" if event["from_version"] is not None else "(none)"
+    moved = f"{event['alias']}: {before} -> v{event['to_version']}"
+    when = short_time(event["at"])
+    console.print(f"{event['action']} {moved} (event {event['seq']} by {event['by']}, {when})")
+
+
+@app.command("promote")
+def promote(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version number to point the alias at.")],
+    alias: AliasOption = "champion",
+    reason: ReasonOption = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Point an alias of MODEL at VERSION (an append-only event; refreshes the serving catalog).
+
+    Example:
+      batchml models promote default_risk 3 --reason "better AUC on March data"
+    """
+    event = api.promote(project_of(ctx), model, version, alias=alias, reason=reason)
+    emit(as_json, {"model": model, **event}, lambda c: _print_event(c, event))
+
+
+@app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: AliasOption = "champion",
+    reason: ReasonOption = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Return an alias of MODEL to the version that held it before.
+
+    Example:
+      batchml models rollback default_risk --reason "bad scores in production"
+    """
+    event = api.rollback_model(project_of(ctx), model, alias=alias, reason=reason)
+    emit(as_json, {"model": model, **event}, lambda c: _print_event(c, event))
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str | None, typer.Option("--alias", help="Only this alias.")] = None,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", metavar="ISO-TIME", help="Show which version held each alias at this time."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the alias event log of MODEL, or with --at which version held each alias at that time.
+
+    Examples:
+      batchml models history default_risk --alias champion
+      batchml models history default_risk --at 2026-03-01T09:00:00+00:00
+    """
+    reader = _reader(ctx)
+    reader.get(model)  # NotFoundError listing the models
+    if at is not None:
+        try:
+            datetime.fromisoformat(at)
+        except ValueError:
+            require(False, f"--at {at!r} is not an ISO-8601 time: use e.g. 2026-01-31T12:00:00+00:00")
+    holders = reader.aliases(model, at=at)
+    if alias is not None:
+        holders = {a: v for a, v in holders.items() if a == alias}
+    events = [e for e in reader.events(model) if alias is None or e["alias"] == alias]
+    data = {"model": model, "at": at, "aliases": holders, "events": events}
+
+    def render(console: Console) -> None:
+        if at is None:
+            columns = ["seq", "at", "action", "alias", "from_version", "to_version", "by", "reason"]
+            rows = ([e["seq"], short_time(e["at"]), *(e.get(k) for k in columns[2:])] for e in events)
+            console.print(table(columns, rows, f"{model} events"))
+        title = f"aliases of {model} at {at}" if at else f"aliases of {model} now"
+        console.print(table(["alias", "version"], holders.items(), title))
+
+    emit(as_json, data, render)

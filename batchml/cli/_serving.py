@@ -1,0 +1,245 @@
+"""`batchml score`, `predictions ...`, `query`, `catalog rebuild` and `info`: runs and the serving DB."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+import batchml
+from batchml import api, datasets
+from batchml.cli._common import (
+    ErrorHandlingGroup,
+    JsonFlag,
+    emit,
+    progress_bar,
+    project_of,
+    properties,
+    require,
+    short_time,
+    state,
+    table,
+)
+from batchml.errors import BatchMLError, NotFoundError
+from batchml.project import CONFIG_FILE, Project
+from batchml.publications import PublicationLog
+from batchml.registry import RegistryReader
+from batchml.scoring import list_runs
+
+predictions_app = typer.Typer(
+    cls=ErrorHandlingGroup,
+    no_args_is_help=True,
+    help="List prediction runs and choose which one is published.",
+)
+catalog_app = typer.Typer(
+    cls=ErrorHandlingGroup,
+    no_args_is_help=True,
+    help="Maintain the serving DuckDB file (derived from storage).",
+)
+
+
+def _serving_db(project: Project) -> str:
+    return str(api.database_path(project))
+
+
+def _rows_to_score(project: Project, model: str, dataset: str | None) -> int | None:
+    """The progress bar's total: rows of the dataset version to score, when it is easy to tell."""
+    spec = project.config.models.get(model)
+    ref = dataset or (f"{spec.dataset}@latest" if spec else None)
+    if ref is None:
+        return None
+    with contextlib.suppress(BatchMLError):
+        return datasets.get_version(project.storage, ref).rows
+    return None
+
+
+def score(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[
+        str | None,
+        typer.Option("--alias", help="Score with the version this alias holds.", show_default="champion"),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Score with this version instead of an alias.")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", metavar="NAME@VERSION", help="Dataset version (default: latest)."),
+    ] = None,
+    publish: Annotated[
+        bool, typer.Option("--publish/--no-publish", help="Publish the run to the serving DB.")
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Score a dataset version with MODEL into an immutable run (a no-op if done before), and publish it.
+
+    Examples:
+      batchml score default_risk
+      batchml score default_risk --alias challenger --no-publish
+      batchml score default_risk --version 3 --dataset loans@3f2a
+    """
+    require(alias is None or version is None, "give --alias or --version, not both")
+    project = project_of(ctx)
+    total = _rows_to_score(project, model, dataset) if not as_json else None
+    with progress_bar(f"scoring {model}", total, as_json) as progress:
+        run = api.score(
+            project, model, alias=alias or "champion", version=version, dataset=dataset, progress=progress
+        )
+    if publish:
+        api.publish(project, model, run.run_id)
+    manifest = run.manifest
+    data = {
+        "model": run.model,
+        "run_id": run.run_id,
+        "model_version": manifest["model_version"],
+        "dataset_version": manifest["dataset_version"],
+        "rows": run.rows,
+        "reused": run.reused,
+        "published": publish,
+        "serving_db": _serving_db(project) if publish else None,
+    }
+
+    def render(console: Console) -> None:
+        verb = "reused existing" if run.reused else "committed new"
+        console.print(f"{verb} run {run.run_id}: {run.rows:,} rows of {data['dataset_version']}")
+        if publish:
+            console.print(f"published; query it read-only at {data['serving_db']}")
+
+    emit(as_json, data, render)
+
+
+@predictions_app.command("list")
+def list_(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="Only runs of this model.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List prediction runs (from storage) with rows, dataset, model version and whether published.
+
+    Examples:
+      batchml predictions list
+      batchml predictions list default_risk --json
+    """
+    storage = project_of(ctx).storage
+    reader = RegistryReader(storage)
+    models = reader.list_models()
+    if model is not None and model not in models:
+        raise NotFoundError("model", model, models)
+    publications = PublicationLog(storage)
+    runs = []
+    for name in [model] if model else models:
+        current = publications.current(name)
+        for run in list_runs(storage, name):
+            m = run.manifest
+            runs.append(
+                {
+                    "model": name,
+                    "run_id": run.run_id,
+                    "model_version": m["model_version"],
+                    "dataset_version": m["dataset_version"],
+                    "rows": run.rows,
+                    "finished_at": m["finished_at"],
+                    "published": run.run_id == current,
+                }
+            )
+    columns = ["model", "run_id", "model_version", "dataset_version", "rows", "finished_at", "published"]
+    cells = ([*(r[k] for k in columns[:5]), short_time(r["finished_at"]), r["published"]] for r in runs)
+    emit(as_json, {"runs": runs}, lambda c: c.print(table(columns, cells)))
+
+
+def _published(project: Project, model: str, as_json: bool) -> None:
+    data = {
+        "model": model,
+        "run_id": PublicationLog(project.storage).current(model),
+        "serving_db": _serving_db(project),
+    }
+    emit(as_json, data, lambda c: c.print(f"{model}: published run is now {data['run_id']}"))
+
+
+@predictions_app.command("publish")
+def publish(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    run_id: Annotated[str, typer.Argument(help="A run id from `batchml predictions list`.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, recorded in the event log.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Make RUN_ID the published predictions of MODEL (atomically swaps in a new serving file)."""
+    project = project_of(ctx)
+    api.publish(project, model, run_id, reason=reason)
+    _published(project, model, as_json)
+
+
+@predictions_app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, recorded in the event log.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Return MODEL's published predictions to the run published before the current one."""
+    project = project_of(ctx)
+    api.rollback_predictions(project, model, reason=reason)
+    _published(project, model, as_json)
+
+
+def query(
+    ctx: typer.Context,
+    sql: Annotated[str, typer.Argument(help="One SELECT or EXPLAIN statement.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a read-only SQL query on the serving DB (tables: predictions, models, runs, datasets, ...).
+
+    Examples:
+      batchml query "SELECT * FROM predictions WHERE entity_id = 'L000000042'"
+      batchml query "SELECT model, alias, version FROM model_aliases" --json
+    """
+    con = batchml.connect(project_of(ctx))
+    try:
+        columns, rows = batchml.query(con, sql)
+    finally:
+        con.close()
+    data = {"columns": columns, "rows": [dict(zip(columns, row, strict=True)) for row in rows]}
+    emit(as_json, data, lambda c: c.print(table(columns, rows)))
+
+
+@catalog_app.command("rebuild")
+def rebuild(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Rebuild the serving DuckDB file from the manifests and event logs in storage."""
+    project = project_of(ctx)
+    built = api.rebuild_catalog(project)
+    data = {"serving_db": _serving_db(project), "file": str(built)}
+    emit(as_json, data, lambda c: c.print(f"rebuilt {data['serving_db']} -> {built.name}"))
+
+
+def info(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show the project: config file, storage URL, serving DB path, configured datasets and models."""
+    options = state(ctx)
+    project = options.project
+    config = options.config or project.base_dir / CONFIG_FILE
+    link = api.database_path(project)
+    sources = {name: d.source for name, d in project.config.datasets.items()}
+    spec: dict[str, Any] = {
+        name: {"dataset": m.dataset, "task": m.task, "entity_id": m.entity_id, "target": m.target}
+        for name, m in project.config.models.items()
+    }
+    data: dict[str, Any] = {
+        "version": batchml.__version__,
+        "config": str(config.resolve()) if config.exists() else None,
+        "storage": project.storage.url,
+        "serving_db": str(link),
+        "serving_db_exists": link.exists(),
+        "datasets": sources,
+        "models": spec,
+    }
+
+    def render(console: Console) -> None:
+        console.print(properties((k, data[k]) for k in ("version", "config", "storage", "serving_db")))
+        console.print(table(["dataset", "source"], sources.items(), "datasets"))
+        models = ([n, m["dataset"], m["task"], m["entity_id"], m["target"]] for n, m in spec.items())
+        console.print(table(["model", "dataset", "task", "entity_id", "target"], models, "models"))
+
+    emit(as_json, data, render)

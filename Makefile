@@ -28,4 +28,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/score.py
 
 clean:
-	rm -rf $(VENV) data/raw data/datasets data/models data/runs data/serving
+	rm -rf $(VENV) .prefect data/raw data/datasets data/models data/runs data/publications data/serving

@@ -1,0 +1,149 @@
+"""What every flow shares: opening the project, the retry policy, and the summary artifacts.
+
+Flows pass the project as `config` (a path to a batchml.toml, or None for $BATCHML_CONFIG / ./batchml.toml)
+and every task opens it again, so task inputs and results stay small references, never DataFrames.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+import batchml
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: OSErrors that retrying cannot fix: the path is wrong, not the network.
+TERMINAL_OS_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def open_project(config: str | None = None) -> batchml.Project:
+    """The project of `config` (a batchml.toml path; None: $BATCHML_CONFIG, else ./batchml.toml)."""
+    return batchml.Project.open(config)
+
+
+def config_ref(config: str | Path | None) -> str | None:
+    """`config` as an absolute path string, so every task opens the same project whatever its cwd."""
+    return None if config is None else str(Path(config).resolve())
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying may help: a transient BatchMLError, or an I/O error other than a bad path."""
+    if isinstance(exc, batchml.BatchMLError):
+        return exc.transient
+    if isinstance(exc, TERMINAL_OS_ERRORS):
+        return False
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def _exception_of(state: State[Any]) -> BaseException | None:
+    if isinstance(state.data, BaseException):
+        return state.data
+    try:
+        state.result()
+    except BaseException as exc:
+        return exc
+    return None
+
+
+def retry_on_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect `retry_condition_fn`: retry transient failures only; terminal errors fail at once."""
+    exc = _exception_of(state)
+    return exc is not None and is_transient(exc)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times and how long after a transient failure a task is tried again."""
+
+    retries: int = 3
+    delays: tuple[float, ...] = (2.0, 10.0, 30.0)
+
+    def task_options(self) -> dict[str, Any]:
+        """Keyword arguments for `@task` / `Task.with_options`."""
+        return {
+            "retries": self.retries,
+            "retry_delay_seconds": list(self.delays),
+            "retry_condition_fn": retry_on_transient,
+        }
+
+
+RETRY = RetryPolicy()
+
+
+def batch_task(fn: Callable[P, R]) -> Task[P, R]:
+    """`@task` with the RETRY policy and no Prefect caching or result files (batchml is idempotent itself)."""
+    return task(cache_policy=NO_CACHE, persist_result=False, **RETRY.task_options())(fn)
+
+
+# -- artifacts ---------------------------------------------------------------------------------------------
+def artifact_key(*parts: str) -> str:
+    """An artifact key from names: lowercase letters, digits and dashes only (Prefect's rule)."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A small markdown table (keys of the first row are the header)."""
+    if not rows:
+        return "_none_"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(key: str, title: str, body: str, table: list[dict[str, Any]] | None = None) -> None:
+    """Leave the run's summary: a markdown artifact, plus a table artifact when rows are given."""
+    create_markdown_artifact(markdown=f"# {title}\n\n{body}\n", key=key, description=title)
+    if table:
+        create_table_artifact(table=table, key=f"{key}-table", description=title)
+
+
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """`auc=0.8123, logloss=0.3012` with floats rounded."""
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def serving_examples(project: batchml.Project, model: str | None = None) -> dict[str, Any]:
+    """Where the published predictions are and ready-to-run queries for one real entity id."""
+    path = batchml.database_path(project)
+    info: dict[str, Any] = {"database": str(path), "entity_id": None, "sql": None}
+    if not path.exists():
+        return info
+    con = batchml.connect(project)
+    try:
+        where, args = ("WHERE model = ?", [model]) if model else ("", [])
+        row = con.execute(
+            f"SELECT entity_id FROM predictions {where} ORDER BY entity_id LIMIT 1", args
+        ).fetchone()
+        info["tables"] = [
+            f"{name} (view)" if kind == "VIEW" else name
+            for name, kind in con.execute(
+                "SELECT table_name, table_type FROM information_schema.tables ORDER BY table_name"
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    if row is not None:
+        info["entity_id"] = str(row[0])
+        info["sql"] = (
+            "SELECT model, model_version, entity_id, prediction, predicted_class, run_id "
+            f"FROM predictions WHERE entity_id = '{row[0]}'"
+        )
+    return info

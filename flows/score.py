@@ -1,0 +1,104 @@
+"""Score a dataset version with a model alias into a prediction run, and publish it to the serving DuckDB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+import batchml
+from batchml.publications import PublicationLog
+from flows.common import (
+    artifact_key,
+    batch_task,
+    config_ref,
+    markdown_table,
+    open_project,
+    report,
+    serving_examples,
+)
+
+
+@batch_task
+def score(model: str, alias: str, dataset: str | None, config: str | None) -> dict[str, Any]:
+    """Score `dataset` (default: latest of the model's dataset) with `model@alias`; return the run's ref."""
+    run = batchml.score(open_project(config), model, alias=alias, dataset=dataset)
+    return {
+        "model": model,
+        "alias": alias,
+        "model_version": run.manifest["model_version"],
+        "dataset": run.manifest["dataset_version"],
+        "run_id": run.run_id,
+        "rows": run.rows,
+        "reused": run.reused,
+    }
+
+
+@batch_task
+def publish_run(model: str, run_id: str, reason: str, config: str | None) -> dict[str, Any]:
+    """Publish run `run_id` of `model`; a no-op when it is already published and the database exists."""
+    project = open_project(config)
+    database = batchml.database_path(project)
+    already = PublicationLog(project.storage).current(model) == run_id and database.exists()
+    if not already:
+        batchml.publish(project, model, run_id, reason=reason)
+    return {"database": str(database), "changed": not already}
+
+
+@flow(name="score-and-publish")
+def score_and_publish(
+    model: str,
+    alias: str = "champion",
+    dataset: str | None = None,
+    publish: bool = True,
+    config: str | None = None,
+) -> dict[str, Any]:
+    """Score `dataset` (`NAME@VERSION`; default: latest) with `model@alias` and, if `publish`, make the run
+    the model's published predictions. Scoring the same model and dataset again returns the same run id."""
+    logger = get_run_logger()
+    config = config_ref(config)
+    result = score(model, alias, dataset, config)
+    logger.info(
+        "run %s: %s %d predictions of %s@%s (v%s) on %s",
+        result["run_id"],
+        "reused" if result["reused"] else "wrote",
+        result["rows"],
+        model,
+        alias,
+        result["model_version"],
+        result["dataset"],
+    )
+    publication = None
+    if publish:
+        publication = publish_run(model, result["run_id"], "flow score-and-publish", config)
+        logger.info(
+            "run %s %s %s",
+            result["run_id"],
+            "published to" if publication["changed"] else "already published in",
+            publication["database"],
+        )
+    examples = serving_examples(open_project(config), model) if publish else {}
+    lines = [
+        f"{'Reused' if result['reused'] else 'Wrote'} run **{result['run_id']}**: "
+        f"{result['rows']:,} predictions of `{model}@{alias}` (v{result['model_version']}) "
+        f"on `{result['dataset']}`.",
+        "",
+        markdown_table([{k: v for k, v in result.items() if k != "alias"}]),
+    ]
+    if publication is not None:
+        lines += [
+            "",
+            f"Published: {'yes' if publication['changed'] else 'already current'}. "
+            f"Serving DuckDB: `{publication['database']}`",
+        ]
+    if examples.get("sql"):
+        lines += [
+            "",
+            "Example query (from the project folder):",
+            "",
+            f'```\nbatchml query "{examples["sql"]}"\n```',
+            "",
+            "or in Python: `con = batchml.connect(); con.sql(...)`",
+        ]
+    report(artifact_key("run", model), f"Prediction run {result['run_id']} of {model}", "\n".join(lines))
+    return {**result, "published": publication, "serving": examples}

@@ -1,0 +1,94 @@
+"""Train a model on a dataset version, register it, and optionally point an alias at it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+import batchml
+from batchml.registry import RegistryReader
+from flows.common import (
+    artifact_key,
+    batch_task,
+    config_ref,
+    markdown_table,
+    metrics_text,
+    open_project,
+    report,
+)
+
+
+@batch_task
+def train(
+    model: str, dataset: str | None, params: dict[str, Any] | None, config: str | None
+) -> dict[str, Any]:
+    """Train `model` (idempotent: same data, spec and params return the existing version)."""
+    version = batchml.train(open_project(config), model, dataset=dataset, params=params)
+    card = version.card
+    return {
+        "model": model,
+        "version": version.version,
+        "ref": version.ref,
+        "dataset": card.get("dataset_version"),
+        "metrics": card.get("metrics", {}),
+        "num_trees": card.get("num_trees"),
+        "reused": version.reused,
+    }
+
+
+@batch_task
+def promote(model: str, version: int, alias: str, reason: str, config: str | None) -> dict[str, Any]:
+    """Point `alias` of `model` at `version`, unless it already points there (then nothing is recorded)."""
+    project = open_project(config)
+    previous = RegistryReader(project.storage).aliases(model).get(alias)
+    if previous != version:
+        batchml.promote(project, model, version, alias, reason=reason)
+    return {"alias": alias, "version": version, "previous": previous, "changed": previous != version}
+
+
+@flow(name="train-model")
+def train_model(
+    model: str,
+    dataset: str | None = None,
+    params: dict[str, Any] | None = None,
+    promote_to: str | None = "champion",
+    config: str | None = None,
+) -> dict[str, Any]:
+    """Train `model` on `dataset` (`NAME@VERSION`; default: latest of its dataset) and promote it to
+    `promote_to` (None: register only). `params` override the configured LightGBM parameters."""
+    logger = get_run_logger()
+    config = config_ref(config)
+    result = train(model, dataset, params, config)
+    logger.info(
+        "model %s: %s on %s (%s)",
+        result["ref"],
+        "reused existing version" if result["reused"] else "trained new version",
+        result["dataset"],
+        metrics_text(result["metrics"]),
+    )
+    promotion = None
+    if promote_to is not None:
+        promotion = promote(model, result["version"], promote_to, "flow train-model", config)
+        logger.info(
+            "alias %s of %s: %s v%s",
+            promote_to,
+            model,
+            "moved to" if promotion["changed"] else "already at",
+            result["version"],
+        )
+    moved = (
+        "not promoted"
+        if promotion is None
+        else f"alias `{promote_to}`: v{promotion['previous']} -> v{promotion['version']}"
+        if promotion["changed"]
+        else f"alias `{promote_to}` already at v{promotion['version']}"
+    )
+    metrics = [{"metric": k, "value": v} for k, v in result["metrics"].items()]
+    report(
+        artifact_key("model", model),
+        f"Model {result['ref']}",
+        f"{'Reused' if result['reused'] else 'Trained'} **{result['ref']}** on `{result['dataset']}` "
+        f"({result['num_trees']} trees); {moved}.\n\n## Metrics\n\n" + markdown_table(metrics),
+    )
+    return {**result, "promotion": promotion}

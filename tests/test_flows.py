@@ -1,0 +1,236 @@
+"""The Prefect flows and deployments: end to end under one Prefect test server per session.
+
+Flow tests are marked slow (they start Prefect's API, ~10 s once per session). The deployment and retry
+classification tests need no server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+import zoneinfo
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+# Before prefect is imported: keep its home out of ~/.prefect and send nothing anywhere.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="batchml-test-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+import fsspec  # noqa: E402
+import pytest  # noqa: E402
+from fsspec.implementations.local import LocalFileSystem  # noqa: E402
+from prefect import get_client  # noqa: E402
+from prefect.client.schemas.filters import (  # noqa: E402
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
+from prefect.client.schemas.objects import Artifact, TaskRun  # noqa: E402
+from prefect.client.schemas.schedules import CronSchedule  # noqa: E402
+from prefect.states import State  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+import batchml  # noqa: E402
+from batchml.publications import PublicationLog  # noqa: E402
+from deployments import DEPLOYMENTS  # noqa: E402
+from flows.common import RETRY, is_transient  # noqa: E402
+from flows.ingest import snapshot_dataset  # noqa: E402
+from flows.pipeline import pipeline  # noqa: E402
+from flows.score import score_and_publish  # noqa: E402
+from tests.conftest import PROJECT_TOML, SAMPLE_ROWS  # noqa: E402
+
+# -- fixtures ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One temporary Prefect server (SQLite) for the whole session."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """Local disk that raises the queued `faults` on the next directory listings, like a throttled store."""
+
+    protocol = "flaky"
+    faults: list[OSError] = []  # noqa: RUF012 - shared on purpose: fsspec caches instances
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        return super()._strip_protocol(str(path).removeprefix("flaky://"))
+
+    def ls(self, path: str, detail: bool = False, **kwargs: Any) -> Any:
+        if FlakyFileSystem.faults:
+            raise FlakyFileSystem.faults.pop(0)
+        return super().ls(path, detail=detail, **kwargs)
+
+
+@pytest.fixture
+def flaky_config(tmp_path: Path, loans_csv: Path) -> Iterator[str]:
+    """A project whose storage is a FlakyFileSystem; yields its config path."""
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    toml = PROJECT_TOML.format(source=loans_csv).replace(
+        'root = "store"', f'root = "flaky://{tmp_path}/store"'
+    )
+    (tmp_path / "batchml.toml").write_text(toml)
+    yield str(tmp_path / "batchml.toml")
+    FlakyFileSystem.faults.clear()
+
+
+def _config(project: batchml.Project) -> str:
+    return str(project.base_dir / "batchml.toml")
+
+
+def _flow_run_id(state: State[Any]) -> UUID:
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    return flow_run_id
+
+
+def _task_runs(state: State[Any]) -> list[TaskRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[_flow_run_id(state)]))
+        )
+
+
+def _artifacts(state: State[Any]) -> list[Artifact]:
+    """Artifacts left by a flow run and its subflow runs."""
+    root = _flow_run_id(state)
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[root]))
+        )
+        ids = [root, *(run.id for run in children)]
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+        )
+
+
+# -- no server needed --------------------------------------------------------------------------------------
+
+
+def test_deployments_are_declared_sanely() -> None:
+    flows = {spec.flow.name for spec in DEPLOYMENTS}
+    assert flows == {"snapshot-dataset", "train-model", "score-and-publish"}
+    names = [spec.name for spec in DEPLOYMENTS]
+    assert len(set(names)) == len(names)
+    for spec in DEPLOYMENTS:
+        CronSchedule(cron=spec.cron, timezone=spec.timezone)  # raises on a bad cron or timezone
+        zoneinfo.ZoneInfo(spec.timezone)
+        minute, hour, day, month, weekday = spec.cron.split()
+        assert minute.isdigit() and hour.isdigit() and day == month == "*"
+        assert (weekday == "*") == spec.name.startswith("daily-"), spec.name
+        spec.flow.validate_parameters(dict(spec.parameters))  # defaults alone make a valid run
+        spec.flow.validate_parameters({**spec.parameters, "config": "other/batchml.toml"})  # overridable
+        deployment = spec.to_deployment()
+        assert deployment.entrypoint is not None and deployment.entrypoint.startswith("flows/")
+        assert deployment.parameters == spec.parameters
+        assert [s.schedule.cron for s in deployment.schedules] == [spec.cron]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (batchml.TransientError("throttled"), True),
+        (TimeoutError("read timed out"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (batchml.InvalidNameError("dataset name", "../x", "[a-z]"), False),
+        (batchml.SchemaError("missing column"), False),
+        (batchml.ConfigError("bad toml"), False),
+        (FileNotFoundError("no such file"), False),
+        (PermissionError("denied"), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_only_transient_errors_are_retried(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+    assert RETRY.task_options()["retries"] >= 1
+
+
+# -- flows under the Prefect test server -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pipeline_publishes_predictions_and_leaves_artifacts(
+    prefect_api: None, project: batchml.Project
+) -> None:
+    state = pipeline(config=_config(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    [summary] = result["models"]
+    assert summary["predictions"] == summary["dataset_rows"] == SAMPLE_ROWS
+    assert summary["published"] == "yes"
+
+    con = batchml.connect(project)
+    try:
+        count, runs = con.execute("SELECT count(*), any_value(run_id) FROM predictions").fetchone() or (0, "")
+        alias = con.execute("SELECT version FROM model_aliases WHERE alias = 'champion'").fetchone()
+    finally:
+        con.close()
+    assert (count, runs) == (SAMPLE_ROWS, summary["run_id"])
+    assert alias == (summary["model_version"],)
+    assert result["database"] == str(batchml.database_path(project))
+
+    artifacts = {a.key: a for a in _artifacts(state)}
+    assert {"dataset-loans", "model-default-risk", "run-default-risk", "pipeline", "pipeline-table"} <= set(
+        artifacts
+    )
+    run_md = str(artifacts["run-default-risk"].data)
+    assert summary["run_id"] in run_md and f"{SAMPLE_ROWS:,}" in run_md
+    assert "WHERE entity_id = 'L" in run_md and result["database"] in run_md
+    assert summary["dataset"] in str(artifacts["dataset-loans"].data)
+    assert "auc" in str(artifacts["model-default-risk"].data)
+    table = artifacts["pipeline-table"].data
+    assert isinstance(table, str)
+    rows = json.loads(table)
+    assert rows[0]["run_id"] == summary["run_id"] and rows[0]["predictions"] == SAMPLE_ROWS
+
+
+@pytest.mark.slow
+def test_rerun_of_score_and_publish_is_a_noop(
+    prefect_api: None, project: batchml.Project, champion: batchml.ModelVersion
+) -> None:
+    first = score_and_publish("default_risk", config=_config(project))
+    link = os.readlink(batchml.database_path(project))
+    second = score_and_publish("default_risk", config=_config(project))
+    assert second["run_id"] == first["run_id"]
+    assert (first["reused"], second["reused"]) == (False, True)
+    assert (first["published"]["changed"], second["published"]["changed"]) == (True, False)
+    assert len(PublicationLog(project.storage).events("default_risk")) == 1
+    assert os.readlink(batchml.database_path(project)) == link  # no new serving file either
+    assert second["serving"]["sql"] == first["serving"]["sql"]
+
+
+@pytest.mark.slow
+def test_transient_storage_errors_are_retried_terminal_errors_are_not(
+    prefect_api: None, flaky_config: str
+) -> None:
+    FlakyFileSystem.faults[:] = [TimeoutError("listing timed out")]
+    state = snapshot_dataset("loans", config=flaky_config, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["rows"] == SAMPLE_ROWS
+    [attempts] = [t.run_count for t in _task_runs(state)]
+    assert attempts == 2  # failed once, retried once
+
+    FlakyFileSystem.faults[:] = [PermissionError("access denied"), TimeoutError("never reached")]
+    state = snapshot_dataset("loans", config=flaky_config, return_state=True)
+    assert state.is_failed()
+    assert [t.run_count for t in _task_runs(state)] == [1]
+    with pytest.raises(PermissionError):
+        state.result()
+
+    state = snapshot_dataset("../x", config=flaky_config, return_state=True)
+    assert state.is_failed()
+    assert [t.run_count for t in _task_runs(state)] == [1]
+    with pytest.raises(batchml.InvalidNameError, match=r"'\.\./x' is invalid"):
+        state.result()

@@ -95,14 +95,18 @@ def train(
 
 def _booster_features(booster: lgb.Booster) -> list[Feature]:
     """Features of a booster trained elsewhere: pandas categoricals map strings to codes, others pass."""
-    names = booster.feature_name()
-    infos = booster.dump_model(num_iteration=1).get("feature_infos", {})
-    categorical = [n for n in names if infos.get(n, {}).get("values")]  # only categoricals list values
+    import lightgbm as lgb
+
+    # The model text records the categorical indices; a reloaded booster parses them into params.
+    indices = lgb.Booster(model_str=booster.model_to_string()).params.get("categorical_feature") or []
+    if isinstance(indices, str):
+        indices = [int(i) for i in indices.split(",") if i.strip()]
+    categorical = {int(i) for i in indices}
     levels = iter(getattr(booster, "pandas_categorical", None) or [])
     features = []
-    for name in names:
-        categories = next(levels, None) if name in categorical else None
-        if categories is None:
+    for index, name in enumerate(booster.feature_name()):
+        categories = next(levels, None) if index in categorical else None
+        if categories is None:  # numeric, or integer-coded categorical: the value is what the model reads
             features.append(Feature(name, "numeric", "unknown"))
         else:
             features.append(Feature(name, "categorical", "category", tuple(str(c) for c in categories)))

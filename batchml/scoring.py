@@ -30,6 +30,7 @@ from batchml.features import check_input_schema, encode
 from batchml.lineage import actor, code_version
 from batchml.names import check_name
 from batchml.parts import write_parquet_parts
+from batchml.prefetch import prefetch
 from batchml.registry import ModelVersion
 from batchml.storage import FileEntry, Storage
 
@@ -143,21 +144,29 @@ def _predict(booster: lgb.Booster, model: ModelVersion, matrix: np.ndarray) -> t
     return raw, pa.nulls(len(raw), pa.string())
 
 
-def _scored_batches(
-    batches: Iterator[pa.RecordBatch],
-    booster: lgb.Booster,
-    model: ModelVersion,
-    entity_id: str,
-    schema: pa.Schema,
-    constants: dict[str, Any],
-) -> Iterator[pa.RecordBatch]:
+def _encoded_batches(
+    batches: Iterator[pa.RecordBatch], model: ModelVersion, entity_id: str
+) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    """Entity ids and the model's input matrix, batch by batch."""
     features = model.features
     for batch in batches:
         ids = batch.column(entity_id)
         if ids.null_count:
             raise DataError(f"entity id column {entity_id!r} has {ids.null_count} null values in the input")
-        values, labels = _predict(booster, model, encode(batch, features))
-        n = batch.num_rows
+        yield ids, encode(batch, features)
+
+
+def _scored_batches(
+    encoded: Iterator[tuple[pa.Array, np.ndarray]],
+    booster: lgb.Booster,
+    model: ModelVersion,
+    schema: pa.Schema,
+    constants: dict[str, Any],
+) -> Iterator[pa.RecordBatch]:
+    """Output batches: ids, predictions, and the run's constant columns."""
+    for ids, matrix in encoded:
+        values, labels = _predict(booster, model, matrix)
+        n = len(ids)
         columns = [ids, pa.array(values, pa.float64()), labels]
         columns += [pa.repeat(pa.scalar(constants[f.name], f.type), n) for f in list(schema)[3:]]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
@@ -198,7 +207,9 @@ def score(
     }
     columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features)]))
     batches = iter_batches(storage, dataset, columns=columns, batch_size=BATCH_ROWS)
-    scored = _scored_batches(batches, booster, model, entity_id, schema, constants)
+    # Three overlapping stages: read + encode, predict, write (each releases the GIL for its heavy part).
+    encoded = prefetch(_encoded_batches(batches, model, entity_id))
+    scored = prefetch(_scored_batches(encoded, booster, model, schema, constants))
     prefix = f"runs/{model.name}/{run_id}/{uuid.uuid4().hex[:8]}"
     rows = 0
 

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 SERVING_FILE = "batchml.duckdb"
 GRACE_SECONDS = 3600.0
+#: DuckDB's own cap while building (it spills the sort to disk beyond it), so publishing a table of any size
+#: stays within bounded memory instead of DuckDB's default of 80% of RAM.
+BUILD_MEMORY_LIMIT = "256MB"
 _PREDICTION_COLUMNS = (
     "model, model_version, CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, "
     "dataset_version, code_version, run_id, scored_at"
@@ -76,6 +79,8 @@ def _write_database(storage: Storage, path: Path) -> None:
     publications = PublicationLog(storage)
     con = duckdb.connect(str(path))
     try:
+        con.execute(f"SET memory_limit = {_literal(BUILD_MEMORY_LIMIT)}")
+        con.execute(f"SET temp_directory = {_literal(str(path.parent / '.spill'))}")
         if not storage.is_local:
             con.register_filesystem(storage.fs)
         for name, table in build_tables(storage).items():

@@ -5,3 +5,9 @@ train.train_model         dataset version -> model version (optionally promoted 
 score.score_and_publish   model alias x dataset version -> prediction run -> serving DuckDB
 pipeline.pipeline         all of the above, for one model or every configured model
 """
+
+import os
+
+# LightGBM's OpenMP threads spin while idle; next to Prefect's API threads that can slow training 10x on
+# small machines. Passive waiting costs little for batch work. Set before lightgbm is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

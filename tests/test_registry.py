@@ -91,17 +91,26 @@ def test_register_a_notebook_model_with_pandas_categoricals(project: batchml.Pro
     frame = batchml.datasets.read_frame(
         project.storage, batchml.datasets.get_version(project.storage, "loans@latest")
     ).to_pandas()
-    features = ["amount", "credit_score", "region"]
-    x = frame[features].assign(region=frame["region"].astype("category"))
+    features = ["amount", "employment_type", "credit_score", "region"]
+    as_categories = {"region": "category", "employment_type": "category"}
+    # employment_type is constant in the training rows: LightGBM then omits it from feature_infos
+    subset = frame[frame["employment_type"] == frame["employment_type"].mode()[0]]
     booster = lgb.train(
-        {"objective": "binary", "num_iterations": 10, "verbosity": -1}, lgb.Dataset(x, frame["defaulted"])
+        {"objective": "binary", "num_iterations": 10, "verbosity": -1},
+        lgb.Dataset(subset[features].astype(as_categories), subset["defaulted"]),
     )
     model = batchml.register_model(project, "notebook", booster, entity_id="loan_id", dataset="loans@latest")
     assert model.task == "binary" and model.card["origin"] == "register_model"
     kinds = {f.name: f.kind for f in model.features}
-    assert kinds == {"amount": "numeric", "credit_score": "numeric", "region": "categorical"}
+    assert kinds == {
+        "amount": "numeric",
+        "employment_type": "categorical",
+        "credit_score": "numeric",
+        "region": "categorical",
+    }
+    assert model.features[3].categories == tuple(sorted(subset["region"].unique()))
     run = batchml.score(project, "notebook", alias=None, version=model.version)
     published = pd.read_parquet([Path(project.storage.root, f.path) for f in run.files])
-    expected = booster.predict(x)
+    expected = booster.predict(frame[features].astype(as_categories))  # remaps to the training categories
     order = published["entity_id"].map({k: i for i, k in enumerate(frame["loan_id"])})
     assert np.allclose(published["prediction"].to_numpy(), expected[order.to_numpy()])

@@ -140,7 +140,9 @@ def test_connect_before_any_publish_says_what_to_do(project: batchml.Project) ->
 def test_the_same_path_works_on_a_remote_filesystem(
     make_project: Callable[..., batchml.Project], loans_csv: Path
 ) -> None:
-    toml = PROJECT_TOML.format(source=loans_csv).replace('root = "store"', 'root = "memory://serving-test/store"')
+    toml = PROJECT_TOML.format(source=loans_csv).replace(
+        'root = "store"', 'root = "memory://serving-test/store"'
+    )
     project = make_project(toml)
     assert not project.storage.is_local
     batchml.snapshot_dataset(project, "loans")

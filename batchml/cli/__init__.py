@@ -6,6 +6,10 @@ Every command takes `--json` for machine-readable output on stdout. Errors batch
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see flows/__init__.py: spinning OpenMP threads
+
 from pathlib import Path
 from typing import Annotated
 

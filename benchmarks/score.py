@@ -1,0 +1,252 @@
+"""Side-by-side batch scoring benchmark: naive pandas, in-memory predict, and batchml score + publish.
+
+    python benchmarks/score.py [--rows 2000000] [--trees 300] [--workdir benchmarks/out]
+
+Every path runs in its own child process. Wall time is measured inside the child around the work only.
+Peak RSS is the child's own ``VmHWM`` from ``/proc/self/status`` (whole process: interpreter, imports, data),
+reported by the child at exit. Not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` (``getrusage`` or
+``os.wait4``) starts at the parent's high-water mark, because exec records the forked address space's peak.
+Data generation, model training, dataset snapshot and model registration are setup and are not timed.
+Results are printed as a table and written to ``<workdir>/score_<rows>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import psutil
+import pyarrow.parquet as pq
+
+ENTITY, TIMESTAMP, TARGET = "loan_id", "application_date", "defaulted"
+CATEGORICAL = ["region", "purpose", "employment_type"]
+TRAIN_ROWS = 200_000
+MODEL = "default_risk"
+
+
+def ensure_data(workdir: Path, rows: int, seed: int) -> Path:
+    """The benchmark Parquet file for (rows, seed), generated with ``write_loans`` unless already present."""
+    from batchml.testing import write_loans
+
+    path = workdir / f"loans_{rows}_seed{seed}.parquet"
+    if not (path.exists() and pq.ParquetFile(path).metadata.num_rows == rows):
+        write_loans(path, rows, seed)
+    return path
+
+
+def feature_names(data: Path) -> list[str]:
+    """The model's feature columns: every column except the id, timestamp and target."""
+    return [c for c in pq.ParquetFile(data).schema_arrow.names if c not in (ENTITY, TIMESTAMP, TARGET)]
+
+
+def train_baseline(data: Path, trees: int, workdir: Path) -> Path:
+    """Train LightGBM on the first ``TRAIN_ROWS`` rows (categoricals as pandas category); save as text."""
+    path = workdir / f"{data.stem}_trees{trees}.txt"
+    if path.exists():
+        return path
+    frame = pl.scan_parquet(data).head(TRAIN_ROWS).collect().to_pandas()
+    for column in CATEGORICAL:
+        frame[column] = frame[column].astype("category")
+    params = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "verbose": -1, "seed": 1}
+    dataset = lgb.Dataset(frame[feature_names(data)], label=frame[TARGET])
+    booster = lgb.train(params, dataset, num_boost_round=trees)
+    booster.save_model(str(path))
+    return path
+
+
+def setup_batchml(workdir: Path, data: Path, model_path: Path) -> dict[str, Any]:
+    """Create a fresh project, snapshot the data, register the baseline booster and promote it champion."""
+    import batchml
+
+    root = Path(tempfile.mkdtemp(prefix="project_", dir=workdir))
+    toml = root / "batchml.toml"
+    toml.write_text(
+        f'[storage]\nroot = "store"\n\n[models.{MODEL}]\ndataset = "loans"\nentity_id = "{ENTITY}"\n'
+        f'timestamp = "{TIMESTAMP}"\ntarget = "{TARGET}"\ntask = "binary"\n'
+    )
+    project = batchml.Project.open(toml)
+    dv = batchml.snapshot_dataset(project, "loans", str(data))
+    booster = lgb.Booster(model_file=str(model_path))
+    mv = batchml.register_model(project, MODEL, booster, entity_id=ENTITY, dataset=dv.ref, target=TARGET)
+    found = [f["name"] for f in mv.card["features"] if f["kind"] == "categorical"]
+    if found != CATEGORICAL:
+        raise RuntimeError(f"register_model read categoricals {found}, expected {CATEGORICAL}")
+    batchml.promote(project, MODEL, mv.version, alias="champion", reason="benchmark")
+    return {"toml": str(toml), "dataset": dv.ref, "trees": mv.card["num_trees"], "project": str(root)}
+
+
+def child_naive(data: Path, model: Path, out: Path) -> dict[str, Any]:
+    """pandas.read_parquet -> Booster.predict on the whole frame -> DataFrame.to_parquet."""
+    import pandas as pd
+
+    booster = lgb.Booster(model_file=str(model))
+    start = time.perf_counter()
+    frame = pd.read_parquet(data)
+    for column in CATEGORICAL:
+        frame[column] = frame[column].astype("category")
+    prediction = booster.predict(frame[booster.feature_name()])
+    pd.DataFrame({ENTITY: frame[ENTITY], "prediction": prediction}).to_parquet(out / "naive.parquet")
+    return {"seconds": time.perf_counter() - start, "rows": len(frame), "trees": booster.num_trees()}
+
+
+def child_predict(data: Path, model: Path) -> dict[str, Any]:
+    """Only ``Booster.predict`` on a float64 matrix that is already in memory (loaded before the clock)."""
+    booster = lgb.Booster(model_file=str(model))
+    names, levels = booster.feature_name(), booster.pandas_categorical or []
+    categories = dict(zip(CATEGORICAL, levels, strict=True))
+    frame = pl.read_parquet(data, columns=names)
+    codes = [pl.col(c).replace_strict(v, list(range(len(v))), default=None) for c, v in categories.items()]
+    matrix = frame.with_columns(codes).select(pl.all().cast(pl.Float64)).to_numpy()
+    del frame
+    start = time.perf_counter()
+    prediction = booster.predict(matrix)
+    return {"seconds": time.perf_counter() - start, "rows": len(prediction), "trees": booster.num_trees()}
+
+
+def child_batchml(toml: str, dataset: str) -> dict[str, Any]:
+    """``batchml.score`` + ``batchml.publish`` of the champion on the snapshot dataset."""
+    import batchml
+
+    project = batchml.Project.open(toml)
+    start = time.perf_counter()
+    run = batchml.score(project, MODEL, alias="champion", dataset=dataset)
+    batchml.publish(project, MODEL, run.run_id)
+    seconds = time.perf_counter() - start
+    if run.reused:
+        raise RuntimeError(f"prediction run {run.run_id} was reused: the project is not fresh")
+    return {"seconds": seconds, "rows": run.rows}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (VmHWM) in MiB."""
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return kib / 1024
+
+
+def run_batchml(workdir: Path, data: Path, model: Path, repeat: int) -> dict[str, Any]:
+    """The batchml path ``repeat`` times, each on a fresh project (deleted afterwards); the fastest run."""
+    import batchml
+
+    runs = []
+    for _ in range(repeat):
+        setup = setup_batchml(workdir, data, model)
+        try:
+            runs.append({**run_child(["--child", "batchml", setup["toml"], setup["dataset"]]), **setup})
+            with batchml.connect(batchml.Project.open(setup["toml"])) as con:
+                sql = "SELECT max(abs(p.prediction - n.prediction)), count(*) FROM predictions p JOIN "
+                sql += f"read_parquet('{workdir / 'naive.parquet'}') n ON p.entity_id = n.{ENTITY}"
+                diff, matched = con.execute(sql).fetchone() or (None, 0)
+            runs[-1]["max_abs_diff_vs_naive"] = diff
+            if matched != runs[-1]["rows"]:
+                raise RuntimeError(
+                    f"{matched} published predictions match naive ids, expected {runs[-1]['rows']}"
+                )
+        finally:
+            shutil.rmtree(setup["project"])
+    best = min(runs, key=lambda r: r["seconds"])
+    del best["toml"], best["project"]
+    return {
+        **best,
+        "runs_seconds": [round(r["seconds"], 3) for r in runs],
+        "note": f"score + publish, same booster; max |p - naive p| = {best['max_abs_diff_vs_naive']:.1e}",
+    }
+
+
+def run_child(args: list[str], repeat: int = 1) -> dict[str, Any]:
+    """Run this script as a child with ``args`` ``repeat`` times; the fastest run's JSON result."""
+    runs = []
+    for _ in range(repeat):
+        proc = subprocess.run(
+            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"child {args[:2]} failed with exit code {proc.returncode}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {**min(runs, key=lambda r: r["seconds"]), "runs_seconds": [round(r["seconds"], 3) for r in runs]}
+
+
+def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The results as a text table with ratios to the naive path."""
+    base = results["naive"]
+    lines = [
+        f"rows={meta['rows']:,}  trees={meta['trees']}  machine: {meta['cores']} cores, "
+        f"{meta['ram_gib']} GiB RAM, python {meta['python']}, lightgbm {meta['lightgbm']}",
+        "peak RSS = each child's own VmHWM (whole process incl. interpreter and imports)",
+        f"{'path':<10}{'seconds':>9}{'rows/s':>13}{'speed x':>9}{'peak MiB':>10}{'mem x':>8}  trees  note",
+    ]
+    for name, r in results.items():
+        seconds, rss = r["seconds"], r["peak_rss_mib"]
+        speed, memory = base["seconds"] / seconds, rss / base["peak_rss_mib"]
+        lines.append(
+            f"{name:<10}{seconds:>9.2f}{r['rows'] / seconds:>13,.0f}{speed:>9.2f}{rss:>10.0f}{memory:>8.2f}"
+            f"  {r.get('trees')!s:>5}  {r.get('note', '')}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse arguments; in child mode run one path, otherwise set up, run all paths and report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--trees", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per path; the fastest is reported")
+    parser.add_argument(
+        "--paths", default="naive,predict,batchml", help="comma-separated subset (naive always runs)"
+    )
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        result = {
+            "naive": lambda: child_naive(Path(rest[0]), Path(rest[1]), Path(rest[2])),
+            "predict": lambda: child_predict(Path(rest[0]), Path(rest[1])),
+            "batchml": lambda: child_batchml(rest[0], rest[1]),
+        }[kind]()
+        print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
+        return
+
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(workdir, args.rows, args.seed)
+    model = train_baseline(data, args.trees, workdir)
+    paths = args.paths.split(",")
+    results: dict[str, dict[str, Any]] = {}
+    results["naive"] = run_child(["--child", "naive", str(data), str(model), str(workdir)], args.repeat)
+    if "predict" in paths:
+        predict = run_child(["--child", "predict", str(data), str(model)], args.repeat)
+        results["predict"] = {**predict, "note": "RSS incl. data loaded before the clock"}
+    if "batchml" in paths:
+        results["batchml"] = run_batchml(workdir, data, model, args.repeat)
+    meta = {
+        "rows": args.rows,
+        "trees": args.trees,
+        "seed": args.seed,
+        "repeat": args.repeat,
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "lightgbm": lgb.__version__,
+        "numpy": np.__version__,
+        "rss_method": "VmHWM of each child process, read by the child at exit",
+    }
+    print(report(results, meta))
+    (workdir / f"score_{args.rows}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -70,6 +70,7 @@ def train(
     card = {
         "origin": "batchml.train",
         "training_key": key,
+        "spec": spec.model_dump(mode="json", by_alias=True),
         "task": spec.task,
         "dataset_version": version.ref,
         "entity_id": spec.entity_id,

@@ -46,6 +46,102 @@ class SplitConfig(_Strict):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
 
+class Expectation(_Strict):
+    """Rules for one column, checked on training data and on every scoring batch.
+
+    Row rules (`min`, `max`, `in`, `not_null`) with severity "hard" send breaking rows to quarantine at
+    scoring (and fail training); with "warn" they are only counted. `max_null_rate` holds per dataset/run.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    not_null: bool = False
+    max_null_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    severity: Literal["hard", "warn"] = "hard"
+
+
+class ScoringConfig(_Strict):
+    """How scoring treats bad rows and what it adds to each prediction."""
+
+    #: A run whose quarantined share of rows exceeds this fails and publishes nothing.
+    max_quarantine_share: float = Field(default=0.01, ge=0.0, le=1.0)
+    #: Store the top-k features by contribution (LightGBM pred_contrib) per prediction; 0 = off.
+    reason_codes: int = Field(default=0, ge=0, le=20)
+
+
+class MetricGate(_Strict):
+    """A threshold on a held-out metric."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class SliceGate(_Strict):
+    """Metric per slice: category values of `columns`, numeric bins of `bins`."""
+
+    columns: list[str] = Field(default_factory=list)
+    bins: dict[str, list[float]] = Field(default_factory=dict)
+    metric: str = "auc"
+    min_metric: float | None = None
+    max_gap: float | None = None
+    min_rows: int = Field(default=50, ge=1)
+
+
+class ChampionGate(_Strict):
+    """The challenger may be worse than the current champion on the same held-out rows by at most `margin`."""
+
+    metric: str = "auc"
+    margin: float = Field(default=0.0, ge=0.0)
+    alias: str = "champion"
+
+
+class InvarianceGate(_Strict):
+    """Shuffling a feature declared irrelevant moves predictions by less than `epsilon` (mean |change|)."""
+
+    features: list[str]
+    epsilon: float = Field(default=0.01, gt=0.0)
+
+
+class DirectionGate(_Strict):
+    """Features declared monotone move predictions the declared way on held-out rows."""
+
+    increasing: list[str] = Field(default_factory=list)
+    decreasing: list[str] = Field(default_factory=list)
+    #: Share of rows allowed to move the wrong way (trees are piecewise constant; ties do not count).
+    max_violation_share: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class FairnessGate(_Strict):
+    """Gaps across groups of a sensitive column: positive rate, and true positive rate with labels."""
+
+    column: str
+    max_positive_rate_gap: float | None = None
+    max_tpr_gap: float | None = None
+    min_rows: int = Field(default=50, ge=1)
+
+
+class FlipRateGate(_Strict):
+    """The share of held-out entities whose decision changes versus the champion stays under `max`."""
+
+    max: float = Field(ge=0.0, le=1.0)
+    alias: str = "champion"
+
+
+class GatesConfig(_Strict):
+    """Promotion gates; a version reaches `champion` only when all configured gates pass."""
+
+    #: The train flow promotes a new version automatically only if every gate passed.
+    auto_promote: bool = True
+    metrics: dict[str, MetricGate] = Field(default_factory=dict)
+    slices: SliceGate | None = None
+    champion: ChampionGate | None = None
+    invariance: InvarianceGate | None = None
+    direction: DirectionGate | None = None
+    fairness: FairnessGate | None = None
+    flip_rate: FlipRateGate | None = None
+
+
 class ModelSpec(_Strict):
     """What to train: which dataset, which columns play which role, the task and LightGBM parameters."""
 
@@ -61,6 +157,9 @@ class ModelSpec(_Strict):
     categorical: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    expectations: dict[str, Expectation] = Field(default_factory=dict)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
 
     @field_validator("dataset")
     @classmethod

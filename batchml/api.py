@@ -19,7 +19,7 @@ from batchml.names import check_name
 from batchml.project import Project
 from batchml.publications import PublicationLog
 from batchml.registry import ModelVersion, Registry
-from batchml.scoring import PredictionRun, Progress
+from batchml.scoring import PredictionRun, Progress, ScoringOptions
 from batchml.scoring import score as score_dataset
 from batchml.serving import build_serving_db, connect_serving, serving_path
 
@@ -194,7 +194,10 @@ def score(
             raise ConfigError(f"model {model!r} has no configured dataset: pass dataset='NAME@VERSION'")
         dataset = f"{name}@latest"
     version_ = datasets.get_version(project.storage, dataset)
-    return score_dataset(project.storage, chosen, registry.load_booster(chosen), version_, progress=progress)
+    spec = project.config.models.get(model)
+    options = ScoringOptions(reason_codes=spec.scoring.reason_codes) if spec else ScoringOptions()
+    booster = registry.load_booster(chosen)
+    return score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress)
 
 
 def publish(project: Project, model: str, run_id: str, reason: str = "") -> Path:

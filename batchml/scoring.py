@@ -31,6 +31,7 @@ from batchml.lineage import actor, code_version
 from batchml.names import check_name
 from batchml.parts import write_parquet_parts
 from batchml.prefetch import prefetch
+from batchml.receipts import contributions, input_hashes, reason_codes
 from batchml.registry import ModelVersion
 from batchml.storage import FileEntry, Storage
 
@@ -43,6 +44,21 @@ BATCH_ROWS = 131_072
 ROWS_PER_FILE = 4_000_000
 BINARY_THRESHOLD = 0.5
 Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """What the project config adds to scoring; part of the run's content key (it changes the output)."""
+
+    #: Top-k feature names by |contribution| stored per prediction; 0 = off.
+    reason_codes: int = 0
+
+    def key(self) -> dict[str, Any]:
+        """The JSON form that enters the run key."""
+        return {"reason_codes": self.reason_codes}
+
+
+_CONSTANTS = ("model", "model_version", "dataset_version", "code_version", "run_id", "scored_at")
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,9 @@ class PredictionRun:
         return [FileEntry.from_dict(f) for f in self.manifest["files"]]
 
 
-def run_key(model: ModelVersion, dataset: DatasetVersion, code: str) -> dict[str, Any]:
+def run_key(
+    model: ModelVersion, dataset: DatasetVersion, code: str, options: ScoringOptions | None = None
+) -> dict[str, Any]:
     """The content key of scoring `dataset` with `model` by `code`: equal keys mean equal work."""
     return {
         "model": model.name,
@@ -81,7 +99,7 @@ def run_key(model: ModelVersion, dataset: DatasetVersion, code: str) -> dict[str
         "model_sha256": model.model_file.sha256,
         "dataset_version": dataset.ref,
         "code_version": code,
-        "params": {"binary_threshold": BINARY_THRESHOLD},
+        "params": {"binary_threshold": BINARY_THRESHOLD, **(options or ScoringOptions()).key()},
     }
 
 
@@ -128,6 +146,8 @@ def output_schema(entity_type: pa.DataType) -> pa.Schema:
             ("code_version", pa.string()),
             ("run_id", pa.string()),
             ("scored_at", pa.timestamp("us", tz="UTC")),
+            ("input_hash", pa.uint64()),
+            ("reasons", pa.list_(pa.string())),
         ]
     )
 
@@ -162,13 +182,21 @@ def _scored_batches(
     model: ModelVersion,
     schema: pa.Schema,
     constants: dict[str, Any],
+    options: ScoringOptions,
 ) -> Iterator[pa.RecordBatch]:
-    """Output batches: ids, predictions, and the run's constant columns."""
+    """Output batches: ids, predictions, the run's constants, and each row's receipt (input hash, reasons)."""
+    names = [f.name for f in model.features]
     for ids, matrix in encoded:
         values, labels = _predict(booster, model, matrix)
         n = len(ids)
         columns = [ids, pa.array(values, pa.float64()), labels]
-        columns += [pa.repeat(pa.scalar(constants[f.name], f.type), n) for f in list(schema)[3:]]
+        columns += [pa.repeat(pa.scalar(constants[c], schema.field(c).type), n) for c in _CONSTANTS]
+        columns.append(pa.array(input_hashes(matrix), pa.uint64()))
+        if options.reason_codes:
+            contrib = contributions(booster, matrix, len(model.classes))
+            columns.append(reason_codes(contrib, names, options.reason_codes))
+        else:
+            columns.append(pa.nulls(n, pa.list_(pa.string())))
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -178,11 +206,13 @@ def score(
     booster: lgb.Booster,
     dataset: DatasetVersion,
     *,
+    options: ScoringOptions | None = None,
     progress: Progress | None = None,
 ) -> PredictionRun:
     """Score every row of `dataset` with `model` into a committed run (or return the existing one)."""
+    options = options or ScoringOptions()
     code = code_version()
-    key = run_key(model, dataset, code)
+    key = run_key(model, dataset, code, options)
     run_id = run_id_of(key)
     if storage.exists(_manifest_path(model.name, run_id)):
         log.info("run %s of %s already exists: nothing to do", run_id, model.ref)
@@ -209,7 +239,7 @@ def score(
     batches = iter_batches(storage, dataset, columns=columns, batch_size=BATCH_ROWS)
     # Three overlapping stages: read + encode, predict, write (each releases the GIL for its heavy part).
     encoded = prefetch(_encoded_batches(batches, model, entity_id))
-    scored = prefetch(_scored_batches(encoded, booster, model, schema, constants))
+    scored = prefetch(_scored_batches(encoded, booster, model, schema, constants, options))
     prefix = f"runs/{model.name}/{run_id}/{uuid.uuid4().hex[:8]}"
     rows = 0
 

@@ -35,11 +35,11 @@ GRACE_SECONDS = 3600.0
 BUILD_MEMORY_LIMIT = "256MB"
 _PREDICTION_COLUMNS = (
     "model, model_version, CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, "
-    "dataset_version, code_version, run_id, scored_at"
+    "dataset_version, code_version, run_id, scored_at, input_hash, reasons"
 )
 _EMPTY_PREDICTIONS = """CREATE TABLE predictions (model VARCHAR, model_version BIGINT, entity_id VARCHAR,
     prediction DOUBLE, predicted_class VARCHAR, dataset_version VARCHAR, code_version VARCHAR, run_id VARCHAR,
-    scored_at TIMESTAMPTZ)"""
+    scored_at TIMESTAMPTZ, input_hash UBIGINT, reasons VARCHAR[])"""
 _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
     SELECT to_version FROM alias_events
     WHERE model = model_name AND alias = alias_name AND "at" <= CAST(at_time AS TIMESTAMPTZ)
@@ -60,7 +60,7 @@ def _run_files_sql(storage: Storage, model: str, run_ids: list[str], verify: boo
             uris.append(_literal(storage.uri(entry.path)))
     if not uris:
         return None
-    return f"SELECT {_PREDICTION_COLUMNS} FROM read_parquet([{', '.join(uris)}])"
+    return f"SELECT {_PREDICTION_COLUMNS} FROM read_parquet([{', '.join(uris)}], union_by_name = true)"
 
 
 @contextlib.contextmanager

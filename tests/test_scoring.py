@@ -15,7 +15,9 @@ import batchml
 from batchml import datasets, scoring
 from batchml.errors import DataError, SchemaError
 from batchml.features import encode
+from batchml.receipts import input_hashes
 from batchml.registry import Registry
+from tests.conftest import PROJECT_TOML
 
 
 def run_files(project: batchml.Project) -> list[Path]:
@@ -31,7 +33,7 @@ def test_scores_every_row_exactly_as_the_booster_does(
     table = pq.ParquetDataset([str(Path(project.storage.root, f.path)) for f in run.files]).read()
     assert table.column_names == [
         "entity_id", "prediction", "predicted_class", "model", "model_version",
-        "dataset_version", "code_version", "run_id", "scored_at",
+        "dataset_version", "code_version", "run_id", "scored_at", "input_hash", "reasons",
     ]  # fmt: skip
     source = datasets.read_frame(project.storage, version).to_arrow()
     booster = Registry(project.storage).load_booster(champion)
@@ -42,6 +44,28 @@ def test_scores_every_row_exactly_as_the_booster_does(
     assert table.column("predicted_class").to_pylist() == classes.tolist()
     assert set(table.column("run_id").to_pylist()) == {run.run_id}
     assert set(table.column("dataset_version").to_pylist()) == {version.ref}
+    assert table.column("input_hash").to_pylist() == input_hashes(encode(source, champion.features)).tolist()
+    assert table.column("reasons").null_count == table.num_rows  # reason codes are off by default
+
+
+def test_reason_codes_name_the_top_contributing_features(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    toml = PROJECT_TOML.format(source=loans_csv) + "\n[models.default_risk.scoring]\nreason_codes = 3\n"
+    project = make_project(toml)
+    batchml.snapshot_dataset(project, "loans")
+    model = batchml.train(project, "default_risk")
+    run = batchml.score(project, "default_risk", alias=None, version=model.version)
+    table = pq.ParquetDataset([str(Path(project.storage.root, f.path)) for f in run.files]).read()
+    reasons = table.column("reasons").to_pylist()
+    names = {f.name for f in model.features}
+    assert all(len(r) == 3 and set(r) <= names for r in reasons)
+    source = datasets.read_frame(project.storage, datasets.get_version(project.storage, "loans@latest"))
+    matrix = encode(source.to_arrow().slice(0, 1), model.features)
+    contrib = Registry(project.storage).load_booster(model).predict(matrix, pred_contrib=True)[0, :-1]
+    top = [model.features[i].name for i in np.argsort(-np.abs(contrib), kind="stable")[:3]]
+    assert reasons[0] == top
+    assert run.manifest["key"]["params"]["reason_codes"] == 3
 
 
 def test_same_work_twice_returns_the_first_run(

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from batchml import datasets
+from batchml import datasets, gates
 from batchml.datasets import DatasetVersion
 from batchml.errors import BatchMLError, ConfigError, ReadOnlyError
 from batchml.eventlog import now
+from batchml.expectations import check_training_data
 from batchml.features import Feature
 from batchml.lineage import actor, code_version, git_state, package_versions
 from batchml.names import check_name
+from batchml.profiles import training_profile
 from batchml.project import Project
 from batchml.publications import PublicationLog
 from batchml.registry import ModelVersion, Registry
@@ -66,7 +68,10 @@ def train(
     table = datasets.read_frame(project.storage, version).to_arrow()
     from batchml import training
 
+    data_checks = check_training_data(table, spec, version.ref)  # hard expectations fail before the fit
+    gates.validate(model, spec, table.schema)  # a bad gate config fails before the fit, naming the value
     result = training.fit(table, spec, params)
+    gate_report = gates.run(model, spec, result, registry)
     card = {
         "origin": "batchml.train",
         "training_key": key,
@@ -82,6 +87,9 @@ def train(
         "metrics": result.metrics,
         "importance": result.importance,
         "split": result.split,
+        "profile": training_profile(result),
+        "data_checks": data_checks,
+        "gates": gate_report,
         "num_trees": result.booster.num_trees(),
         "git": git_state(project.base_dir),
         "packages": package_versions(),
@@ -159,10 +167,19 @@ def register_model(
 
 
 def promote(
-    project: Project, model: str, version: int | str, alias: str = "champion", reason: str = ""
+    project: Project,
+    model: str,
+    version: int | str,
+    alias: str = "champion",
+    reason: str = "",
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Point `alias` of `model` at `version` (an append-only event), and refresh the serving catalog."""
-    event = Registry(project.storage).promote(model, version, alias, reason)
+    """Point `alias` of `model` at `version` (an append-only event), and refresh the serving catalog.
+
+    A version whose gates failed is refused (PromotionError) unless `force=True` with a `reason`.
+    """
+    event = Registry(project.storage).promote(model, version, alias, reason, force=force)
     rebuild_catalog(project)
     return event
 
@@ -195,7 +212,15 @@ def score(
         dataset = f"{name}@latest"
     version_ = datasets.get_version(project.storage, dataset)
     spec = project.config.models.get(model)
-    options = ScoringOptions(reason_codes=spec.scoring.reason_codes) if spec else ScoringOptions()
+    options = (
+        ScoringOptions(
+            reason_codes=spec.scoring.reason_codes,
+            expectations=spec.expectations,
+            max_quarantine_share=spec.scoring.max_quarantine_share,
+        )
+        if spec
+        else ScoringOptions()
+    )
     booster = registry.load_booster(chosen)
     return score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress)
 
@@ -248,3 +273,29 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tup
         raise BatchMLError(f"query failed: {exc}") from None
     columns = [d[0] for d in result.description or []]
     return columns, result.fetchall()
+
+
+def stage(project: Project, model: str, run_id: str, reason: str = "") -> Path:
+    """Serve run `run_id` as `model`'s `predictions_staging` table, beside the published one."""
+    PublicationLog(project.storage, "staging").publish(model, run_id, reason)
+    return rebuild_catalog(project)
+
+
+def promote_staged(
+    project: Project, model: str, alias: str = "champion", reason: str = "", force: bool = False
+) -> dict[str, Any]:
+    """Promote the staged run's model version to `alias` (gates apply) and publish that run, in one step."""
+    from batchml.staging import staged_run
+
+    run = staged_run(project.storage, model)
+    version = int(run.manifest["model_version"])
+    registry = Registry(project.storage)
+    event = None
+    if registry.aliases(model).get(alias) != version:
+        event = registry.promote(model, version, alias, reason, force=force)
+    publications = PublicationLog(project.storage)
+    if publications.current(model) != run.run_id:
+        publications.publish(model, run.run_id, reason)
+    PublicationLog(project.storage, "staging").clear(model, reason or "promoted")
+    serving = rebuild_catalog(project)
+    return {"alias_event": event, "run_id": run.run_id, "model_version": version, "serving": str(serving)}

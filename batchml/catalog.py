@@ -65,6 +65,19 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("reason", pa.string()),
             ("by", pa.string()),
             ("at", _TS),
+            ("forced", pa.bool_()),
+        ]
+    ),
+    "gate_results": pa.schema(
+        [
+            ("model", pa.string()),
+            ("version", pa.int64()),
+            ("gate", pa.string()),
+            ("name", pa.string()),
+            ("value", pa.float64()),
+            ("threshold", pa.float64()),
+            ("passed", pa.bool_()),
+            ("detail", pa.string()),
         ]
     ),
     "model_aliases": pa.schema(
@@ -83,6 +96,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("user", pa.string()),
             ("host", pa.string()),
             ("published", pa.bool_()),
+            ("quarantined", pa.int64()),  # rows that broke a hard expectation (not scored)
+            ("flagged", pa.int64()),  # scored rows with an unseen category or out-of-range value
+            ("summary_json", pa.string()),  # the manifest's run summary
         ]
     ),
     "publications": pa.schema(
@@ -156,6 +172,16 @@ def model_rows(registry: RegistryReader) -> list[dict[str, Any]]:
     return rows
 
 
+def gate_rows(registry: RegistryReader) -> list[dict[str, Any]]:
+    """One row per gate check of every model version (passed is NULL for a skipped check)."""
+    return [
+        {**check, "model": name, "version": m.version}
+        for name in registry.list_models()
+        for m in registry.list_versions(name)
+        for check in (m.card.get("gates") or {}).get("checks", [])
+    ]
+
+
 def build_tables(storage: Storage) -> dict[str, pa.Table]:
     """Every catalog table, from storage."""
     registry = RegistryReader(storage)
@@ -163,7 +189,7 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
     events, aliases, runs, pubs = [], [], [], []
     for name in registry.list_models():
         history = registry.events(name)
-        events += [{**e, "model": name, "at": _ts(e["at"])} for e in history]
+        events += [{**e, "model": name, "at": _ts(e["at"]), "forced": bool(e.get("forced"))} for e in history]
         for alias, version in registry.aliases(name).items():
             since = max((e["at"] for e in history if e["alias"] == alias), default=None)
             aliases.append({"model": name, "alias": alias, "version": version, "since": _ts(since)})
@@ -191,12 +217,16 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
                     "user": m.get("user"),
                     "host": m.get("host"),
                     "published": run.run_id == current,
+                    "quarantined": run.summary.get("quarantined"),
+                    "flagged": run.summary.get("flagged"),
+                    "summary_json": json.dumps(run.summary) if run.summary else None,
                 }
             )
     return {
         "datasets": _table("datasets", dataset_rows(storage)),
         "models": _table("models", model_rows(registry)),
         "alias_events": _table("alias_events", events),
+        "gate_results": _table("gate_results", gate_rows(registry)),
         "model_aliases": _table("model_aliases", aliases),
         "runs": _table("runs", runs),
         "publications": _table("publications", pubs),

@@ -60,6 +60,14 @@ class Expectation(_Strict):
     max_null_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     severity: Literal["hard", "warn"] = "hard"
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Expectation:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is greater than max {self.max:g}: use min <= max")
+        if self.in_ is not None and not self.in_:
+            raise ValueError("`in` is an empty list: list the allowed values, or drop `in`")
+        return self
+
 
 class ScoringConfig(_Strict):
     """How scoring treats bad rows and what it adds to each prediction."""

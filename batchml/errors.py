@@ -9,6 +9,7 @@
     ├── IntegrityError                a stored file does not match the hash its manifest recorded
     ├── ConflictError                 someone else committed the same thing first
     ├── ReadOnlyError                 a write was attempted through a read-only path
+    ├── PromotionError                a version failed its promotion gates (or was forced without a reason)
     └── TransientError                I/O that may succeed if retried (flows map it to Prefect retries)
 
 Every message says what was wrong, with the value, and what is allowed.
@@ -79,6 +80,10 @@ class ConflictError(BatchMLError):
 
 class ReadOnlyError(BatchMLError):
     """A statement that writes was sent through a read-only interface."""
+
+
+class PromotionError(BatchMLError):
+    """An alias may not move to a version whose gates failed, unless forced with a reason."""
 
 
 class TransientError(BatchMLError):

@@ -60,6 +60,8 @@ def replay_stacks(
         stack = stacks.setdefault(event[group], [])
         if event["action"] == "rollback":
             stack.pop()
+        elif event["action"] == "clear":
+            stack.clear()
         else:
             stack.append(event[value])
     return stacks

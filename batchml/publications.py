@@ -1,13 +1,14 @@
-"""Which prediction run is published per model: an append-only log of publish and rollback events.
+"""Which prediction run is published (or staged) per model: append-only logs of publication events.
 
-    publications/<model>/events/<000000001>.json
+    publications/<model>/events/<000000001>.json     the published channel: publish / rollback
+    publications/<model>/staging/<000000001>.json    the staging channel: stage / clear
 
-The log in storage is the record; the serving DuckDB file is built from it.
+The logs in storage are the record; the serving DuckDB file is built from them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from batchml.errors import NotFoundError
 from batchml.eventlog import EventLog, replay_stacks
@@ -15,22 +16,27 @@ from batchml.names import check_name
 from batchml.scoring import get_run
 from batchml.storage import Storage
 
+Channel = Literal["published", "staging"]
+_FOLDERS: dict[str, str] = {"published": "events", "staging": "staging"}
+
 
 class PublicationLog:
-    """Publish/rollback events per model, and the current published run derived from them."""
+    """Publication events per model on one channel, and the current run derived from them."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, channel: Channel = "published") -> None:
         self.storage = storage
+        self.channel = channel
+        self.folder = _FOLDERS[channel]
 
     def _log(self, model: str) -> EventLog:
-        return EventLog(self.storage, f"publications/{check_name('model', model)}/events")
+        return EventLog(self.storage, f"publications/{check_name('model', model)}/{self.folder}")
 
     def models(self) -> list[str]:
         """Models that have publication events."""
         return [
             m
             for m in self.storage.list_dir("publications")
-            if self.storage.list_dir(f"publications/{m}/events")
+            if self.storage.list_dir(f"publications/{m}/{self.folder}")
         ]
 
     def events(self, model: str) -> list[dict[str, Any]]:
@@ -50,6 +56,11 @@ class PublicationLog:
         """Record that `run_id` (a committed run of `model`) is now the published table."""
         get_run(self.storage, model, run_id)  # raises NotFoundError listing the model's runs
         event = {"model": model, "action": "publish", "run_id": run_id, "from_run_id": self.current(model)}
+        return self._log(model).append({**event, "reason": reason}, actor)
+
+    def clear(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
+        """Record that no run is current on this channel (e.g. staging after its run was promoted)."""
+        event = {"model": model, "action": "clear", "run_id": None, "from_run_id": self.current(model)}
         return self._log(model).append({**event, "reason": reason}, actor)
 
     def rollback(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:

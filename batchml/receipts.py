@@ -33,14 +33,14 @@ def input_hashes(matrix: np.ndarray) -> np.ndarray:
 
 
 def contributions(booster: lgb.Booster, matrix: np.ndarray, num_class: int) -> np.ndarray:
-    """Feature contributions (rows x features, no bias column); multiclass: of the predicted class."""
+    """Feature contributions, rows x (features + bias last); for multiclass, of each row's predicted class."""
     raw = np.asarray(booster.predict(matrix, pred_contrib=True))
     width = matrix.shape[1] + 1
     if num_class <= 2:
-        return raw[:, :-1]
+        return raw
     per_class = raw.reshape(len(matrix), num_class, width)
     scores = per_class.sum(axis=2)
-    return per_class[np.arange(len(matrix)), scores.argmax(axis=1), :-1]
+    return per_class[np.arange(len(matrix)), scores.argmax(axis=1), :]
 
 
 def reason_codes(contrib: np.ndarray, names: list[str], top: int) -> pa.Array:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from batchml.errors import ConflictError, DataError, IntegrityError, NotFoundError
 from batchml.eventlog import EventLog, replay_stacks
 from batchml.features import Feature
+from batchml.gates import refuse_promotion
 from batchml.names import check_name
 from batchml.storage import FileEntry, Storage
 
@@ -184,12 +185,25 @@ class Registry(RegistryReader):
         alias: str = "champion",
         reason: str = "",
         actor: str | None = None,
+        force: bool = False,
     ) -> dict[str, Any]:
-        """Point `alias` at `version`, recording who, when, from, to and why."""
+        """Point `alias` at `version`, recording who, when, from, to and why.
+
+        A version whose gates failed is refused (PromotionError listing the failed checks) unless `force`
+        is given with a `reason`; the event then records `forced: true` and the overridden checks.
+        """
         check_name("alias", alias)
         target = self.get(name, version)
+        overridden = refuse_promotion(target.ref, alias, target.card.get("gates"), force, reason)
         current = self.aliases(name).get(alias)
-        event = {"action": "promote", "alias": alias, "from_version": current, "to_version": target.version}
+        event: dict[str, Any] = {
+            "action": "promote",
+            "alias": alias,
+            "from_version": current,
+            "to_version": target.version,
+        }
+        if force:
+            event |= {"forced": True, "overridden": overridden}
         return self._events(name).append({**event, "reason": reason}, actor)
 
     def rollback(

@@ -14,8 +14,8 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchml.config import Expectation
 from batchml.datasets import DatasetVersion, iter_batches
 from batchml.errors import ConflictError, DataError, NotFoundError, SchemaError
 from batchml.eventlog import now
@@ -34,6 +35,7 @@ from batchml.prefetch import prefetch
 from batchml.receipts import contributions, input_hashes, reason_codes
 from batchml.registry import ModelVersion
 from batchml.storage import FileEntry, Storage
+from batchml.validation import QuarantineWriter, ScoringChecks
 
 if TYPE_CHECKING:
     import lightgbm as lgb
@@ -52,10 +54,20 @@ class ScoringOptions:
 
     #: Top-k feature names by |contribution| stored per prediction; 0 = off.
     reason_codes: int = 0
+    #: Column rules: rows breaking a hard one are quarantined, warn ones are counted.
+    expectations: Mapping[str, Expectation] = field(default_factory=dict)
+    #: The run fails (nothing committed) when more than this share of its rows is quarantined.
+    max_quarantine_share: float = 0.01
 
     def key(self) -> dict[str, Any]:
         """The JSON form that enters the run key."""
-        return {"reason_codes": self.reason_codes}
+        key: dict[str, Any] = {"reason_codes": self.reason_codes}
+        if self.expectations:  # runs without expectations keep the ids they had before they existed
+            key["expectations"] = {
+                c: e.model_dump(mode="json", by_alias=True) for c, e in sorted(self.expectations.items())
+            }
+            key["max_quarantine_share"] = self.max_quarantine_share
+        return key
 
 
 _CONSTANTS = ("model", "model_version", "dataset_version", "code_version", "run_id", "scored_at")
@@ -87,6 +99,16 @@ class PredictionRun:
     def files(self) -> list[FileEntry]:
         """The run's Parquet files."""
         return [FileEntry.from_dict(f) for f in self.manifest["files"]]
+
+    @property
+    def quarantine_files(self) -> list[FileEntry]:
+        """The run's quarantine Parquet files (rows that broke a hard expectation)."""
+        return [FileEntry.from_dict(f) for f in self.manifest.get("quarantine_files", [])]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Rows in, scored, quarantined (by rule), warnings, unseen/out-of-range counts ({} for old runs)."""
+        return dict(self.manifest.get("summary") or {})
 
 
 def run_key(
@@ -148,6 +170,7 @@ def output_schema(entity_type: pa.DataType) -> pa.Schema:
             ("scored_at", pa.timestamp("us", tz="UTC")),
             ("input_hash", pa.uint64()),
             ("reasons", pa.list_(pa.string())),
+            ("flags", pa.list_(pa.string())),  # unseen:<col>, out_of_range:<col>
         ]
     )
 
@@ -165,19 +188,28 @@ def _predict(booster: lgb.Booster, model: ModelVersion, matrix: np.ndarray) -> t
 
 
 def _encoded_batches(
-    batches: Iterator[pa.RecordBatch], model: ModelVersion, entity_id: str
-) -> Iterator[tuple[pa.Array, np.ndarray]]:
-    """Entity ids and the model's input matrix, batch by batch."""
+    batches: Iterator[pa.RecordBatch],
+    model: ModelVersion,
+    entity_id: str,
+    checks: ScoringChecks,
+    quarantine: QuarantineWriter,
+) -> Iterator[tuple[pa.Array, np.ndarray, pa.Array]]:
+    """Entity ids, the model's input matrix and each row's flags, batch by batch; bad rows to quarantine."""
     features = model.features
     for batch in batches:
         ids = batch.column(entity_id)
         if ids.null_count:
             raise DataError(f"entity id column {entity_id!r} has {ids.null_count} null values in the input")
-        yield ids, encode(batch, features)
+        batch, records = checks.split(batch, entity_id)
+        if records is not None:
+            quarantine.add(records)
+        if batch.num_rows:
+            matrix = encode(batch, features)
+            yield batch.column(entity_id), matrix, checks.flags(batch, matrix)
 
 
 def _scored_batches(
-    encoded: Iterator[tuple[pa.Array, np.ndarray]],
+    encoded: Iterator[tuple[pa.Array, np.ndarray, pa.Array]],
     booster: lgb.Booster,
     model: ModelVersion,
     schema: pa.Schema,
@@ -186,17 +218,18 @@ def _scored_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Output batches: ids, predictions, the run's constants, and each row's receipt (input hash, reasons)."""
     names = [f.name for f in model.features]
-    for ids, matrix in encoded:
+    for ids, matrix, flags in encoded:
         values, labels = _predict(booster, model, matrix)
         n = len(ids)
         columns = [ids, pa.array(values, pa.float64()), labels]
         columns += [pa.repeat(pa.scalar(constants[c], schema.field(c).type), n) for c in _CONSTANTS]
         columns.append(pa.array(input_hashes(matrix), pa.uint64()))
         if options.reason_codes:
-            contrib = contributions(booster, matrix, len(model.classes))
+            contrib = contributions(booster, matrix, len(model.classes))[:, :-1]
             columns.append(reason_codes(contrib, names, options.reason_codes))
         else:
             columns.append(pa.nulls(n, pa.list_(pa.string())))
+        columns.append(flags)
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -224,6 +257,17 @@ def score(
     if entity_id not in input_schema.names:
         raise SchemaError(f"dataset {dataset.ref} has no entity id column {entity_id!r}", input_schema.names)
     check_input_schema(input_schema, model.features)
+    checks = ScoringChecks(
+        expectations=options.expectations,
+        max_quarantine_share=options.max_quarantine_share,
+        features=model.features,
+        profile=model.card.get("profile") or {},
+        total_rows=dataset.rows,
+        model=model.name,
+        run_id=run_id,
+        skip=(str(model.card.get("target")),),  # labels are not needed to score
+    )
+    checks.check_schema(input_schema, f"dataset {dataset.ref}")
     started = now()
     schema = output_schema(input_schema.field(entity_id).type)
     scored_at = datetime.now(UTC)
@@ -235,12 +279,13 @@ def score(
         "run_id": run_id,
         "scored_at": scored_at,
     }
-    columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features)]))
+    columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features), *checks.columns]))
     batches = iter_batches(storage, dataset, columns=columns, batch_size=BATCH_ROWS)
-    # Three overlapping stages: read + encode, predict, write (each releases the GIL for its heavy part).
-    encoded = prefetch(_encoded_batches(batches, model, entity_id))
-    scored = prefetch(_scored_batches(encoded, booster, model, schema, constants, options))
     prefix = f"runs/{model.name}/{run_id}/{uuid.uuid4().hex[:8]}"
+    quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
+    # Three overlapping stages: read + check + encode, predict, write (each releases the GIL when heavy).
+    encoded = prefetch(_encoded_batches(batches, model, entity_id, checks, quarantine))
+    scored = prefetch(_scored_batches(encoded, booster, model, schema, constants, options))
     rows = 0
 
     def count(n: int) -> None:
@@ -249,9 +294,21 @@ def score(
         if progress:
             progress(n)
 
-    files = write_parquet_parts(storage, prefix, scored, schema, rows_per_file=ROWS_PER_FILE, progress=count)
-    if not files:
-        raise DataError(f"dataset {dataset.ref} has no rows to score")
+    try:
+        files = write_parquet_parts(
+            storage, prefix, scored, schema, rows_per_file=ROWS_PER_FILE, progress=count
+        )
+        quarantine.flush()
+        if not files:
+            raise DataError(
+                f"dataset {dataset.ref} has no rows to score"
+                + (f": all {checks.rows_in:,} rows broke hard expectations" if checks.rows_in else "")
+            )
+    except BaseException:
+        for stage in (scored, encoded):  # stop both stages (joining their threads) before removing files
+            getattr(stage, "close", lambda: None)()
+        quarantine.delete()  # the prediction parts were removed by write_parquet_parts
+        raise
     manifest = {
         "kind": "prediction_run",
         "run_id": run_id,
@@ -261,6 +318,8 @@ def score(
         "task": model.task,
         "rows": rows,
         "files": [f.to_dict() for f in files],
+        "quarantine_files": [f.to_dict() for f in quarantine.files],
+        "summary": checks.summary(),
         "started_at": started,
         "finished_at": now(),
         "scored_at": scored_at.isoformat(),
@@ -271,5 +330,6 @@ def score(
     except ConflictError:  # a concurrent run of the same work won: keep theirs
         for entry in files:
             storage.delete(entry.path)
+        quarantine.delete()
         return PredictionRun(get_run(storage, model.name, run_id).manifest, reused=True)
     return PredictionRun(manifest)

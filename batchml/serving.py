@@ -25,6 +25,7 @@ from batchml.errors import NotFoundError
 from batchml.publications import PublicationLog
 from batchml.scoring import get_run
 from batchml.storage import Storage
+from batchml.validation import EMPTY_QUARANTINE, quarantine_sql
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,11 @@ GRACE_SECONDS = 3600.0
 BUILD_MEMORY_LIMIT = "256MB"
 _PREDICTION_COLUMNS = (
     "model, model_version, CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, "
-    "dataset_version, code_version, run_id, scored_at, input_hash, reasons"
+    "dataset_version, code_version, run_id, scored_at, input_hash, reasons, flags"
 )
-_EMPTY_PREDICTIONS = """CREATE TABLE predictions (model VARCHAR, model_version BIGINT, entity_id VARCHAR,
+_EMPTY_PREDICTIONS = """CREATE TABLE {table} (model VARCHAR, model_version BIGINT, entity_id VARCHAR,
     prediction DOUBLE, predicted_class VARCHAR, dataset_version VARCHAR, code_version VARCHAR, run_id VARCHAR,
-    scored_at TIMESTAMPTZ, input_hash UBIGINT, reasons VARCHAR[])"""
+    scored_at TIMESTAMPTZ, input_hash UBIGINT, reasons VARCHAR[], flags VARCHAR[])"""
 _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
     SELECT to_version FROM alias_events
     WHERE model = model_name AND alias = alias_name AND "at" <= CAST(at_time AS TIMESTAMPTZ)
@@ -75,6 +76,34 @@ def _build_lock(serving_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _create_current_table(
+    con: duckdb.DuckDBPyConnection, storage: Storage, log: PublicationLog, table: str
+) -> None:
+    """`table` = the current run of every model on `log`'s channel, sorted for point lookups."""
+    selects = []
+    for model in log.models():
+        run_id = log.current(model)
+        selects.append(_run_files_sql(storage, model, [run_id] if run_id else [], verify=True))
+    union = " UNION ALL ".join(f"({s})" for s in selects if s)
+    if union:
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM ({union}) ORDER BY model, entity_id")
+    else:
+        con.execute(_EMPTY_PREDICTIONS.format(table=table))
+
+
+def _create_quarantine_table(con: duckdb.DuckDBPyConnection, storage: Storage, log: PublicationLog) -> None:
+    """`quarantine` = the rows each model's published run did not score (entity id, column, rule, value)."""
+    uris = []
+    for model in log.models():
+        run_id = log.current(model)
+        for entry in get_run(storage, model, run_id).quarantine_files if run_id else []:
+            storage.verify(entry)
+            uris.append(_literal(storage.uri(entry.path)))
+    select = quarantine_sql(uris)
+    sql = f"CREATE TABLE quarantine AS {select} ORDER BY model, entity_id" if select else EMPTY_QUARANTINE
+    con.execute(sql)
+
+
 def _write_database(storage: Storage, path: Path) -> None:
     publications = PublicationLog(storage)
     con = duckdb.connect(str(path))
@@ -87,18 +116,13 @@ def _write_database(storage: Storage, path: Path) -> None:
             con.register("_records", table)
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM _records")
             con.unregister("_records")
-        current, history = [], []
+        _create_current_table(con, storage, publications, "predictions")
+        _create_current_table(con, storage, PublicationLog(storage, "staging"), "predictions_staging")
+        _create_quarantine_table(con, storage, publications)
+        history = []
         for model in publications.models():
-            run_id = publications.current(model)
             ever = list(dict.fromkeys(e["run_id"] for e in publications.events(model)))
-            current.append(_run_files_sql(storage, model, [run_id] if run_id else [], verify=True))
             history.append(_run_files_sql(storage, model, ever, verify=False))
-        selects = [s for s in current if s]
-        if selects:
-            union = " UNION ALL ".join(f"({s})" for s in selects)
-            con.execute(f"CREATE TABLE predictions AS SELECT * FROM ({union}) ORDER BY model, entity_id")
-        else:
-            con.execute(_EMPTY_PREDICTIONS)
         past = [s for s in history if s]
         body = " UNION ALL ".join(f"({s})" for s in past) if past else "SELECT * FROM predictions WHERE false"
         con.execute(f"CREATE VIEW prediction_history AS {body}")

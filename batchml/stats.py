@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, TypedDict
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -72,3 +73,16 @@ class SummaryAccumulator:
                 summary["mean"] = _jsonable(s["sum"] / present) if present else None
             out[name] = summary
         return out
+
+
+def population_stability_index(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """PSI of `actual` against `expected`, over `bins` quantile bins of `expected` (empty bins floored)."""
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:
+        return 0.0
+    inner = edges[1:-1]
+    expected_share = np.bincount(np.searchsorted(inner, expected, side="right"), minlength=len(edges) - 1)
+    actual_share = np.bincount(np.searchsorted(inner, actual, side="right"), minlength=len(edges) - 1)
+    e = np.maximum(expected_share / max(len(expected), 1), 1e-6)
+    a = np.maximum(actual_share / max(len(actual), 1), 1e-6)
+    return float(np.sum((a - e) * np.log(a / e)))

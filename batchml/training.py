@@ -34,6 +34,26 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """The labelled rows a model was fit and evaluated on, for checks that re-score the held-out split."""
+
+    rows: pa.Table  # every labelled row (train and held-out), in dataset order
+    mask: np.ndarray  # True for held-out rows
+    y: np.ndarray  # encoded target of the held-out rows
+    raw: np.ndarray  # the model's predictions for the held-out rows
+
+    @property
+    def table(self) -> pa.Table:
+        """The held-out rows."""
+        return self.rows.filter(pa.array(self.mask))
+
+    @property
+    def train_table(self) -> pa.Table:
+        """The rows the model was fit on."""
+        return self.rows.filter(pa.array(~self.mask))
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """A trained booster and everything the model card records about how it was made."""
 
@@ -44,6 +64,7 @@ class TrainResult:
     metrics: dict[str, float | None]
     importance: dict[str, float]
     split: dict[str, Any]
+    holdout: HeldOut | None = None
 
 
 def effective_params(task: Task, overrides: dict[str, Any], num_class: int = 0) -> dict[str, Any]:
@@ -159,4 +180,5 @@ def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) 
             "train_rows": len(train_idx),
             "test_rows": len(test_idx),
         },
+        holdout=HeldOut(labelled, holdout, y[test_idx], np.asarray(predicted)),
     )

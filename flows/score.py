@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 import batchml
 from batchml.publications import PublicationLog
+from batchml.validation import describe_summary
 from flows.common import (
     artifact_key,
     batch_task,
@@ -31,6 +32,9 @@ def score(model: str, alias: str, dataset: str | None, config: str | None) -> di
         "run_id": run.run_id,
         "rows": run.rows,
         "reused": run.reused,
+        "quarantined": run.summary.get("quarantined", 0),
+        "flagged": run.summary.get("flagged", 0),
+        "checks": describe_summary(run.summary),
     }
 
 
@@ -68,6 +72,8 @@ def score_and_publish(
         result["model_version"],
         result["dataset"],
     )
+    for line in result["checks"]:
+        logger.info("run %s input checks: %s", result["run_id"], line)
     publication = None
     if publish:
         publication = publish_run(model, result["run_id"], "flow score-and-publish", config)
@@ -83,8 +89,10 @@ def score_and_publish(
         f"{result['rows']:,} predictions of `{model}@{alias}` (v{result['model_version']}) "
         f"on `{result['dataset']}`.",
         "",
-        markdown_table([{k: v for k, v in result.items() if k != "alias"}]),
+        markdown_table([{k: v for k, v in result.items() if k not in ("alias", "checks")}]),
     ]
+    if result["checks"]:
+        lines += ["", "Input checks:", "", *(f"- {line}" for line in result["checks"])]
     if publication is not None:
         lines += [
             "",

@@ -41,11 +41,13 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 import batchml  # noqa: E402
 from batchml.publications import PublicationLog  # noqa: E402
+from batchml.registry import RegistryReader  # noqa: E402
 from deployments import DEPLOYMENTS  # noqa: E402
 from flows.common import RETRY, is_transient  # noqa: E402
 from flows.ingest import snapshot_dataset  # noqa: E402
 from flows.pipeline import pipeline  # noqa: E402
 from flows.score import score_and_publish  # noqa: E402
+from flows.train import train_model  # noqa: E402
 from tests.conftest import PROJECT_TOML, SAMPLE_ROWS  # noqa: E402
 
 # -- fixtures ----------------------------------------------------------------------------------------------
@@ -234,3 +236,27 @@ def test_transient_storage_errors_are_retried_terminal_errors_are_not(
     assert [t.run_count for t in _task_runs(state)] == [1]
     with pytest.raises(batchml.InvalidNameError, match=r"'\.\./x' is invalid"):
         state.result()
+
+
+@pytest.mark.slow
+def test_train_flow_promotes_only_when_every_gate_passed(
+    prefect_api: None, project: batchml.Project, loans_csv: Path
+) -> None:
+    config = project.base_dir / "batchml.toml"
+    gates = "\n[models.default_risk.gates]\nmetrics = {auc = {min = 0.99}}\n"
+    config.write_text(PROJECT_TOML.format(source=loans_csv) + gates)
+    batchml.snapshot_dataset(project, "loans")
+    state = train_model("default_risk", config=str(config), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["promotion"] is None and result["held_back"].startswith("gates failed: metrics: auc min")
+    assert RegistryReader(project.storage).aliases("default_risk") == {}
+    markdown = str({a.key: a for a in _artifacts(state)}["model-default-risk"].data)
+    assert "**not promoted** to `champion`: gates failed" in markdown
+    assert "## Gates: FAILED" in markdown and "| FAIL |" in markdown
+
+    config.write_text(config.read_text().replace("min = 0.99}}", "min = 0.6}}\nauto_promote = false"))
+    result = train_model("default_risk", config=str(config))
+    assert result["promotion"] is None and result["held_back"] == "gates.auto_promote is false"
+    assert result["gates"]["passed"] and result["version"] == 2
+    assert RegistryReader(project.storage).aliases("default_risk") == {}

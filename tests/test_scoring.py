@@ -33,7 +33,7 @@ def test_scores_every_row_exactly_as_the_booster_does(
     table = pq.ParquetDataset([str(Path(project.storage.root, f.path)) for f in run.files]).read()
     assert table.column_names == [
         "entity_id", "prediction", "predicted_class", "model", "model_version",
-        "dataset_version", "code_version", "run_id", "scored_at", "input_hash", "reasons",
+        "dataset_version", "code_version", "run_id", "scored_at", "input_hash", "reasons", "flags",
     ]  # fmt: skip
     source = datasets.read_frame(project.storage, version).to_arrow()
     booster = Registry(project.storage).load_booster(champion)

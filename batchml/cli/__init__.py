@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 import batchml
-from batchml.cli import _datasets, _models, _serving
+from batchml.cli import _datasets, _models, _serving, _trust  # noqa: F401  (_trust adds sub-commands)
 from batchml.cli._common import ErrorHandlingGroup, State
 
 __all__ = ["app", "main"]

@@ -92,12 +92,14 @@ def train(
         "dataset_version": card.get("dataset_version"),
         "metrics": card.get("metrics", {}),
         "top_features": _top_features(version),
+        "gates": card.get("gates"),
     }
 
     def render(console: Console) -> None:
         verb = "reused existing" if version.reused else "registered new"
         console.print(f"{verb} version {version.ref} (trained on {data['dataset_version']})")
         console.print(table(["metric", "value"], data["metrics"].items(), "metrics"))
+        _print_gates(console, card.get("gates"))
         features = ([f["feature"], f["importance"]] for f in data["top_features"])
         console.print(table(["feature", "importance (gain)"], features, "top features"))
 
@@ -147,6 +149,7 @@ def show(
     model = reader.get(name, wanted)
     aliases = [alias for alias, v in reader.aliases(name).items() if v == model.version]
     data = {"model": name, "version": model.version, "ref": model.ref, "aliases": aliases, "card": model.card}
+    data["gates"] = model.card.get("gates")
 
     def render(console: Console) -> None:
         card = model.card
@@ -160,6 +163,7 @@ def show(
             )
         )
         console.print(table(["metric", "value"], (card.get("metrics") or {}).items(), "metrics"))
+        _print_gates(console, card.get("gates"))
         console.print(table(["param", "value"], (card.get("params") or {}).items(), "params"))
         importance = card.get("importance") or {}
         features = (
@@ -172,11 +176,30 @@ def show(
     emit(as_json, data, render)
 
 
+def _print_gates(console: Console, report: dict[str, Any] | None) -> None:
+    """The gate report: one row per check, pass / FAIL / skipped."""
+    if report is None:
+        console.print("gates: none recorded (not trained by batchml train), promotable")
+        return
+    checks = report.get("checks", [])
+    failed = sum(c["passed"] is False for c in checks)
+    title = f"gates: {'passed' if report.get('passed') else f'FAILED ({failed} of {len(checks)} checks)'}"
+    if not checks:
+        console.print(f"{title} (none configured)")
+        return
+    verdict = {True: "pass", False: "FAIL", None: "skipped"}
+    rows = (
+        [c["gate"], c["name"], c["value"], c["threshold"], verdict[c["passed"]], c["detail"]] for c in checks
+    )
+    console.print(table(["gate", "check", "value", "threshold", "result", "detail"], rows, title))
+
+
 def _print_event(console: Console, event: dict[str, Any]) -> None:
     before = f"v{event['from_version']}" if event["from_version"] is not None else "(none)"
     moved = f"{event['alias']}: {before} -> v{event['to_version']}"
     when = short_time(event["at"])
-    console.print(f"{event['action']} {moved} (event {event['seq']} by {event['by']}, {when})")
+    forced = f"; FORCED: {event['reason']}" if event.get("forced") else ""
+    console.print(f"{event['action']} {moved} (event {event['seq']} by {event['by']}, {when}{forced})")
 
 
 @app.command("promote")
@@ -186,14 +209,22 @@ def promote(
     version: Annotated[str, typer.Argument(help="Version number to point the alias at.")],
     alias: AliasOption = "champion",
     reason: ReasonOption = "",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Promote although the version's gates failed (needs --reason)."),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Point an alias of MODEL at VERSION (an append-only event; refreshes the serving catalog).
 
-    Example:
+    A version whose promotion gates failed is refused, listing the failed checks, unless --force is given
+    with a --reason; the alias event then records forced: true.
+
+    Examples:
       batchml models promote default_risk 3 --reason "better AUC on March data"
+      batchml models promote default_risk 4 --force --reason "slice gate: islands relabelled, reviewed"
     """
-    event = api.promote(project_of(ctx), model, version, alias=alias, reason=reason)
+    event = api.promote(project_of(ctx), model, version, alias=alias, reason=reason, force=force)
     emit(as_json, {"model": model, **event}, lambda c: _print_event(c, event))
 
 

@@ -27,6 +27,7 @@ from batchml.project import CONFIG_FILE, Project
 from batchml.publications import PublicationLog
 from batchml.registry import RegistryReader
 from batchml.scoring import list_runs
+from batchml.validation import describe_summary
 
 predictions_app = typer.Typer(
     cls=ErrorHandlingGroup,
@@ -100,11 +101,16 @@ def score(
         "reused": run.reused,
         "published": publish,
         "serving_db": _serving_db(project) if publish else None,
+        "quarantined": run.summary.get("quarantined", 0),
+        "flagged": run.summary.get("flagged", 0),
+        "summary": run.summary,
     }
 
     def render(console: Console) -> None:
         verb = "reused existing" if run.reused else "committed new"
         console.print(f"{verb} run {run.run_id}: {run.rows:,} rows of {data['dataset_version']}")
+        for line in describe_summary(run.summary):
+            console.print(f"  {line}", markup=False)
         if publish:
             console.print(f"published; query it read-only at {data['serving_db']}")
 

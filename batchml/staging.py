@@ -30,7 +30,7 @@ def staged_run(storage: Storage, model: str) -> PredictionRun:
         raise NotFoundError(
             f"staged run of model {model!r}",
             model,
-            ["none: stage one with `batchml predictions stage MODEL RUN_ID`"],
+            ["none: stage one with `batchml score MODEL --alias ALIAS --stage`"],
         )
     return get_run(storage, model, run_id)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from typer.testing import CliRunner
 
 import batchml
 from batchml import staging
+from batchml.cli import app
 from batchml.errors import NotFoundError
 from batchml.registry import RegistryReader
 
@@ -65,3 +69,26 @@ def test_nothing_staged_or_published_says_so(
         staging.compare(project.storage, "default_risk")
     with pytest.raises(NotFoundError, match="staged run"):
         batchml.api.promote_staged(project, "default_risk")
+
+
+def test_stage_compare_promote_from_the_cli(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    config = ["--config", str(project.base_dir / "batchml.toml")]
+    runner = CliRunner()
+    challenger = batchml.train(project, "default_risk", params={"num_leaves": 4, "num_iterations": 10})
+    batchml.promote(project, "default_risk", challenger.version, alias="challenger")
+    out = runner.invoke(app, [*config, "score", "default_risk", "--alias", "challenger", "--stage", "--json"])
+    assert out.exit_code == 0, out.output
+    staged = json.loads(out.stdout)
+    assert staged["staged"] and not staged["published"]
+    out = runner.invoke(app, [*config, "predictions", "compare", "default_risk", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["staged"]["run_id"] == staged["run_id"]
+    out = runner.invoke(
+        app, [*config, "predictions", "promote", "default_risk", "--reason", "better", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    con = batchml.connect(project)
+    assert con.execute("SELECT DISTINCT run_id FROM predictions").fetchall() == [(staged["run_id"],)]
+    assert RegistryReader(project.storage).aliases("default_risk")["champion"] == challenger.version

@@ -73,13 +73,17 @@ def score(
     publish: Annotated[
         bool, typer.Option("--publish/--no-publish", help="Publish the run to the serving DB.")
     ] = True,
+    stage: Annotated[
+        bool,
+        typer.Option("--stage", help="Serve the run as predictions_staging instead of publishing it."),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Score a dataset version with MODEL into an immutable run (a no-op if done before), and publish it.
 
     Examples:
       batchml score default_risk
-      batchml score default_risk --alias challenger --no-publish
+      batchml score default_risk --alias challenger --stage
       batchml score default_risk --version 3 --dataset loans@3f2a
     """
     require(alias is None or version is None, "give --alias or --version, not both")
@@ -89,7 +93,10 @@ def score(
         run = api.score(
             project, model, alias=alias or "champion", version=version, dataset=dataset, progress=progress
         )
-    if publish:
+    publish = publish and not stage
+    if stage:
+        api.stage(project, model, run.run_id)
+    elif publish:
         api.publish(project, model, run.run_id)
     manifest = run.manifest
     data = {
@@ -100,7 +107,8 @@ def score(
         "rows": run.rows,
         "reused": run.reused,
         "published": publish,
-        "serving_db": _serving_db(project) if publish else None,
+        "staged": stage,
+        "serving_db": _serving_db(project) if publish or stage else None,
         "quarantined": run.summary.get("quarantined", 0),
         "flagged": run.summary.get("flagged", 0),
         "summary": run.summary,
@@ -113,6 +121,8 @@ def score(
             console.print(f"  {line}", markup=False)
         if publish:
             console.print(f"published; query it read-only at {data['serving_db']}")
+        if stage:
+            console.print(f"staged beside the published run; next: batchml predictions compare {model}")
 
     emit(as_json, data, render)
 

@@ -60,7 +60,9 @@ def train(
     spec = project.config.model(check_name("model", model))
     version = datasets.get_version(project.storage, dataset or f"{spec.dataset}@latest")
     registry = Registry(project.storage)
-    key = _training_key(version, spec.model_dump_json(), params or {})
+    # Scoring and monitoring settings do not change the model: editing them must not retrain.
+    recipe = spec.model_dump_json(exclude={"scoring", "monitoring"})
+    key = _training_key(version, recipe, params or {})
     for existing in registry.list_versions(model):
         if existing.card.get("training_key") == key:
             return ModelVersion(model, existing.version, existing.card, reused=True)

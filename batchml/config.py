@@ -150,6 +150,62 @@ class GatesConfig(_Strict):
     flip_rate: FlipRateGate | None = None
 
 
+class DriftConfig(_Strict):
+    """Drift thresholds against the model's training profile (numeric: PSI + KS; categorical: PSI + JS)."""
+
+    psi: float = Field(default=0.2, gt=0.0)
+    ks: float = Field(default=0.1, gt=0.0, le=1.0)
+    js: float = Field(default=0.1, gt=0.0, le=1.0)
+    #: Per-feature overrides, e.g. {"amount" = {psi = 0.3}}; the key "prediction" covers the predictions.
+    features: dict[str, dict[str, float]] = Field(default_factory=dict)
+    #: The run's dataset-level verdict is "drifted" when more than this share of features drifted.
+    max_drifted_share: float = Field(default=0.3, ge=0.0, le=1.0)
+
+
+class LabelsConfig(_Strict):
+    """Where delayed labels come from: a dataset with entity id, label and the time the label became known."""
+
+    dataset: str
+    entity_id: str
+    label: str
+    label_time: str
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        return check_name("dataset", value)
+
+
+class PerformanceConfig(_Strict):
+    """Metrics of labelled predictions per period and slice; a drop over `max_drop` from validation alerts."""
+
+    metric: str = "auc"
+    max_drop: float = Field(default=0.05, ge=0.0)
+    period: Literal["day", "week", "month"] = "month"
+    slices: list[str] = Field(default_factory=list)
+    min_rows: int = Field(default=100, ge=1)
+
+
+class RetrainConfig(_Strict):
+    """When the monitor flow retrains: on which breaches, and at most once per `debounce_hours`."""
+
+    on_drift: bool = True
+    on_performance: bool = True
+    max_model_age_days: float | None = Field(default=None, gt=0.0)
+    debounce_hours: float = Field(default=24.0, ge=0.0)
+
+
+class MonitoringConfig(_Strict):
+    """Drift, delayed-label performance, Evidently reports and the retraining loop."""
+
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    labels: LabelsConfig | None = None
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    #: Rows per side in Evidently reports (a seeded sample when the data is larger; the report says so).
+    report_sample_rows: int = Field(default=50_000, ge=100)
+
+
 class ModelSpec(_Strict):
     """What to train: which dataset, which columns play which role, the task and LightGBM parameters."""
 
@@ -168,6 +224,7 @@ class ModelSpec(_Strict):
     expectations: dict[str, Expectation] = Field(default_factory=dict)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @field_validator("dataset")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchml import datasets
+from batchml import alerts, datasets, drift, performance, reports
 from batchml.publications import PublicationLog
 from batchml.registry import RegistryReader
 from batchml.scoring import list_runs
@@ -230,4 +230,8 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
         "model_aliases": _table("model_aliases", aliases),
         "runs": _table("runs", runs),
         "publications": _table("publications", pubs),
+        "performance_metrics": performance.performance_table(storage),
+        **alerts.catalog_tables(storage),
+        **drift.catalog_tables(storage),
+        **reports.catalog_tables(storage),
     }

@@ -175,8 +175,10 @@ def output_schema(entity_type: pa.DataType) -> pa.Schema:
     )
 
 
-def _predict(booster: lgb.Booster, model: ModelVersion, matrix: np.ndarray) -> tuple[np.ndarray, pa.Array]:
-    """Prediction value and predicted class label per row."""
+def predict_rows(
+    booster: lgb.Booster, model: ModelVersion, matrix: np.ndarray
+) -> tuple[np.ndarray, pa.Array]:
+    """Prediction value and predicted class label per row (the one place that turns raw output into both)."""
     raw = np.asarray(booster.predict(matrix))
     classes = pa.array(model.classes, pa.string())
     if model.task == "binary":
@@ -219,7 +221,7 @@ def _scored_batches(
     """Output batches: ids, predictions, the run's constants, and each row's receipt (input hash, reasons)."""
     names = [f.name for f in model.features]
     for ids, matrix, flags in encoded:
-        values, labels = _predict(booster, model, matrix)
+        values, labels = predict_rows(booster, model, matrix)
         n = len(ids)
         columns = [ids, pa.array(values, pa.float64()), labels]
         columns += [pa.repeat(pa.scalar(constants[c], schema.field(c).type), n) for c in _CONSTANTS]

@@ -16,6 +16,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.ingest import snapshot_dataset
+from flows.monitor import monitor
 from flows.score import score_and_publish
 from flows.train import train_model
 
@@ -68,6 +69,14 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         cron="0 5 * * *",
         parameters={"model": "default_risk", "alias": "champion", "publish": True},
         description="Score the latest loans version with the champion every day at 05:00 and publish it.",
+    ),
+    DeploymentSpec(
+        name="daily-monitor",
+        flow=monitor,
+        cron="0 7 * * *",
+        parameters={"model": "default_risk"},
+        description="Monitor default_risk's published run every day at 07:00: drift, report, performance, "
+        "alerts; retrain on breach (at most once per retrain.debounce_hours).",
     ),
 )
 

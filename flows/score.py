@@ -56,6 +56,7 @@ def score_and_publish(
     dataset: str | None = None,
     publish: bool = True,
     config: str | None = None,
+    reason: str = "flow score-and-publish",
 ) -> dict[str, Any]:
     """Score `dataset` (`NAME@VERSION`; default: latest) with `model@alias` and, if `publish`, make the run
     the model's published predictions. Scoring the same model and dataset again returns the same run id."""
@@ -76,7 +77,7 @@ def score_and_publish(
         logger.info("run %s input checks: %s", result["run_id"], line)
     publication = None
     if publish:
-        publication = publish_run(model, result["run_id"], "flow score-and-publish", config)
+        publication = publish_run(model, result["run_id"], reason, config)
         logger.info(
             "run %s %s %s",
             result["run_id"],

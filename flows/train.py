@@ -66,6 +66,7 @@ def train_model(
     params: dict[str, Any] | None = None,
     promote_to: str | None = "champion",
     config: str | None = None,
+    reason: str = "flow train-model",
 ) -> dict[str, Any]:
     """Train `model` on `dataset` (`NAME@VERSION`; default: latest of its dataset) and promote it to
     `promote_to` (None: register only). `params` override the configured LightGBM parameters.
@@ -87,7 +88,7 @@ def train_model(
     if held is not None:
         logger.warning("not promoting %s to %s: %s", result["ref"], promote_to, held)
     elif promote_to is not None:
-        promotion = promote(model, result["version"], promote_to, "flow train-model", config)
+        promotion = promote(model, result["version"], promote_to, reason, config)
         logger.info(
             "alias %s of %s: %s v%s",
             promote_to,

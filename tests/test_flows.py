@@ -123,7 +123,7 @@ def _artifacts(state: State[Any]) -> list[Artifact]:
 
 def test_deployments_are_declared_sanely() -> None:
     flows = {spec.flow.name for spec in DEPLOYMENTS}
-    assert flows == {"snapshot-dataset", "train-model", "score-and-publish"}
+    assert flows == {"snapshot-dataset", "train-model", "score-and-publish", "monitor"}
     names = [spec.name for spec in DEPLOYMENTS]
     assert len(set(names)) == len(names)
     for spec in DEPLOYMENTS:
@@ -260,3 +260,81 @@ def test_train_flow_promotes_only_when_every_gate_passed(
     assert result["promotion"] is None and result["held_back"] == "gates.auto_promote is false"
     assert result["gates"]["passed"] and result["version"] == 2
     assert RegistryReader(project.storage).aliases("default_risk") == {}
+
+
+# -- monitoring --------------------------------------------------------------------------------------------
+
+CHAIN_SQL = """
+SELECT a.id AS alert_id, r.id AS retrain_id, r.model_version, e.reason AS promote_reason,
+       p.run_id, p.reason AS publish_reason
+FROM alerts a
+JOIN retrains r ON r.model = a.model AND list_contains(r.alert_ids, a.id)
+JOIN alias_events e ON e.model = r.model AND e.to_version = r.model_version AND contains(e.reason, r.id)
+JOIN publications p ON p.model = r.model AND p.run_id = r.run_id AND contains(p.reason, r.id)
+WHERE a.model = 'default_risk' AND a.kind = 'drift'
+"""
+
+
+def _drifted_source(loans_csv: Path, path: Path) -> str:
+    """The sample loans with most features shifted well beyond the training distribution."""
+    import polars as pl
+
+    frame = pl.read_csv(loans_csv).with_columns(
+        pl.col("amount") * 4,
+        (pl.col("credit_score") - 150).clip(300, 850),
+        pl.col("debt_to_income") * 1.6,
+        pl.col("age") + 15,
+        pl.col("annual_income") * 0.4,
+        pl.col("open_accounts") + 4,
+        pl.col("months_employed") * 3,
+    )
+    frame.write_csv(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_monitor_alerts_on_drift_and_retrains_once(
+    prefect_api: None,
+    project: batchml.Project,
+    published: batchml.PredictionRun,
+    loans_csv: Path,
+    tmp_path: Path,
+) -> None:
+    from flows.monitor import monitor
+
+    drifted = batchml.snapshot_dataset(project, "loans", _drifted_source(loans_csv, tmp_path / "drifted.csv"))
+    run = batchml.score(project, "default_risk", dataset=drifted.ref)
+    batchml.publish(project, "default_risk", run.run_id, reason="drifted data arrives")
+
+    state = monitor("default_risk", config=_config(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["run_id"] == run.run_id and result["drift"]["verdict"] == "drifted"
+    kinds = {a["kind"] for a in result["new_alerts"]}
+    assert "drift" in kinds and len(result["events"]) == len(result["new_alerts"]) and all(result["events"])
+    retrain = result["retrain"]
+    assert retrain["status"] == "promoted" and retrain["dataset_version"] == drifted.ref
+    assert retrain["model_version"] == 2 and retrain["published"]
+    assert PublicationLog(project.storage).current("default_risk") == retrain["run_id"]
+    assert result["report"]["html_uri"].endswith(".html")
+    artifacts = {a.key: a for a in _artifacts(state)}
+    monitor_md = str(artifacts["monitor-default-risk"].data)
+    assert "drifted" in monitor_md and result["report"]["html_uri"] in monitor_md
+    assert retrain["retrain_id"] in monitor_md
+
+    # The drifted run again, inside the debounce window: the breach is current but already alerted, and no
+    # second retrain starts.
+    again = monitor("default_risk", run_id=run.run_id, config=_config(project))
+    assert again["alerts"] and again["new_alerts"] == [] and again["retrain"] is None
+    assert len(RegistryReader(project.storage).list_versions("default_risk")) == 2
+
+    con = batchml.connect(project)
+    try:
+        chain = con.execute(CHAIN_SQL).fetchall()
+        retrains = con.execute("SELECT count(*) FROM retrains").fetchone()
+    finally:
+        con.close()
+    assert retrains == (1,)
+    [(alert_id, retrain_id, version, promote_reason, run_id, publish_reason)] = chain
+    assert (retrain_id, version, run_id) == (retrain["retrain_id"], 2, retrain["run_id"])
+    assert alert_id in promote_reason and alert_id in publish_reason

@@ -16,7 +16,15 @@ from typing import Annotated
 import typer
 
 import batchml
-from batchml.cli import _datasets, _models, _serving, _trust  # noqa: F401  (_trust adds sub-commands)
+from batchml.cli import (  # noqa: F401  (_trust: sub-commands)
+    _datasets,
+    _drift,
+    _models,
+    _monitoring,
+    _reports,
+    _serving,
+    _trust,
+)
 from batchml.cli._common import ErrorHandlingGroup, State
 
 __all__ = ["app", "main"]
@@ -83,6 +91,11 @@ app.add_typer(_serving.predictions_app, name="predictions")
 app.command("query")(_serving.query)
 app.add_typer(_serving.catalog_app, name="catalog")
 app.command("info")(_serving.info)
+app.command("drift")(_drift.drift)
+app.command("report")(_reports.report)
+app.add_typer(_monitoring.labels_app, name="labels")
+app.command("performance")(_monitoring.performance)
+app.command("alerts")(_monitoring.alerts)
 
 
 def main() -> None:

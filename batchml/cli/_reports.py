@@ -1,0 +1,57 @@
+"""`batchml report MODEL [--run RUN_ID]`: the Evidently drift and summary report of a prediction run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from batchml import api
+from batchml.cli._common import JsonFlag, emit, project_of, properties, spinner
+from batchml.config import MonitoringConfig
+from batchml.errors import NotFoundError
+from batchml.publications import PublicationLog
+from batchml.reports import load_report, render_run_report
+from batchml.scoring import list_runs
+
+
+def report(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    run: Annotated[
+        str | None,
+        typer.Option("--run", metavar="RUN_ID", help="Prediction run.", show_default="the published run"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Render (once) or find the Evidently report of a prediction run, and print where its HTML is.
+
+    Data drift of the features and the prediction against the model's training data, and a data summary,
+    on a seeded sample of at most [models.MODEL.monitoring] report_sample_rows rows per side. Saved under
+    monitoring/MODEL/RUN_ID/ in storage and listed in the serving DB's `reports` table.
+
+    Examples:
+      batchml report default_risk
+      batchml report default_risk --run 3f2a9c0d1e2b4a5f --json
+    """
+    project = project_of(ctx)
+    run_id = run or PublicationLog(project.storage).current(model)
+    if run_id is None:
+        runs = [r.run_id for r in list_runs(project.storage, model)]
+        raise NotFoundError(f"published run of model {model!r} (pass --run)", "published", runs)
+    spec = project.config.models.get(model)
+    limit = (spec.monitoring if spec else MonitoringConfig()).report_sample_rows
+    found = load_report(project.storage, model, run_id)
+    with spinner(f"rendering the report of run {run_id}", as_json or found is not None):
+        ref = found or render_run_report(project.storage, model, run_id, sample_rows=limit)
+    if found is None:
+        api.rebuild_catalog(project)  # the serving DB's `reports` table lists it
+    data = {**asdict(ref), "reused": found is not None}
+
+    def render(console: Console) -> None:
+        console.print(properties((k, data[k]) for k in data if k not in {"html_uri", "json_uri"}))
+        console.print(f"report: {ref.html_uri}", markup=False, soft_wrap=True)
+
+    emit(as_json, data, render)

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean serve
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,21 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/score.py
+
+# `make serve`: a local Prefect server on 127.0.0.1 (UI at http://127.0.0.1:$(PREFECT_PORT)) and every
+# deployment in deployments/ served from this terminal against it; Ctrl-C stops both, the server last (`set -m`
+# keeps Ctrl-C away from it). Its database and log live in .prefect/server/ (git-ignored). Flows open
+# $BATCHML_CONFIG, else ./batchml.toml.
+PREFECT_PORT ?= 4200
+SERVE_HOME := $(CURDIR)/.prefect/server
+
+serve: $(STAMP)
+	mkdir -p $(SERVE_HOME)
+	set -m; export PREFECT_HOME=$(SERVE_HOME) PREFECT_SERVER_ANALYTICS_ENABLED=false; \
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) >$(SERVE_HOME)/server.log 2>&1 & \
+	server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (server log: $(SERVE_HOME)/server.log)"; \
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(PY) -m deployments.serve --wait 120
 
 clean:
 	rm -rf $(VENV) .prefect data/raw data/datasets data/models data/runs data/publications data/serving

@@ -4,6 +4,7 @@ Version datasets, train LightGBM models, score whole populations into versioned 
 serve them read-only from DuckDB. The library is pure (no Prefect); `flows/` wraps it for scheduling.
 """
 
+from batchml import redact as _redact
 from batchml.api import (
     connect,
     database_path,
@@ -71,3 +72,5 @@ __all__ = [
     "snapshot_dataset",
     "train",
 ]
+
+_redact.install_log_filter(__name__, list(__path__))

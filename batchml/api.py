@@ -15,6 +15,7 @@ from batchml.errors import BatchMLError, ConfigError, ReadOnlyError
 from batchml.eventlog import now
 from batchml.expectations import check_training_data
 from batchml.features import Feature
+from batchml.gc import GRACE_SECONDS, GcReport, collect
 from batchml.lineage import actor, code_version, git_state, package_versions
 from batchml.names import check_name
 from batchml.profiles import training_profile
@@ -241,6 +242,11 @@ def rollback_predictions(project: Project, model: str, reason: str = "") -> Path
     return rebuild_catalog(project)
 
 
+def gc(project: Project, *, grace_seconds: float = GRACE_SECONDS, dry_run: bool = False) -> GcReport:
+    """Remove files no record references (crash leftovers, old serving files) older than `grace_seconds`."""
+    return collect(project.storage, project.serving_dir, grace_seconds=grace_seconds, dry_run=dry_run)
+
+
 def rebuild_catalog(project: Project) -> Path:
     """Rebuild the serving DuckDB file from storage (it holds nothing storage does not)."""
     return build_serving_db(project.storage, project.serving_dir)
@@ -271,6 +277,10 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tup
         raise ReadOnlyError(f"only one SELECT or EXPLAIN statement is allowed, got {kinds or 'nothing'}")
     try:
         result = con.execute(sql)
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyError(
+            f"query may read only the serving database's tables; files, ATTACH and extensions are off: {exc}"
+        ) from None
     except duckdb.Error as exc:
         raise BatchMLError(f"query failed: {exc}") from None
     columns = [d[0] for d in result.description or []]

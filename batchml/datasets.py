@@ -150,7 +150,7 @@ def snapshot(
     snapshotted before; no new data is kept in that case.
     """
     check_name("dataset", name)
-    resolved = resolve_source(source, file_format)
+    resolved = resolve_source(source, file_format, storage.options_for(source))
     fingerprint = resolved.fingerprint()
     existing = list_versions(storage, name)
     for version in existing:

@@ -24,6 +24,11 @@ class BatchMLError(Exception):
     #: True when retrying the same call may succeed (network blips, throttling).
     transient: bool = False
 
+    def __str__(self) -> str:
+        from batchml.redact import redact  # credentials never reach a message, whoever built it
+
+        return redact(super().__str__())
+
 
 class ConfigError(BatchMLError):
     """The project configuration is missing, malformed, or refers to something invalid."""

@@ -33,15 +33,29 @@ class EventLog:
         names = [n for n in self.storage.list_dir(self.folder) if n.endswith(".json")]
         return [self.storage.read_json(f"{self.folder}/{n}") for n in names]
 
-    def append(self, event: dict[str, Any], actor: str | None = None) -> dict[str, Any]:
-        """Add `event` (stamped with seq, at and by) as the next entry and return it as stored."""
+    def next_seq(self) -> int:
+        """The sequence number the next event will take."""
+        numbers = [n.removesuffix(".json") for n in self.storage.list_dir(self.folder) if n.endswith(".json")]
+        return max((int(n) for n in numbers if n.isdigit()), default=0) + 1
+
+    def append(
+        self, event: dict[str, Any], actor: str | None = None, *, expected_seq: int | None = None
+    ) -> dict[str, Any]:
+        """Add `event` (stamped with seq, at and by) as the next entry and return it as stored.
+
+        With `expected_seq` the event is written only as that entry: if another writer took it first,
+        ConflictError is raised instead of retrying, so a decision made on the log as it stood at
+        `expected_seq - 1` can never land after an event it did not see (compare-and-append).
+        """
         for _ in range(_MAX_ATTEMPTS):
-            seq = len(self.storage.list_dir(self.folder)) + 1
+            seq = self.next_seq() if expected_seq is None else expected_seq
             stored = {**event, "seq": seq, "at": now(), "by": actor or getpass.getuser()}
             try:
                 self.storage.create_json(f"{self.folder}/{seq:09d}.json", stored)
                 return stored
             except ConflictError:
+                if expected_seq is not None:
+                    raise
                 continue
         raise ConflictError(f"could not append to {self.folder} after {_MAX_ATTEMPTS} attempts")
 

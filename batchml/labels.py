@@ -64,7 +64,9 @@ def ingest(project: Project, name: str, source: str) -> DatasetVersion:
         )
     source = project.resolve_source(source)
     configured = project.config.datasets.get(name)
-    resolved = resolve_source(source, configured.format if configured else None)
+    resolved = resolve_source(
+        source, configured.format if configured else None, project.storage.options_for(source)
+    )
     schema, _ = read_source(resolved)
     check_label_columns(schema.names, configs, f"source {source!r}")
     version = datasets.snapshot(project.storage, name, source, file_format=resolved.format)

@@ -92,6 +92,11 @@ def publication_timeline(storage: Storage, model: str) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"at": _UTC, "run_id": pl.String}).sort("at")
 
 
+def _literal(text: str) -> str:
+    """`text` as a SQL string literal (a storage root may contain a quote)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _connect(storage: Storage) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     if not storage.is_local:
@@ -106,7 +111,7 @@ def _join_run(
     run = get_run(storage, model, run_id)
     for entry in run.files:
         storage.verify(entry)
-    files = ", ".join(f"'{storage.uri(e.path)}'" for e in run.files)
+    files = ", ".join(_literal(storage.uri(e.path)) for e in run.files)
     sql = (
         "SELECT l.*, p.prediction, p.predicted_class, p.model_version "
         f"FROM _labels l JOIN read_parquet([{files}]) p ON CAST(p.entity_id AS VARCHAR) = l.entity"
@@ -118,7 +123,7 @@ def _join_run(
             raise SchemaError(f"dataset {version.ref} scored by run {run_id} lacks slice columns {missing}")
         for entry in version.files:
             storage.verify(entry)
-        data = ", ".join(f"'{storage.uri(e.path)}'" for e in version.files)
+        data = ", ".join(_literal(storage.uri(e.path)) for e in version.files)
         picked = ", ".join(f"CAST({_quote(c)} AS VARCHAR) AS {_quote('slice:' + c)}" for c in slices)
         entity = _quote(str(run.manifest["entity_id_column"]))
         sql = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from batchml.errors import NotFoundError
+from batchml.errors import ConflictError, NotFoundError
 from batchml.eventlog import EventLog, replay_stacks
 from batchml.names import check_name
 from batchml.scoring import get_run
@@ -18,6 +18,7 @@ from batchml.storage import Storage
 
 Channel = Literal["published", "staging"]
 _FOLDERS: dict[str, str] = {"published": "events", "staging": "staging"}
+_MAX_ATTEMPTS = 100
 
 
 class PublicationLog:
@@ -53,10 +54,28 @@ class PublicationLog:
         return stack[-1] if stack else None
 
     def publish(self, model: str, run_id: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
-        """Record that `run_id` (a committed run of `model`) is now the published table."""
+        """Record that `run_id` (a committed run of `model`) is now the published table.
+
+        Exactly once: if `run_id` is already current, the event that made it so is returned and nothing is
+        appended. The event is written as the next sequence number of the log as read (compare-and-append),
+        so two processes publishing the same run concurrently cannot both append: the loser's create
+        conflicts, it re-reads, and finds the run already current.
+        """
         get_run(self.storage, model, run_id)  # raises NotFoundError listing the model's runs
-        event = {"model": model, "action": "publish", "run_id": run_id, "from_run_id": self.current(model)}
-        return self._log(model).append({**event, "reason": reason}, actor)
+        log = self._log(model)
+        for _ in range(_MAX_ATTEMPTS):
+            events = log.read()
+            stack = replay_stacks(events, group="model", value="run_id").get(model, [])
+            current = stack[-1] if stack else None
+            if current == run_id:
+                return next(e for e in reversed(events) if e.get("run_id") == run_id)
+            event = {"model": model, "action": "publish", "run_id": run_id, "from_run_id": current}
+            expected = max((int(e["seq"]) for e in events), default=0) + 1
+            try:
+                return log.append({**event, "reason": reason}, actor, expected_seq=expected)
+            except ConflictError:
+                continue  # someone appended first: decide again on the log as it is now
+        raise ConflictError(f"could not publish run {run_id!r} of model {model!r}: the log kept changing")
 
     def clear(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
         """Record that no run is current on this channel (e.g. staging after its run was promoted)."""

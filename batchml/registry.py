@@ -130,6 +130,7 @@ class RegistryReader:
             return self.get(name)
         current = self.aliases(name)
         if alias not in current:
+            check_name("alias", alias)  # an invalid alias says what is allowed, not just "not found"
             available = [f"{a} (v{v})" for a, v in current.items()]
             raise NotFoundError(f"alias of model {name!r}", alias, available)
         return self.get(name, current[alias])

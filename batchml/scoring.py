@@ -254,6 +254,7 @@ def score(
         return PredictionRun(get_run(storage, model.name, run_id).manifest, reused=True)
 
     entity_id = str(model.card["entity_id"])
+    storage.verify(dataset.files[0])  # a damaged file fails with IntegrityError, not a Parquet error
     with storage.open_read(dataset.files[0].path) as f:
         input_schema = pq.read_schema(f)
     if entity_id not in input_schema.names:

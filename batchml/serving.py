@@ -23,6 +23,7 @@ import duckdb
 from batchml.catalog import build_tables
 from batchml.errors import NotFoundError
 from batchml.publications import PublicationLog
+from batchml.redact import redact_url
 from batchml.scoring import get_run
 from batchml.storage import Storage
 from batchml.validation import EMPTY_QUARANTINE, quarantine_sql
@@ -34,6 +35,9 @@ GRACE_SECONDS = 3600.0
 #: DuckDB's own cap while building (it spills the sort to disk beyond it), so publishing a table of any size
 #: stays within bounded memory instead of DuckDB's default of 80% of RAM.
 BUILD_MEMORY_LIMIT = "256MB"
+#: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
+#: settings locked so that SET/PRAGMA cannot turn it back on.
+READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
 _PREDICTION_COLUMNS = (
     "model, model_version, CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, "
     "dataset_version, code_version, run_id, scored_at, input_hash, reasons, flags"
@@ -125,11 +129,12 @@ def _write_database(storage: Storage, path: Path) -> None:
             history.append(_run_files_sql(storage, model, ever, verify=False))
         past = [s for s in history if s]
         body = " UNION ALL ".join(f"({s})" for s in past) if past else "SELECT * FROM predictions WHERE false"
-        con.execute(f"CREATE VIEW prediction_history AS {body}")
+        # A table, not a view over the run files: readers need no file access at all (see connect_serving).
+        con.execute(f"CREATE TABLE prediction_history AS {body}")
         con.execute(_ALIAS_AT)
         con.execute(
             "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",
-            [storage.url, datetime.now(UTC), path.name],
+            [redact_url(storage.url), datetime.now(UTC), path.name],
         )
         con.execute("CHECKPOINT")
     finally:
@@ -175,7 +180,5 @@ def connect_serving(serving_dir: Path, storage: Storage | None = None) -> duckdb
     link = serving_path(serving_dir)
     if not link.exists():
         raise NotFoundError("serving database", str(link), ["none yet: publish a prediction run first"])
-    con = duckdb.connect(str(link.resolve()), read_only=True)
-    if storage is not None and not storage.is_local:
-        con.register_filesystem(storage.fs)  # prediction_history reads run files from the store
-    return con
+    del storage  # every table is inside the file: readers need no access to the store
+    return duckdb.connect(str(link.resolve()), read_only=True, config=dict(READER_CONFIG))

@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import fsspec
 import pyarrow as pa
@@ -57,9 +57,11 @@ def _format_of(path: str) -> SourceFormat | None:
     return next((fmt for suffix, fmt in _SUFFIXES.items() if lower.endswith(suffix)), None)
 
 
-def resolve_source(location: str, file_format: SourceFormat | None = None) -> Source:
+def resolve_source(
+    location: str, file_format: SourceFormat | None = None, storage_options: dict[str, Any] | None = None
+) -> Source:
     """Find the files behind `location` (file, folder, glob or URL) and their format."""
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
     if any(ch in path for ch in "*?["):
         paths = sorted(fs.glob(path))
     elif fs.isdir(path):

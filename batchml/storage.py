@@ -27,6 +27,7 @@ import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
 from batchml.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
+from batchml.redact import redact_url
 
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}$")
 _CHUNK = 1 << 20
@@ -88,13 +89,22 @@ class Storage:
 
     def __init__(self, url: str, **storage_options: Any) -> None:
         self.url = url
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        # No listing cache: other processes commit to the same store, and a cached listing of a folder
+        # makes s3fs answer exists/open of a file committed since with "not found".
+        fs, root = fsspec.core.url_to_fs(url, **{"use_listings_cache": False, **storage_options})
         self.fs: fsspec.AbstractFileSystem = fs
         self.root: str = root.rstrip("/")
         self.is_local = isinstance(fs, LocalFileSystem)
+        self._options = dict(storage_options)
 
     def __repr__(self) -> str:
-        return f"Storage({self.url!r})"
+        return f"Storage({redact_url(self.url)!r})"
+
+    def options_for(self, url: str) -> dict[str, Any]:
+        """fsspec options for another URL: this store's (e.g. its S3 endpoint) if it has the same protocol."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        scheme = url.split("://", 1)[0] if "://" in url else "file"
+        return dict(self._options) if not self.is_local and scheme in protocols else {}
 
     # -- paths ---------------------------------------------------------------------------------------------
     def full_path(self, relpath: str) -> str:
@@ -129,8 +139,13 @@ class Storage:
             raise NotFoundError("file", relpath) from None
 
     def read_json(self, relpath: str) -> Any:
-        """Parse a JSON file."""
-        return json.loads(self.read_bytes(relpath))
+        """Parse a JSON file; IntegrityError naming it if it is not valid JSON (truncated, damaged)."""
+        data = self.read_bytes(relpath)
+        try:
+            return json.loads(data)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            found = f"unparseable JSON ({exc})"
+            raise IntegrityError(self.uri(relpath), "a valid JSON record", found) from None
 
     def list_dir(self, relpath: str) -> list[str]:
         """Sorted names (not paths) directly under `relpath`; empty if it does not exist."""

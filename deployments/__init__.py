@@ -44,6 +44,7 @@ class DeploymentSpec:
             parameters=dict(self.parameters),
             description=self.description,
             tags=list(self.tags),
+            enforce_parameter_schema=True,  # a run's parameters are validated against the flow's signature
         )
         return cast(RunnerDeployment, deployment)  # sync in a sync context
 

@@ -18,6 +18,7 @@ from batchml.errors import NotFoundError
 from batchml.labels import latest_labels
 from batchml.performance import compute
 from batchml.publications import PublicationLog
+from batchml.redact import redact
 from batchml.registry import RegistryReader
 from batchml.scoring import get_run
 from flows.common import artifact_key, batch_task, config_ref, markdown_table, open_project, report
@@ -121,7 +122,8 @@ def retrain(model: str, trigger: dict[str, Any], config: str | None) -> dict[str
                     "detail": f"no newer data: v{trained['version']} is champion",
                 }
     except Exception as exc:  # the trigger stays debounced; its outcome says why nothing came of it
-        alerts.record_outcome(project.storage, trigger, {**outcome, "status": "failed", "detail": repr(exc)})
+        failed = {**outcome, "status": "failed", "detail": redact(repr(exc))}  # no credentials in the record
+        alerts.record_outcome(project.storage, trigger, failed)
         raise
     logger.info("retrain %s: %s", trigger["id"], outcome["detail"])
     return alerts.record_outcome(project.storage, trigger, outcome)

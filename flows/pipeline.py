@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 import batchml
+from batchml.redact import redact_url
 from flows.common import artifact_key, config_ref, markdown_table, metrics_text, open_project, report
 from flows.ingest import snapshot_dataset
 from flows.score import score_and_publish
@@ -34,7 +35,7 @@ def pipeline(
     if not names:
         raise batchml.ConfigError("no models configured: add a [models.NAME] section to batchml.toml")
     specs = {name: project.config.model(name) for name in names}
-    logger.info("pipeline for %s (storage %s)", ", ".join(names), project.storage.url)
+    logger.info("pipeline for %s (storage %s)", ", ".join(names), redact_url(project.storage.url))
 
     snapshots = {
         name: snapshot_dataset(name, (sources or {}).get(name), config)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 import batchml
 from batchml.publications import PublicationLog
@@ -49,6 +53,22 @@ def publish_run(model: str, run_id: str, reason: str, config: str | None) -> dic
     return {"database": str(database), "changed": not already}
 
 
+def model_limit(model: str) -> str:
+    """The name of `model`'s global concurrency limit, created with one slot if it does not exist yet.
+
+    An operator may raise or lower it on the server (`prefect gcl update batchml-score-MODEL --limit N`);
+    an existing limit is never overwritten.
+    """
+    name = f"batchml-score-{model}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another flow run created it just now
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name
+
+
 @flow(name="score-and-publish")
 def score_and_publish(
     model: str,
@@ -59,7 +79,18 @@ def score_and_publish(
     reason: str = "flow score-and-publish",
 ) -> dict[str, Any]:
     """Score `dataset` (`NAME@VERSION`; default: latest) with `model@alias` and, if `publish`, make the run
-    the model's published predictions. Scoring the same model and dataset again returns the same run id."""
+    the model's published predictions. Scoring the same model and dataset again returns the same run id.
+
+    One flow run per model at a time (a Prefect global concurrency limit per model); a second waits, then
+    finds the finished work. Underneath, put-if-absent manifests and events keep it exactly once anyway.
+    """
+    with concurrency(model_limit(model), occupy=1, strict=True):
+        return _score_and_publish(model, alias, dataset, publish, config, reason)
+
+
+def _score_and_publish(
+    model: str, alias: str, dataset: str | None, publish: bool, config: str | None, reason: str
+) -> dict[str, Any]:
     logger = get_run_logger()
     config = config_ref(config)
     result = score(model, alias, dataset, config)

@@ -211,6 +211,9 @@ def test_rerun_of_score_and_publish_is_a_noop(
     assert len(PublicationLog(project.storage).events("default_risk")) == 1
     assert os.readlink(batchml.database_path(project)) == link  # no new serving file either
     assert second["serving"]["sql"] == first["serving"]["sql"]
+    with get_client(sync_client=True) as client:  # one flow run per model at a time; the slot was released
+        limit = client.read_global_concurrency_limit_by_name("batchml-score-default_risk")
+    assert (limit.limit, limit.active_slots) == (1, 0)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import batchml
 from batchml.cli import (  # noqa: F401  (_trust: sub-commands)
     _datasets,
     _drift,
+    _gc,
     _models,
     _monitoring,
     _reports,
@@ -96,6 +97,7 @@ app.command("report")(_reports.report)
 app.add_typer(_monitoring.labels_app, name="labels")
 app.command("performance")(_monitoring.performance)
 app.command("alerts")(_monitoring.alerts)
+app.command("gc")(_gc.gc)
 
 
 def main() -> None:

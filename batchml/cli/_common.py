@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from batchml.errors import BatchMLError
 from batchml.project import Project
+from batchml.redact import redact
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")
@@ -75,7 +76,7 @@ class ErrorHandlingGroup(TyperGroup):
 
 def fail(message: str) -> NoReturn:
     """Print `error: message` to stderr and exit with code 1."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(1)
 
 

@@ -25,6 +25,7 @@ from batchml.cli._common import (
 from batchml.errors import BatchMLError, NotFoundError
 from batchml.project import CONFIG_FILE, Project
 from batchml.publications import PublicationLog
+from batchml.redact import redact_url
 from batchml.registry import RegistryReader
 from batchml.scoring import list_runs
 from batchml.validation import describe_summary
@@ -245,7 +246,7 @@ def info(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     data: dict[str, Any] = {
         "version": batchml.__version__,
         "config": str(config.resolve()) if config.exists() else None,
-        "storage": project.storage.url,
+        "storage": redact_url(project.storage.url),
         "serving_db": str(link),
         "serving_db_exists": link.exists(),
         "datasets": sources,

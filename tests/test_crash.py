@@ -1,0 +1,303 @@
+"""Crash safety: kill -9 the pipeline (snapshot → score → publish) at many seeded points, then check.
+
+`tests/crash_driver.py` forks one child per point from a warm parent and SIGKILLs it on the n-th call of a
+storage/os/duckdb function in a given phase. After every kill: the previously published run is intact and
+readable (through `batchml.connect` and plain DuckDB on the documented path), every file any record references
+passes its hash, no partial version is visible, and rerunning the same work publishes exactly once. Then
+`gc` (grace 0) removes the crash leftovers without touching anything referenced.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import batchml
+from batchml import datasets, gc
+from batchml.publications import PublicationLog
+from batchml.registry import RegistryReader
+from batchml.scoring import list_runs
+from batchml.storage import FileEntry, Storage
+from batchml.testing import write_loans
+
+DRIVER = Path(__file__).with_name("crash_driver.py")
+MODEL = "default_risk"
+
+# (phase, target, when, n): n is a call number, or "mid"/"last" of that target's calls in that phase.
+POINTS: list[tuple[str, str, str, int | str]] = [
+    ("snapshot", "Storage.open_write", "before", 1),
+    ("snapshot", "HashingWriter.write", "after", 1),
+    ("snapshot", "HashingWriter.write", "after", "mid"),
+    ("snapshot", "HashingWriter.write", "after", "last"),
+    ("snapshot", "Storage.create", "before", 1),
+    ("snapshot", "os.fsync", "after", 1),
+    ("snapshot", "os.link", "after", 1),
+    ("score", "Storage.verify", "after", 1),
+    ("score", "Storage.open_write", "before", 1),
+    ("score", "HashingWriter.write", "after", 1),
+    ("score", "HashingWriter.write", "after", "mid"),
+    ("score", "HashingWriter.write", "after", "last"),
+    ("score", "Storage.create", "before", 1),
+    ("score", "os.link", "before", 1),
+    ("score", "os.link", "after", 1),
+    ("score", "os.unlink", "after", 1),
+    ("publish", "Storage.create", "before", 1),
+    ("publish", "os.link", "after", 1),
+    ("publish", "Storage.verify", "after", 1),
+    ("publish", "duckdb.connect", "after", 1),
+    ("publish", "os.replace", "before", 1),
+    ("publish", "os.replace", "after", 1),
+    ("publish", "os.symlink", "after", 1),
+    ("publish", "os.replace", "after", 2),
+]
+QUICK = [POINTS[i] for i in (3, 11, 17, 21)]
+
+
+def _records(storage: Storage) -> list[Any]:
+    """Every JSON record under the store, parsed (IntegrityError if one is damaged)."""
+    files = gc._all_files(storage)
+    return [
+        storage.read_json(p)
+        for p in files
+        if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".") and not gc._is_data_file(p)
+    ]
+
+
+def _entries(obj: Any) -> list[FileEntry]:
+    if isinstance(obj, dict):
+        own = [FileEntry.from_dict(obj)] if {"path", "sha256", "size"} <= obj.keys() else []
+        return own + [e for v in obj.values() for e in _entries(v)]
+    if isinstance(obj, list):
+        return [e for v in obj for e in _entries(v)]
+    return []
+
+
+def _served(project: batchml.Project) -> tuple[set[str], int]:
+    """Run ids and row count of `predictions`, read through batchml.connect and plain DuckDB (must agree)."""
+    sql = "SELECT list(DISTINCT run_id ORDER BY run_id), count(*) FROM predictions"
+    con = batchml.connect(project)
+    try:
+        via_api = con.execute(sql).fetchone()
+    finally:
+        con.close()
+    plain = duckdb.connect(str(batchml.database_path(project)), read_only=True)
+    try:
+        via_path = plain.execute(sql).fetchone()
+    finally:
+        plain.close()
+    assert via_api == via_path and via_api is not None
+    return set(via_api[0]), int(via_api[1])
+
+
+def _check_consistent(project: batchml.Project, before: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Previous published run readable, every referenced file intact, only complete versions visible."""
+    storage = project.storage
+    for record in _records(storage):
+        for entry in _entries(record):
+            storage.verify(entry)
+    versions = [v.version for v in datasets.list_versions(storage, "loans")]
+    assert versions in ([before["dataset"]], [before["dataset"], expected["dataset"]])
+    runs = [r.run_id for r in list_runs(storage, MODEL)]
+    assert runs in ([before["run_id"]], [before["run_id"], expected["run_id"]])
+    stack = PublicationLog(storage).stack(MODEL)
+    assert stack in ([before["run_id"]], [before["run_id"], expected["run_id"]])
+    served, rows = _served(project)
+    assert served in ({before["run_id"]}, {expected["run_id"]})
+    assert rows == {before["run_id"]: before["rows"], expected["run_id"]: expected["rows"]}[served.pop()]
+    assert [m.version for m in RegistryReader(storage).list_versions(MODEL)] == [1]
+
+
+def _check_recovered(project: batchml.Project, before: dict[str, Any], expected: dict[str, Any]) -> None:
+    """After the rerun: the new run published exactly once, served, and nothing else changed."""
+    _check_consistent(project, before, expected)
+    storage = project.storage
+    publishes = [e for e in PublicationLog(storage).events(MODEL) if e["action"] == "publish"]
+    assert [e["run_id"] for e in publishes] == [before["run_id"], expected["run_id"]]
+    assert _served(project) == ({expected["run_id"]}, expected["rows"])
+
+
+def _run_matrix(
+    tmp_path: Path, published: batchml.PredictionRun, project: batchml.Project, points: list[Any]
+) -> list[dict[str, Any]]:
+    base = project.base_dir
+    source = write_loans(tmp_path / "loans-2.csv", rows=1500, seed=11)
+    dirs = []
+    for i in range(len(points) + 1):
+        shutil.copytree(base, tmp_path / f"p{i}", symlinks=True)
+        dirs.append(tmp_path / f"p{i}")
+    plan = {
+        "source": str(source),
+        "reference_dir": str(dirs[0]),
+        "points": [
+            {"dir": str(d), "phase": p, "target": t, "when": w, "n": n}
+            for d, (p, t, w, n) in zip(dirs[1:], points, strict=True)
+        ],
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    return list(_driver("crash", tmp_path / "plan.json"))
+
+
+def _driver(mode: str, plan: Path) -> Any:
+    done = subprocess.run(
+        [sys.executable, str(DRIVER), mode, str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _verify_matrix(
+    tmp_path: Path,
+    published: batchml.PredictionRun,
+    project: batchml.Project,
+    points: list[Any],
+    open_project: Callable[[Path], batchml.Project],
+) -> None:
+    before = {
+        "dataset": datasets.get_version(project.storage, "loans@latest").version,
+        "run_id": published.run_id,
+        "rows": published.rows,
+    }
+    reference, *results = _run_matrix(tmp_path, published, project, points)
+    ref_project = open_project(tmp_path / "p0")
+    expected = {
+        "dataset": datasets.get_version(ref_project.storage, "loans@latest").version,
+        "run_id": reference["run_id"],
+        "rows": list_runs(ref_project.storage, MODEL)[-1].rows,
+    }
+    _check_recovered(ref_project, before, expected)
+    labels = []
+    for i, result in enumerate(results, start=1):
+        label = f"{result['phase']}:{result['target']}:{result['when']}:{result['n']} -> {result}"
+        labels.append(label)
+        assert result["calls"] >= result["n"] >= 1, label  # the point exists in this phase
+        assert result["outcome"] == "killed", label
+        _check_consistent(open_project(tmp_path / f"p{i}"), before, expected)
+    recovered = _driver("recover", tmp_path / "plan.json")
+    leftovers: list[set[str]] = []
+    for i, (label, (status, run_id)) in enumerate(zip(labels, recovered, strict=True), start=1):
+        assert status == "ok" and run_id == expected["run_id"], f"{label}: rerun {status} {run_id}"
+        crashed = open_project(tmp_path / f"p{i}")
+        _check_recovered(crashed, before, expected)
+        report = batchml.api.gc(crashed, grace_seconds=0)
+        kinds = {"tmp" if Path(p).name.startswith(".tmp-") else "data" for p in report.deleted if p[0] != "/"}
+        assert all(
+            Path(p).name.startswith(".tmp-") or gc._is_data_file(p) for p in report.deleted if p[0] != "/"
+        )
+        leftovers.append(kinds)
+        _check_recovered(crashed, before, expected)  # gc removed nothing anything references
+        assert batchml.api.gc(crashed, grace_seconds=0).deleted == [], label
+    assert set().union(*leftovers) == {"tmp", "data"}  # the kills did leave orphans, and gc found them
+
+
+@pytest.fixture
+def open_project() -> Callable[[Path], batchml.Project]:
+    return lambda folder: batchml.Project.open(folder / "batchml.toml")
+
+
+def test_kill_at_a_few_points_then_recover(
+    tmp_path: Path,
+    project: batchml.Project,
+    published: batchml.PredictionRun,
+    open_project: Callable[[Path], batchml.Project],
+) -> None:
+    _verify_matrix(tmp_path, published, project, QUICK, open_project)
+
+
+@pytest.mark.slow
+def test_kill_at_every_seeded_point_then_recover(
+    tmp_path: Path,
+    project: batchml.Project,
+    published: batchml.PredictionRun,
+    open_project: Callable[[Path], batchml.Project],
+) -> None:
+    assert len(POINTS) >= 20 and {p[0] for p in POINTS} == {"snapshot", "score", "publish"}
+    _verify_matrix(tmp_path, published, project, POINTS, open_project)
+
+
+# -- corrupted artifacts: detected before use, with an IntegrityError naming the file ----------------------
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "flip":
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :])
+    else:
+        path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_damaged_run_file_stops_publish_rebuild_and_explain(
+    project: batchml.Project, published: batchml.PredictionRun, how: str
+) -> None:
+    from batchml.audit import explain
+
+    served_before = batchml.database_path(project).resolve()
+    entry = published.files[0]
+    _damage(Path(project.storage.full_path(entry.path)), how)
+    for attempt in (
+        lambda: batchml.publish(project, MODEL, published.run_id),
+        lambda: batchml.rebuild_catalog(project),
+        lambda: explain(project.storage, MODEL, "L000000001"),
+    ):
+        with pytest.raises(batchml.IntegrityError, match=entry.path):
+            attempt()
+    assert batchml.database_path(project).resolve() == served_before  # the old file is still served
+    assert _served(project) == ({published.run_id}, published.rows)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+@pytest.mark.parametrize("artifact", ["dataset", "model"])
+def test_a_damaged_input_stops_scoring(
+    project: batchml.Project, champion: batchml.ModelVersion, artifact: str, how: str
+) -> None:
+    storage = project.storage
+    path = (
+        datasets.get_version(storage, "loans@latest").files[0].path
+        if artifact == "dataset"
+        else champion.model_file.path
+    )
+    _damage(Path(storage.full_path(path)), how)
+    with pytest.raises(batchml.IntegrityError, match=path):
+        batchml.score(project, MODEL)
+    assert list_runs(storage, MODEL) == []
+
+
+def _record(project: batchml.Project, run: batchml.PredictionRun, kind: str) -> str:
+    dataset = datasets.get_version(project.storage, "loans@latest").version
+    return {
+        "run manifest": f"runs/{MODEL}/manifests/{run.run_id}.json",
+        "dataset manifest": f"datasets/loans/versions/{dataset}.json",
+        "model card": f"models/{MODEL}/versions/000001.json",
+        "publication event": f"publications/{MODEL}/events/000000001.json",
+        "alias event": f"models/{MODEL}/events/000000001.json",
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "kind", ["run manifest", "dataset manifest", "model card", "publication event", "alias event"]
+)
+def test_an_unparseable_record_stops_scoring_publishing_and_rebuild(
+    project: batchml.Project, published: batchml.PredictionRun, kind: str
+) -> None:
+    relpath = _record(project, published, kind)
+    _damage(Path(project.storage.full_path(relpath)), "truncate")
+    for attempt in (
+        lambda: batchml.publish(project, MODEL, batchml.score(project, MODEL).run_id),
+        lambda: batchml.rebuild_catalog(project),
+    ):
+        with pytest.raises(batchml.IntegrityError, match=rf"{relpath}.*unparseable JSON"):
+            attempt()
+    assert _served(project) == ({published.run_id}, published.rows)  # still served, from the old file

@@ -1,0 +1,250 @@
+"""The deployments on a real Prefect server: serve them, trigger a run with parameters as the UI does.
+
+One slow test. The server (`prefect server start`) and the serving process (`python -m deployments.serve`) run
+as subprocesses on loopback with an environment built from scratch (own PREFECT_HOME, analytics off), so
+nothing of the session's Prefect test harness (tests/test_flows.py) reaches them and they never reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+import batchml
+from batchml.publications import PublicationLog
+from deployments import DEPLOYMENTS
+from tests.conftest import SAMPLE_ROWS
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+T = TypeVar("T")
+
+# Passed through from the parent; every PREFECT_* variable (and the rest) is left out on purpose.
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OMP_WAIT_POLICY", "TZ")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(prefect_home: Path, **extra: str) -> dict[str, str]:
+    """A subprocess environment built from scratch: a few basics, then Prefect settings of our own."""
+    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+class Proc:
+    """A subprocess in its own process group, its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return f"--- {self.log.name} (exit {self.popen.poll()}) ---\n" + "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM the whole group (the serve process pauses its schedules), then SIGKILL what is left."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            self.popen.wait(20)
+        with suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # the leader if stuck, and any child left behind
+        self.popen.wait(10)
+
+
+@contextmanager
+def _running(args: list[str], env: dict[str, str], log: Path) -> Iterator[Proc]:
+    proc = Proc(args, env, log)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _wait_for(what: str, probe: Callable[[], T | None], procs: list[Proc], timeout: float) -> T:
+    """Poll `probe` until it returns something, failing early (with the logs) if a process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        dead = [p for p in procs if not p.alive()]
+        if dead or time.monotonic() > deadline:
+            logs = "\n".join(p.tail() for p in procs)
+            pytest.fail(f"{'process died' if dead else 'timed out'} waiting for {what}\n{logs}")
+        time.sleep(0.5)
+
+
+def _healthy(api: str) -> bool | None:
+    try:
+        return True if httpx.get(f"{api}/health", timeout=2).status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+@pytest.mark.slow
+def test_served_deployment_runs_with_parameters_set_through_the_api(
+    make_project: Callable[..., batchml.Project], tmp_path: Path
+) -> None:
+    # A project with a champion and a challenger (both the same version: the run is asked for the challenger).
+    project = make_project()
+    dataset = batchml.snapshot_dataset(project, "loans")
+    model = batchml.train(project, "default_risk")
+    batchml.promote(project, "default_risk", model.version, reason="test setup")
+    batchml.promote(project, "default_risk", model.version, "challenger", reason="test setup")
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    home = tmp_path / "prefect-home"
+    server_env = _env(home, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
+    serve_env = _env(
+        home,
+        PREFECT_API_URL=api,
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        BATCHML_CONFIG=str(project.base_dir / "batchml.toml"),
+    )
+    assert not any(k.startswith("PREFECT_API") or "HARNESS" in k for k in server_env)
+    timings: dict[str, float] = {}
+
+    with ExitStack() as stack:
+        started = time.monotonic()
+        server = stack.enter_context(
+            _running(
+                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                server_env,
+                tmp_path / "server.log",
+            )
+        )
+        _wait_for("the server's /api/health", lambda: _healthy(api), [server], timeout=90)
+        timings["server start"] = time.monotonic() - started
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200  # the UI is served
+
+        serving = stack.enter_context(
+            _running([sys.executable, "-m", "deployments.serve"], serve_env, tmp_path / "serve.log")
+        )
+        procs = [server, serving]
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api}))
+        client = stack.enter_context(get_client(sync_client=True))
+
+        def all_registered() -> Any:  # serve registers them one by one: wait for the whole set
+            return len(client.read_deployments()) == len(DEPLOYMENTS) or None
+
+        started = time.monotonic()
+        _wait_for("the deployments to be registered", all_registered, procs, timeout=90)
+        timings["serve registered"] = time.monotonic() - started
+        daily_score = client.read_deployment_by_name("score-and-publish/daily-score")
+        # Every declared deployment is registered as declared: schedule, timezone, default parameters.
+        for spec in DEPLOYMENTS:
+            d = client.read_deployment_by_name(f"{spec.flow.name}/{spec.name}")
+            assert d.parameters == spec.parameters and not d.paused
+            assert [(s.schedule.cron, s.schedule.timezone) for s in d.schedules] == [  # type: ignore[union-attr]
+                (spec.cron, spec.timezone)
+            ]
+        assert daily_score.schedules[0].schedule.cron == "0 5 * * *"  # type: ignore[union-attr]
+        # The UI builds its run form from this schema: the flow's own signature.
+        form = daily_score.parameter_openapi_schema or {}
+        assert {"model", "alias", "dataset", "publish", "config", "reason"} <= set(form["properties"])
+
+        # Parameters are checked against the flow's signature when the run is created, as in the UI's form.
+        with pytest.raises(PrefectHTTPStatusError) as rejected:
+            client.create_flow_run_from_deployment(daily_score.id, parameters={"publish": "maybe"})
+        assert rejected.value.response.status_code in (409, 422)
+
+        # "Custom run" in the UI: the same endpoint, defaults overridden per run.
+        parameters = {"alias": "challenger", "dataset": dataset.ref, "reason": "triggered through the API"}
+        started = time.monotonic()
+        flow_run = client.create_flow_run_from_deployment(daily_score.id, parameters=parameters)
+
+        def finished() -> Any:
+            run = client.read_flow_run(flow_run.id)
+            return run if run.state is not None and run.state.is_final() else None
+
+        done = _wait_for(f"flow run {flow_run.id}", finished, procs, timeout=120)
+        timings["flow run"] = time.monotonic() - started
+        logs = "\n".join(p.tail() for p in procs)
+        assert done.state is not None and done.state.is_completed(), f"{done.state}\n{logs}"
+        assert done.parameters == {**daily_score.parameters, **parameters}
+
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+
+        # The cron schedule is live: the server's scheduler queues the next daily runs at 05:00 UTC.
+        def scheduled() -> list[Any] | None:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[daily_score.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+            )
+            return runs or None
+
+        upcoming = _wait_for("scheduled runs of daily-score", scheduled, procs, timeout=60)
+        starts = sorted(r.expected_start_time for r in upcoming if r.expected_start_time is not None)
+        assert starts and all((t.hour, t.minute, t.utcoffset()) == (5, 0, timedelta(0)) for t in starts)
+        assert starts[0] - datetime.now(UTC) <= timedelta(days=1)
+        print("timings:", {k: round(v, 1) for k, v in timings.items()})
+
+    # The run published the challenger's predictions of exactly that dataset version, with the given reason.
+    publications = PublicationLog(project.storage)
+    run_id = publications.current("default_risk")
+    assert run_id is not None
+    assert publications.events("default_risk")[-1]["reason"] == "triggered through the API"
+    con = batchml.connect(project)
+    try:
+        rows = con.execute(
+            "SELECT count(*), count(DISTINCT entity_id), min(run_id), max(run_id), min(model_version) "
+            "FROM predictions WHERE model = 'default_risk'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert rows == (SAMPLE_ROWS, SAMPLE_ROWS, run_id, run_id, model.version)
+
+    markdown = [a for a in artifacts if a.type == "markdown"]
+    assert [a.key for a in markdown] == ["run-default-risk"]
+    body = str(markdown[0].data)
+    assert run_id in body and dataset.ref in body and "Published: yes" in body

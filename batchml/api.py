@@ -204,6 +204,20 @@ def score(
     progress: Progress | None = None,
 ) -> PredictionRun:
     """Score a dataset version (default: the latest of the model's dataset) with the model's alias/version."""
+    chosen, version_, options = scoring_inputs(project, model, alias=alias, version=version, dataset=dataset)
+    booster = Registry(project.storage).load_booster(chosen)
+    return score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress)
+
+
+def scoring_inputs(
+    project: Project,
+    model: str,
+    *,
+    alias: str | None = "champion",
+    version: int | str | None = None,
+    dataset: str | None = None,
+) -> tuple[ModelVersion, DatasetVersion, ScoringOptions]:
+    """The model version, dataset version and options `score` would use (for partitioned scoring)."""
     registry = Registry(project.storage)
     chosen = registry.resolve(model, alias=None if version is not None else alias, version=version)
     if dataset is None:
@@ -224,8 +238,7 @@ def score(
         if spec
         else ScoringOptions()
     )
-    booster = registry.load_booster(chosen)
-    return score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress)
+    return chosen, version_, options
 
 
 def publish(project: Project, model: str, run_id: str, reason: str = "") -> Path:

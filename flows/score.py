@@ -11,7 +11,11 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 import batchml
+from batchml.api import scoring_inputs
+from batchml.eventlog import now
+from batchml.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
 from batchml.publications import PublicationLog
+from batchml.registry import Registry
 from batchml.validation import describe_summary
 from flows.common import (
     artifact_key,
@@ -28,6 +32,10 @@ from flows.common import (
 def score(model: str, alias: str, dataset: str | None, config: str | None) -> dict[str, Any]:
     """Score `dataset` (default: latest of the model's dataset) with `model@alias`; return the run's ref."""
     run = batchml.score(open_project(config), model, alias=alias, dataset=dataset)
+    return _summary(model, alias, run)
+
+
+def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, Any]:
     return {
         "model": model,
         "alias": alias,
@@ -40,6 +48,66 @@ def score(model: str, alias: str, dataset: str | None, config: str | None) -> di
         "flagged": run.summary.get("flagged", 0),
         "checks": describe_summary(run.summary),
     }
+
+
+def _inputs(plan: dict[str, Any], config: str | None) -> tuple[Any, Any, Any, Any]:
+    project = open_project(config)
+    chosen, version, options = scoring_inputs(
+        project, plan["model"], alias=None, version=plan["version"], dataset=plan["dataset"]
+    )
+    return project, chosen, version, options
+
+
+@batch_task
+def plan_scoring(
+    model: str, alias: str, dataset: str | None, partitions: int, config: str | None
+) -> dict[str, Any]:
+    """Resolve the model and dataset versions and split the dataset's row groups into `partitions`."""
+    project = open_project(config)
+    chosen, version, _ = scoring_inputs(project, model, alias=alias, dataset=dataset)
+    return {
+        "model": model,
+        "version": chosen.version,
+        "dataset": version.ref,
+        "groups": plan_partitions(project.storage, version, partitions),
+        "scored_at": new_scored_at(),
+        "started_at": now(),
+    }
+
+
+@batch_task
+def score_part(plan: dict[str, Any], index: int, config: str | None) -> dict[str, Any]:
+    """Score partition `index` of `plan` into unreferenced parts; return their entries and tallies."""
+    project, chosen, version, options = _inputs(plan, config)
+    booster = Registry(project.storage).load_booster(chosen)
+    return score_partition(
+        project.storage,
+        chosen,
+        booster,
+        version,
+        plan["groups"][index],
+        index=index,
+        scored_at=plan["scored_at"],
+        options=options,
+    )
+
+
+@batch_task
+def commit_parts(
+    plan: dict[str, Any], alias: str, results: list[dict[str, Any]], config: str | None
+) -> dict[str, Any]:
+    """Commit the partitions' parts as one run (the same run id as sequential scoring); return its ref."""
+    project, chosen, version, options = _inputs(plan, config)
+    run = commit_partitions(
+        project.storage,
+        chosen,
+        version,
+        results,
+        scored_at=plan["scored_at"],
+        started_at=plan["started_at"],
+        options=options,
+    )
+    return _summary(plan["model"], alias, run)
 
 
 @batch_task
@@ -77,23 +145,60 @@ def score_and_publish(
     publish: bool = True,
     config: str | None = None,
     reason: str = "flow score-and-publish",
+    partitions: int = 1,
 ) -> dict[str, Any]:
     """Score `dataset` (`NAME@VERSION`; default: latest) with `model@alias` and, if `publish`, make the run
     the model's published predictions. Scoring the same model and dataset again returns the same run id.
 
     One flow run per model at a time (a Prefect global concurrency limit per model); a second waits, then
     finds the finished work. Underneath, put-if-absent manifests and events keep it exactly once anyway.
+
+    With `partitions` > 1 the dataset's row groups are scored by that many tasks submitted to the flow's
+    task runner (in parallel on e.g. a `DaskTaskRunner`, see `score_and_publish_on_dask`), then committed as
+    one run with the same rows, scores and run id as sequential scoring.
     """
     with concurrency(model_limit(model), occupy=1, strict=True):
-        return _score_and_publish(model, alias, dataset, publish, config, reason)
+        return _score_and_publish(model, alias, dataset, publish, config, reason, partitions)
+
+
+def score_and_publish_on_dask(address: str | None = None, n_workers: int = 2, **parameters: Any) -> Any:
+    """Run `score_and_publish(**parameters)` on Dask: the cluster at `address` (`tcp://scheduler:8786`), or
+    a temporary local one with `n_workers` workers. Pass `partitions` > 1 to use more than one worker.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    runner = (
+        DaskTaskRunner(address=address)
+        if address
+        else DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "processes": False})
+    )
+    return score_and_publish.with_options(task_runner=runner)(**parameters)  # type: ignore[arg-type]
+
+
+def _score_partitioned(
+    model: str, alias: str, dataset: str | None, partitions: int, config: str | None
+) -> dict[str, Any]:
+    plan = plan_scoring(model, alias, dataset, partitions, config)
+    futures = [score_part.submit(plan, i, config) for i in range(partitions)]
+    results = [f.result() for f in futures]
+    return commit_parts(plan, alias, results, config)
 
 
 def _score_and_publish(
-    model: str, alias: str, dataset: str | None, publish: bool, config: str | None, reason: str
+    model: str,
+    alias: str,
+    dataset: str | None,
+    publish: bool,
+    config: str | None,
+    reason: str,
+    partitions: int = 1,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     config = config_ref(config)
-    result = score(model, alias, dataset, config)
+    if partitions > 1:
+        result = _score_partitioned(model, alias, dataset, partitions, config)
+    else:
+        result = score(model, alias, dataset, config)
     logger.info(
         "run %s: %s %d predictions of %s@%s (v%s) on %s",
         result["run_id"],

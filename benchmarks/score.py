@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import lightgbm as lgb
 import numpy as np
 import polars as pl
@@ -145,7 +146,9 @@ def run_batchml(workdir: Path, data: Path, model: Path, repeat: int) -> dict[str
         setup = setup_batchml(workdir, data, model)
         try:
             runs.append({**run_child(["--child", "batchml", setup["toml"], setup["dataset"]]), **setup})
-            with batchml.connect(batchml.Project.open(setup["toml"])) as con:
+            # A plain read-only client: batchml.connect() disables file access, and this joins a file.
+            served = batchml.database_path(batchml.Project.open(setup["toml"]))
+            with duckdb.connect(str(served), read_only=True) as con:
                 sql = "SELECT max(abs(p.prediction - n.prediction)), count(*) FROM predictions p JOIN "
                 sql += f"read_parquet('{workdir / 'naive.parquet'}') n ON p.entity_id = n.{ENTITY}"
                 diff, matched = con.execute(sql).fetchone() or (None, 0)

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from batchml.errors import BatchMLError
+from batchml.errors import BatchMLError, NotFoundError
 from batchml.project import Project
 from batchml.redact import redact
 
@@ -194,3 +194,15 @@ def require(condition: bool, message: str) -> None:
     """Raise BatchMLError(message) unless `condition` holds (for CLI-level argument checks)."""
     if not condition:
         raise BatchMLError(message)
+
+
+def run_or_published(project: Project, model: str, run: str | None) -> str:
+    """`run` if given, else the run currently published for `model` (NotFoundError listing its runs)."""
+    from batchml.publications import PublicationLog
+    from batchml.scoring import list_runs
+
+    run_id = run or PublicationLog(project.storage).current(model)
+    if run_id is None:
+        runs = [r.run_id for r in list_runs(project.storage, model)]
+        raise NotFoundError(f"published run of model {model!r} (pass --run)", "published", runs)
+    return run_id

@@ -8,12 +8,9 @@ import typer
 from rich.console import Console
 
 from batchml import api
-from batchml.cli._common import JsonFlag, emit, project_of, spinner, table
+from batchml.cli._common import JsonFlag, emit, project_of, run_or_published, spinner, table
 from batchml.config import DriftConfig
 from batchml.drift import load_drift, monitor_run
-from batchml.errors import NotFoundError
-from batchml.publications import PublicationLog
-from batchml.scoring import list_runs
 
 _COLUMNS = ["feature", "statistic", "value", "threshold", "drifted"]
 
@@ -37,10 +34,7 @@ def drift(
       batchml drift default_risk --run 3f2a9c0d1e2b4a5f --json
     """
     project = project_of(ctx)
-    run_id = run or PublicationLog(project.storage).current(model)
-    if run_id is None:
-        runs = [r.run_id for r in list_runs(project.storage, model)]
-        raise NotFoundError(f"published run of model {model!r} (pass --run)", "published", runs)
+    run_id = run_or_published(project, model, run)
     spec = project.config.models.get(model)
     config = spec.monitoring.drift if spec else DriftConfig()
     recorded = load_drift(project.storage, model, run_id) is not None

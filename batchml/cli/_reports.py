@@ -9,12 +9,9 @@ import typer
 from rich.console import Console
 
 from batchml import api
-from batchml.cli._common import JsonFlag, emit, project_of, properties, spinner
+from batchml.cli._common import JsonFlag, emit, project_of, properties, run_or_published, spinner
 from batchml.config import MonitoringConfig
-from batchml.errors import NotFoundError
-from batchml.publications import PublicationLog
 from batchml.reports import load_report, render_run_report
-from batchml.scoring import list_runs
 
 
 def report(
@@ -37,10 +34,7 @@ def report(
       batchml report default_risk --run 3f2a9c0d1e2b4a5f --json
     """
     project = project_of(ctx)
-    run_id = run or PublicationLog(project.storage).current(model)
-    if run_id is None:
-        runs = [r.run_id for r in list_runs(project.storage, model)]
-        raise NotFoundError(f"published run of model {model!r} (pass --run)", "published", runs)
+    run_id = run_or_published(project, model, run)
     spec = project.config.models.get(model)
     limit = (spec.monitoring if spec else MonitoringConfig()).report_sample_rows
     found = load_report(project.storage, model, run_id)

@@ -17,28 +17,25 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from batchml.datasets import DatasetVersion
-from batchml.errors import ConflictError, DataError, SchemaError
 from batchml.eventlog import now
-from batchml.features import check_input_schema
-from batchml.lineage import actor, code_version
-from batchml.parts import write_parquet_parts
-from batchml.prefetch import prefetch
+from batchml.lineage import code_version
 from batchml.registry import ModelVersion
+from batchml.scorer import BATCH_ROWS, ScoredParts, check_input, score_batches
 from batchml.scoring import (
-    BATCH_ROWS,
-    ROWS_PER_FILE,
     PredictionRun,
     ScoringOptions,
-    _encoded_batches,
     _manifest_path,
-    _scored_batches,
+    commit_run,
+    delete_parts,
     get_run,
-    output_schema,
+    new_checks,
+    new_stamp,
+    no_rows_error,
     run_id_of,
     run_key,
 )
 from batchml.storage import FileEntry, Storage
-from batchml.validation import MAX_UNSEEN_EXAMPLES, QuarantineWriter, ScoringChecks
+from batchml.validation import MAX_UNSEEN_EXAMPLES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -71,21 +68,6 @@ def plan_partitions(storage: Storage, dataset: DatasetVersion, partitions: int) 
                 plan[p].append([i, g, start - offset, stop - offset])
         offset += n
     return plan
-
-
-def _checks(
-    model: ModelVersion, options: ScoringOptions, dataset: DatasetVersion, run_id: str
-) -> ScoringChecks:
-    return ScoringChecks(
-        expectations=options.expectations,
-        max_quarantine_share=options.max_quarantine_share,
-        features=model.features,
-        profile=model.card.get("profile") or {},
-        total_rows=dataset.rows,
-        model=model.name,
-        run_id=run_id,
-        skip=(str(model.card.get("target")),),
-    )
 
 
 def _run(model: ModelVersion, dataset: DatasetVersion, options: ScoringOptions) -> tuple[dict[str, Any], str]:
@@ -123,47 +105,19 @@ def score_partition(
     key, run_id = _run(model, dataset, options)
     if storage.exists(_manifest_path(model.name, run_id)) or not groups:
         return {"index": index, "files": [], "quarantine_files": [], "rows": 0, "tallies": {}}
-    entity_id = str(model.card["entity_id"])
-    entry = dataset.files[groups[0][0]]
-    storage.verify(entry)
-    with storage.open_read(entry.path) as f:
-        input_schema = pq.read_schema(f)
-    if entity_id not in input_schema.names:
-        raise SchemaError(f"dataset {dataset.ref} has no entity id column {entity_id!r}", input_schema.names)
-    check_input_schema(input_schema, model.features)
-    checks = _checks(model, options, dataset, run_id)
-    checks.check_schema(input_schema, f"dataset {dataset.ref}")
-    schema = output_schema(input_schema.field(entity_id).type)
-    constants: dict[str, Any] = {
-        "model": model.name,
-        "model_version": model.version,
-        "dataset_version": dataset.ref,
-        "code_version": key["code_version"],
-        "run_id": run_id,
-        "scored_at": datetime.fromisoformat(scored_at),
-    }
-    columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features), *checks.columns]))
-    prefix = f"runs/{model.name}/{run_id}/p{index:04d}-{uuid.uuid4().hex[:8]}"
-    quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
-    batches = _batches(storage, dataset, groups, columns)
-    encoded = prefetch(_encoded_batches(batches, model, entity_id, checks, quarantine))
-    scored = prefetch(_scored_batches(encoded, booster, model, schema, constants, options))
-    rows = 0
-
-    def count(n: int) -> None:
-        nonlocal rows
-        rows += n
-
-    try:
-        files = write_parquet_parts(
-            storage, prefix, scored, schema, rows_per_file=ROWS_PER_FILE, progress=count
-        )
-        quarantine.flush()
-    except BaseException:
-        for stage in (scored, encoded):
-            getattr(stage, "close", lambda: None)()
-        quarantine.delete()
-        raise
+    checks = new_checks(model, dataset, options, run_id)
+    scoring = check_input(storage, model, dataset, dataset.files[groups[0][0]], checks)
+    parts = score_batches(
+        storage,
+        f"runs/{model.name}/{run_id}/p{index:04d}-{uuid.uuid4().hex[:8]}",
+        _batches(storage, dataset, groups, scoring.columns),
+        model=model,
+        booster=booster,
+        scoring=scoring,
+        checks=checks,
+        stamp=new_stamp(model, dataset, key, datetime.fromisoformat(scored_at)),
+        options=options,
+    )
     tallies: dict[str, Any] = {c: [[k, n] for k, n in getattr(checks, c).items()] for c in _COUNTERS}
     tallies.update(
         rows_in=checks.rows_in,
@@ -173,9 +127,9 @@ def score_partition(
     )
     return {
         "index": index,
-        "files": [e.to_dict() for e in files],
-        "quarantine_files": [e.to_dict() for e in quarantine.files],
-        "rows": rows,
+        "files": [e.to_dict() for e in parts.files],
+        "quarantine_files": [e.to_dict() for e in parts.quarantine_files],
+        "rows": parts.rows,
         "tallies": tallies,
     }
 
@@ -184,10 +138,12 @@ def _key(k: Any) -> Any:
     return tuple(k) if isinstance(k, list) else k
 
 
-def _delete_parts(storage: Storage, results: list[dict[str, Any]]) -> None:
-    for result in results:
-        for f in result["files"] + result["quarantine_files"]:
-            storage.delete(f["path"])
+def _merged_parts(results: list[dict[str, Any]]) -> ScoredParts:
+    return ScoredParts(
+        files=[FileEntry.from_dict(f) for r in results for f in r["files"]],
+        quarantine_files=[FileEntry.from_dict(f) for r in results for f in r["quarantine_files"]],
+        rows=sum(int(r["rows"]) for r in results),
+    )
 
 
 def commit_partitions(
@@ -207,10 +163,11 @@ def commit_partitions(
     options = options or ScoringOptions()
     key, run_id = _run(model, dataset, options)
     results = sorted(results, key=lambda r: int(r["index"]))
+    parts = _merged_parts(results)
     if storage.exists(_manifest_path(model.name, run_id)):
-        _delete_parts(storage, results)
+        delete_parts(storage, parts)
         return PredictionRun(get_run(storage, model.name, run_id).manifest, reused=True)
-    checks = _checks(model, options, dataset, run_id)
+    checks = new_checks(model, dataset, options, run_id)
     for result in results:
         t = result["tallies"]
         if not t:
@@ -223,40 +180,23 @@ def commit_partitions(
         for column, values in t["unseen_examples"].items():
             seen = checks.unseen_examples.setdefault(column, [])
             seen += [v for v in values if v not in seen][: MAX_UNSEEN_EXAMPLES - len(seen)]
-    files = [FileEntry.from_dict(f) for r in results for f in r["files"]]
     try:
         checks.check_limits()
-        if not files:
-            raise DataError(
-                f"dataset {dataset.ref} has no rows to score"
-                + (f": all {checks.rows_in:,} rows broke hard expectations" if checks.rows_in else "")
-            )
+        if not parts.files:
+            raise no_rows_error(dataset, checks)
     except BaseException:
-        _delete_parts(storage, results)
+        delete_parts(storage, parts)
         raise
-    manifest = {
-        "kind": "prediction_run",
-        "run_id": run_id,
-        "key": key,
-        **{k: key[k] for k in ("model", "model_version", "dataset_version", "code_version")},
-        "entity_id_column": str(model.card["entity_id"]),
-        "task": model.task,
-        "rows": sum(int(r["rows"]) for r in results),
-        "files": [f.to_dict() for f in files],
-        "quarantine_files": [f for r in results for f in r["quarantine_files"]],
-        "summary": checks.summary(),
-        "partitions": len(results),
-        "started_at": started_at or now(),
-        "finished_at": now(),
-        "scored_at": scored_at,
-        **actor(),
-    }
-    try:
-        storage.create_json(_manifest_path(model.name, run_id), manifest)
-    except ConflictError:  # a concurrent run of the same work won: keep theirs
-        _delete_parts(storage, results)
-        return PredictionRun(get_run(storage, model.name, run_id).manifest, reused=True)
-    return PredictionRun(manifest)
+    return commit_run(
+        storage,
+        key,
+        model,
+        parts,
+        checks.summary(),
+        started_at=started_at or now(),
+        scored_at=scored_at,
+        partitions=len(results),
+    )
 
 
 def new_scored_at() -> str:

@@ -32,9 +32,12 @@ def input_hashes(matrix: np.ndarray) -> np.ndarray:
     return hashes
 
 
-def contributions(booster: lgb.Booster, matrix: np.ndarray, num_class: int) -> np.ndarray:
-    """Feature contributions, rows x (features + bias last); for multiclass, of each row's predicted class."""
-    raw = np.asarray(booster.predict(matrix, pred_contrib=True))
+def contributions(booster: lgb.Booster, matrix: np.ndarray, num_class: int, threads: int = 0) -> np.ndarray:
+    """Feature contributions, rows x (features + bias last); for multiclass, of each row's predicted class.
+
+    `threads` is LightGBM's `num_threads` for this call (0: its default).
+    """
+    raw = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=threads))
     width = matrix.shape[1] + 1
     if num_class <= 2:
         return raw

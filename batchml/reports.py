@@ -33,7 +33,8 @@ from batchml.errors import ConflictError, DataError
 from batchml.features import Feature, encode
 from batchml.names import check_name
 from batchml.registry import ModelVersion, RegistryReader
-from batchml.scoring import PredictionRun, get_run, predict_rows
+from batchml.scorer import predict_rows
+from batchml.scoring import PredictionRun, get_run
 from batchml.storage import FileEntry, Storage
 
 if TYPE_CHECKING:  # pandas (for Evidently) costs most of a second to import: only when rendering

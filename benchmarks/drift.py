@@ -13,7 +13,7 @@ same distributions. Each path runs in its own child process and reads the Parque
   decile bins and category shares, current counted into them; PSI + binned KS / PSI + JS, default thresholds).
 
 Wall time is measured inside the child around the work only (reading included, imports not). Peak RSS is the
-child's own ``VmHWM`` from ``/proc/self/status`` (whole process), not ``ru_maxrss`` (see benchmarks/score.py).
+child's own ``VmHWM`` (whole process), not ``ru_maxrss`` (see benchmarks/_harness.py).
 Data generation is setup and not timed. Results are printed and written to ``<workdir>/drift_<rows>.json``.
 """
 
@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _harness import peak_rss_mib, run_child
 
 NUMERIC = [f"num_{i:02d}" for i in range(20)]
 CATEGORICAL = [f"cat_{i:02d}" for i in range(10)]
@@ -118,26 +117,6 @@ def child_batchml(reference: Path, current: Path) -> dict[str, Any]:
     return {"seconds": seconds, "flagged": result.summary["drifted_columns"], "methods": statistics}
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM) in MiB."""
-    with open("/proc/self/status") as status:
-        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return kib / 1024
-
-
-def run_child(args: list[str], repeat: int) -> dict[str, Any]:
-    """Run this script as a child with ``args`` ``repeat`` times; the fastest run's JSON result."""
-    runs = []
-    for _ in range(repeat):
-        proc = subprocess.run(
-            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"child {args[:2]} failed with exit code {proc.returncode}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return {**min(runs, key=lambda r: r["seconds"]), "runs_seconds": [round(r["seconds"], 3) for r in runs]}
-
-
 def report(results: dict[str, dict[str, Any]], rows: int) -> str:
     """The results as text: time, memory and ratios, then the flagged columns of each path."""
     base = results["evidently"]
@@ -181,7 +160,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     reference, current = ensure_data(workdir, args.rows, args.seed)
     results = {
-        kind: run_child(["--child", kind, str(reference), str(current)], args.repeat)
+        kind: run_child(__file__, ["--child", kind, str(reference), str(current)], args.repeat)
         for kind in ("evidently", "batchml")
     }
     print(report(results, args.rows))

@@ -3,9 +3,7 @@
     python benchmarks/score.py [--rows 2000000] [--trees 300] [--workdir benchmarks/out]
 
 Every path runs in its own child process. Wall time is measured inside the child around the work only.
-Peak RSS is the child's own ``VmHWM`` from ``/proc/self/status`` (whole process: interpreter, imports, data),
-reported by the child at exit. Not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` (``getrusage`` or
-``os.wait4``) starts at the parent's high-water mark, because exec records the forked address space's peak.
+Peak RSS is the child's own ``VmHWM`` (whole process: interpreter, imports, data; see benchmarks/_harness.py).
 Data generation, model training, dataset snapshot and model registration are setup and are not timed.
 Results are printed as a table and written to ``<workdir>/score_<rows>.json``.
 """
@@ -17,8 +15,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +26,7 @@ import numpy as np
 import polars as pl
 import psutil
 import pyarrow.parquet as pq
+from _harness import peak_rss_mib, run_child
 
 ENTITY, TIMESTAMP, TARGET = "loan_id", "application_date", "defaulted"
 CATEGORICAL = ["region", "purpose", "employment_type"]
@@ -130,13 +127,6 @@ def child_batchml(toml: str, dataset: str) -> dict[str, Any]:
     return {"seconds": seconds, "rows": run.rows}
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM) in MiB."""
-    with open("/proc/self/status") as status:
-        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return kib / 1024
-
-
 def run_batchml(workdir: Path, data: Path, model: Path, repeat: int) -> dict[str, Any]:
     """The batchml path ``repeat`` times, each on a fresh project (deleted afterwards); the fastest run."""
     import batchml
@@ -145,7 +135,9 @@ def run_batchml(workdir: Path, data: Path, model: Path, repeat: int) -> dict[str
     for _ in range(repeat):
         setup = setup_batchml(workdir, data, model)
         try:
-            runs.append({**run_child(["--child", "batchml", setup["toml"], setup["dataset"]]), **setup})
+            runs.append(
+                {**run_child(__file__, ["--child", "batchml", setup["toml"], setup["dataset"]]), **setup}
+            )
             # A plain read-only client: batchml.connect() disables file access, and this joins a file.
             served = batchml.database_path(batchml.Project.open(setup["toml"]))
             with duckdb.connect(str(served), read_only=True) as con:
@@ -166,19 +158,6 @@ def run_batchml(workdir: Path, data: Path, model: Path, repeat: int) -> dict[str
         "runs_seconds": [round(r["seconds"], 3) for r in runs],
         "note": f"score + publish, same booster; max |p - naive p| = {best['max_abs_diff_vs_naive']:.1e}",
     }
-
-
-def run_child(args: list[str], repeat: int = 1) -> dict[str, Any]:
-    """Run this script as a child with ``args`` ``repeat`` times; the fastest run's JSON result."""
-    runs = []
-    for _ in range(repeat):
-        proc = subprocess.run(
-            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"child {args[:2]} failed with exit code {proc.returncode}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return {**min(runs, key=lambda r: r["seconds"]), "runs_seconds": [round(r["seconds"], 3) for r in runs]}
 
 
 def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -229,9 +208,11 @@ def main() -> None:
     model = train_baseline(data, args.trees, workdir)
     paths = args.paths.split(",")
     results: dict[str, dict[str, Any]] = {}
-    results["naive"] = run_child(["--child", "naive", str(data), str(model), str(workdir)], args.repeat)
+    results["naive"] = run_child(
+        __file__, ["--child", "naive", str(data), str(model), str(workdir)], args.repeat
+    )
     if "predict" in paths:
-        predict = run_child(["--child", "predict", str(data), str(model)], args.repeat)
+        predict = run_child(__file__, ["--child", "predict", str(data), str(model)], args.repeat)
         results["predict"] = {**predict, "note": "RSS incl. data loaded before the clock"}
     if "batchml" in paths:
         results["batchml"] = run_batchml(workdir, data, model, args.repeat)

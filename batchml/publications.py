@@ -70,22 +70,51 @@ class PublicationLog:
             if current == run_id:
                 return next(e for e in reversed(events) if e.get("run_id") == run_id)
             event = {"model": model, "action": "publish", "run_id": run_id, "from_run_id": current}
-            expected = max((int(e["seq"]) for e in events), default=0) + 1
             try:
-                return log.append({**event, "reason": reason}, actor, expected_seq=expected)
+                return log.append({**event, "reason": reason}, actor, expected_seq=_next_seq(events))
             except ConflictError:
                 continue  # someone appended first: decide again on the log as it is now
         raise ConflictError(f"could not publish run {run_id!r} of model {model!r}: the log kept changing")
 
     def clear(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
-        """Record that no run is current on this channel (e.g. staging after its run was promoted)."""
-        event = {"model": model, "action": "clear", "run_id": None, "from_run_id": self.current(model)}
-        return self._log(model).append({**event, "reason": reason}, actor)
+        """Record that no run is current on this channel (e.g. staging after its run was promoted).
+
+        Compare-and-append like `publish`, so `from_run_id` is always the run this event cleared.
+        """
+        log = self._log(model)
+        for _ in range(_MAX_ATTEMPTS):
+            events = log.read()
+            stack = replay_stacks(events, group="model", value="run_id").get(model, [])
+            current = stack[-1] if stack else None
+            event = {"model": model, "action": "clear", "run_id": None, "from_run_id": current}
+            try:
+                return log.append({**event, "reason": reason}, actor, expected_seq=_next_seq(events))
+            except ConflictError:
+                continue
+        raise ConflictError(
+            f"could not clear the {self.channel} run of model {model!r}: the log kept changing"
+        )
 
     def rollback(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
-        """Return `model`'s published table to the run published before the current one."""
-        stack = self.stack(model)
+        """Return `model`'s published table to the run published before the current one.
+
+        The event is appended only if the log is still as read: two concurrent rollbacks cannot both step
+        back (the second gets ConflictError and can look again at what is published).
+        """
+        log = self._log(model)
+        events = log.read()
+        stack = replay_stacks(events, group="model", value="run_id").get(model, [])
         if len(stack) < 2:
             raise NotFoundError(f"previously published run of model {model!r}", "previous", stack)
         event = {"model": model, "action": "rollback", "run_id": stack[-2], "from_run_id": stack[-1]}
-        return self._log(model).append({**event, "reason": reason}, actor)
+        try:
+            return log.append({**event, "reason": reason}, actor, expected_seq=_next_seq(events))
+        except ConflictError:
+            raise ConflictError(
+                f"the published run of model {model!r} changed while rolling back from {stack[-1]!r}; "
+                "nothing was rolled back: check `batchml predictions list` and retry"
+            ) from None
+
+
+def _next_seq(events: list[dict[str, Any]]) -> int:
+    return max((int(e["seq"]) for e in events), default=0) + 1

@@ -17,6 +17,7 @@ from batchml.eventlog import EventLog
 from batchml.publications import PublicationLog
 from batchml.scoring import list_runs
 from batchml.storage import Storage
+from batchml.testing import write_loans
 
 DRIVER = Path(__file__).with_name("crash_driver.py")
 MODEL = "default_risk"
@@ -67,6 +68,33 @@ def test_a_publish_that_loses_the_race_sees_the_winner_and_appends_nothing(
     event = PublicationLog(project.storage).publish(MODEL, run.run_id, "mine")
     events = PublicationLog(project.storage).events(MODEL)
     assert event == raced[0] and [(e["run_id"], e["reason"]) for e in events] == [(run.run_id, "other")]
+
+
+def test_two_rollbacks_that_race_step_back_once(
+    project: batchml.Project, champion: batchml.ModelVersion, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Both read the log before either appends: the loser fails instead of rolling back a second step."""
+    log = PublicationLog(project.storage)
+    sources = [write_loans(tmp_path / f"loans{seed}.csv", rows=300, seed=seed) for seed in (1, 2, 3)]
+    refs = [batchml.snapshot_dataset(project, "loans", str(source)).ref for source in sources]
+    runs = [batchml.score(project, MODEL, dataset=ref) for ref in refs]
+    for run in runs:
+        log.publish(MODEL, run.run_id)
+    original = EventLog.append
+    raced: list[dict[str, Any]] = []
+
+    def append_after_the_other_rollback(self: EventLog, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not raced:
+            monkeypatch.setattr(EventLog, "append", original)
+            raced.append(PublicationLog(project.storage).rollback(MODEL, "other"))
+            monkeypatch.setattr(EventLog, "append", append_after_the_other_rollback)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EventLog, "append", append_after_the_other_rollback)
+    with pytest.raises(ConflictError, match=r"changed while rolling back.*nothing was rolled back"):
+        log.rollback(MODEL, "mine")
+    assert raced[0]["run_id"] == runs[1].run_id
+    assert log.current(MODEL) == runs[1].run_id and len(log.events(MODEL)) == 4
 
 
 def test_two_processes_scoring_and_publishing_the_same_work_end_with_one_run_and_one_event(

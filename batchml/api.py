@@ -22,7 +22,7 @@ from batchml.profiles import training_profile
 from batchml.project import Project
 from batchml.publications import PublicationLog
 from batchml.registry import ModelVersion, Registry
-from batchml.scoring import PredictionRun, Progress, ScoringOptions
+from batchml.scoring import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring import score as score_dataset
 from batchml.serving import build_serving_db, connect_serving, serving_path
 
@@ -183,14 +183,14 @@ def promote(
     A version whose gates failed is refused (PromotionError) unless `force=True` with a `reason`.
     """
     event = Registry(project.storage).promote(model, version, alias, reason, force=force)
-    rebuild_catalog(project)
+    _refresh_catalog(project)
     return event
 
 
 def rollback_model(project: Project, model: str, alias: str = "champion", reason: str = "") -> dict[str, Any]:
     """Return `alias` of `model` to its previous holder, and refresh the serving catalog."""
     event = Registry(project.storage).rollback(model, alias, reason)
-    rebuild_catalog(project)
+    _refresh_catalog(project)
     return event
 
 
@@ -243,16 +243,17 @@ def scoring_inputs(
 
 def publish(project: Project, model: str, run_id: str, reason: str = "") -> Path:
     """Make run `run_id` the published predictions of `model` and swap in a new serving file."""
+    _verified_run(project, model, run_id)
     log = PublicationLog(project.storage)
     if log.current(model) != run_id:
         log.publish(model, run_id, reason)
-    return rebuild_catalog(project)
+    return _refresh_catalog(project)
 
 
 def rollback_predictions(project: Project, model: str, reason: str = "") -> Path:
     """Return `model`'s published predictions to the previously published run."""
     PublicationLog(project.storage).rollback(model, reason)
-    return rebuild_catalog(project)
+    return _refresh_catalog(project)
 
 
 def gc(project: Project, *, grace_seconds: float = GRACE_SECONDS, dry_run: bool = False) -> GcReport:
@@ -260,9 +261,23 @@ def gc(project: Project, *, grace_seconds: float = GRACE_SECONDS, dry_run: bool 
     return collect(project.storage, project.serving_dir, grace_seconds=grace_seconds, dry_run=dry_run)
 
 
-def rebuild_catalog(project: Project) -> Path:
-    """Rebuild the serving DuckDB file from storage (it holds nothing storage does not)."""
-    return build_serving_db(project.storage, project.serving_dir)
+def rebuild_catalog(project: Project, *, full: bool = True) -> Path:
+    """Rebuild the serving DuckDB file from storage (it holds nothing storage does not).
+
+    `full=False` copies the prediction runs the current serving file already holds instead of re-reading
+    (and re-verifying) their files: what every publish, rollback and promote does to refresh the file.
+    """
+    return build_serving_db(project.storage, project.serving_dir, full=full)
+
+
+def _refresh_catalog(project: Project) -> Path:
+    return rebuild_catalog(project, full=False)
+
+
+def _verified_run(project: Project, model: str, run_id: str) -> None:
+    """Check every file of the run against its manifest: a damaged run is never published or staged."""
+    for entry in get_run(project.storage, model, run_id).files:
+        project.storage.verify(entry)
 
 
 def connect(project: Project | None = None) -> duckdb.DuckDBPyConnection:
@@ -302,8 +317,9 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tup
 
 def stage(project: Project, model: str, run_id: str, reason: str = "") -> Path:
     """Serve run `run_id` as `model`'s `predictions_staging` table, beside the published one."""
+    _verified_run(project, model, run_id)
     PublicationLog(project.storage, "staging").publish(model, run_id, reason)
-    return rebuild_catalog(project)
+    return _refresh_catalog(project)
 
 
 def promote_staged(
@@ -313,6 +329,7 @@ def promote_staged(
     from batchml.staging import staged_run
 
     run = staged_run(project.storage, model)
+    _verified_run(project, model, run.run_id)
     version = int(run.manifest["model_version"])
     registry = Registry(project.storage)
     event = None
@@ -322,5 +339,5 @@ def promote_staged(
     if publications.current(model) != run.run_id:
         publications.publish(model, run.run_id, reason)
     PublicationLog(project.storage, "staging").clear(model, reason or "promoted")
-    serving = rebuild_catalog(project)
+    serving = _refresh_catalog(project)
     return {"alias_event": event, "run_id": run.run_id, "model_version": version, "serving": str(serving)}

@@ -159,7 +159,7 @@ def monitor(model: str, run_id: str | None = None, config: str | None = None) ->
         logger.info(
             "no retrain for %s: not configured for these breaches, or one ran within the window", model
         )
-    batchml.rebuild_catalog(open_project(config))  # alerts, performance and retrains into SQL
+    batchml.rebuild_catalog(open_project(config), full=False)  # alerts, performance and retrains into SQL
     rows = [{k: a[k] for k in ("id", "kind", "version", "detail")} for a in found["current"]]
     lines = [
         f"Run **{run_id}** of `{model}`: drift verdict **{summary.get('verdict')}** "

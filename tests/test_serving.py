@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
+from typer.testing import CliRunner
 
 import batchml
+from batchml import api, serving_build
+from batchml.cli import app
 from batchml.errors import NotFoundError, ReadOnlyError
-from batchml.serving import build_serving_db
+from batchml.serving import build_serving_db, connect_serving
+from batchml.storage import Storage
 from tests.conftest import PROJECT_TOML
 
 VIEWS = {
@@ -153,3 +159,139 @@ def test_the_same_path_works_on_a_remote_filesystem(
     con = batchml.connect(project)
     assert fingerprint(con)[:2] == (run.rows, run.run_id)
     assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
+
+
+# -- building from the previous serving file -----------------------------------------------------------------
+
+PREDICTION_TABLES = (
+    "predictions", "predictions_staging", "past_predictions", "prediction_history", "quarantine",
+)  # fmt: skip
+
+
+def tables(project: batchml.Project) -> dict[str, list[tuple[Any, ...]]]:
+    with batchml.connect(project) as con:
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in PREDICTION_TABLES}
+
+
+@pytest.fixture
+def run_file_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Run ids whose Parquet files a build reads (the rest were copied from the previous serving file)."""
+    reads: list[str] = []
+    original = serving_build.run_files_sql
+
+    def spy(storage: Storage, runs: list[batchml.PredictionRun], verify: bool) -> str | None:
+        reads.extend(run.run_id for run in runs)
+        return original(storage, runs, verify)
+
+    monkeypatch.setattr(serving_build, "run_files_sql", spy)
+    return reads
+
+
+def run_rows(project: batchml.Project, *runs: batchml.PredictionRun) -> list[tuple[Any, ...]]:
+    """The rows of `runs` read straight from their Parquet files."""
+    select = serving_build.run_files_sql(project.storage, list(runs), verify=True)
+    return duckdb.connect().execute(f"SELECT * FROM ({select}) ORDER BY ALL").fetchall()
+
+
+def test_history_is_a_view_over_current_and_past_runs(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    run = second_run(project)
+    batchml.publish(project, "default_risk", run.run_id)
+    batchml.rollback_predictions(project, "default_risk")
+    got = tables(project)
+    assert got["prediction_history"] == run_rows(project, published, run)
+    assert got["predictions"] == run_rows(project, published)
+    assert got["past_predictions"] == run_rows(project, run)
+    with connect_serving(project.serving_dir) as con:  # external access off: the view reads only the file
+        kind = "SELECT table_type FROM information_schema.tables WHERE table_name = 'prediction_history'"
+        assert con.execute(kind).fetchone() == ("VIEW",)
+        lookup = "SELECT count(*) FROM prediction_history WHERE entity_id = 'L000000042'"
+        assert con.execute(lookup).fetchone() == (2,)
+        with pytest.raises(duckdb.PermissionException):
+            con.execute(f"ATTACH '{project.serving_dir / 'other.duckdb'}'")
+
+
+def test_publishing_copies_unchanged_runs_and_matches_a_full_rebuild(
+    project: batchml.Project, published: batchml.PredictionRun, run_file_reads: list[str]
+) -> None:
+    run_file_reads.clear()
+    run = second_run(project)
+    batchml.publish(project, "default_risk", run.run_id)
+    assert run_file_reads == [run.run_id]  # the first run moved to past_predictions by copy
+    api.stage(project, "default_risk", published.run_id)
+    batchml.rollback_predictions(project, "default_risk")
+    assert run_file_reads == [run.run_id]
+    incremental = tables(project)
+    assert len(incremental["prediction_history"]) == published.rows + run.rows
+    with connect_serving(project.serving_dir) as con:  # still sorted for point lookups, without a sort
+        order = "SELECT list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) FROM {}"
+        assert con.execute(order.format("predictions")).fetchone() == (True,)
+        assert con.execute(order.format("predictions_staging")).fetchone() == (True,)
+    batchml.rebuild_catalog(project, full=True)
+    assert sorted(run_file_reads[1:]) == sorted([published.run_id, published.run_id, run.run_id])
+    assert tables(project) == incremental
+
+
+def damage_previous(project: batchml.Project, how: str) -> None:
+    """Point the serving link at a file that is not a faithful previous build."""
+    link = project.serving_dir / "batchml.duckdb"
+    target = project.serving_dir / f"serving-damaged-{how}.duckdb"
+    if how == "garbage":
+        target.write_bytes(b"not a duckdb file" * 1000)
+    elif how == "empty":
+        duckdb.connect(str(target)).close()
+    else:
+        shutil.copy(link.resolve(), target)
+        with duckdb.connect(str(target)) as con:
+            if how == "old_schema":  # an older layout: no past_predictions, history a table, fewer columns
+                con.execute("DROP VIEW prediction_history")
+                con.execute("DROP TABLE past_predictions")
+                con.execute("ALTER TABLE predictions DROP COLUMN flags")
+                con.execute("CREATE TABLE prediction_history AS SELECT * FROM predictions")
+            else:  # rows missing: the count no longer matches the run's manifest
+                con.execute("DELETE FROM predictions WHERE entity_id < 'L000000100'")
+                con.execute("DELETE FROM past_predictions WHERE entity_id < 'L000000100'")
+    link.unlink()
+    link.symlink_to(target.name)
+
+
+@pytest.mark.parametrize("how", ["garbage", "empty", "old_schema", "rows_missing"])
+def test_a_damaged_or_foreign_previous_file_falls_back_to_storage(
+    project: batchml.Project, published: batchml.PredictionRun, run_file_reads: list[str], how: str
+) -> None:
+    run = second_run(project)
+    batchml.publish(project, "default_risk", run.run_id)
+    expected = tables(project)
+    damage_previous(project, how)
+    run_file_reads.clear()
+    batchml.rebuild_catalog(project, full=False)
+    assert sorted(run_file_reads) == sorted([published.run_id, run.run_id])
+    assert tables(project) == expected
+
+
+def test_the_previous_file_is_reused_while_a_reader_holds_it(
+    project: batchml.Project, published: batchml.PredictionRun, run_file_reads: list[str]
+) -> None:
+    reader = batchml.connect(project)  # read-only, external access off, in this process
+    old = fingerprint(reader)
+    run_file_reads.clear()
+    batchml.rebuild_catalog(project, full=False)
+    assert run_file_reads == []
+    assert fingerprint(reader) == old
+    assert fingerprint(batchml.connect(project)) == old
+
+
+def test_catalog_rebuild_is_full_unless_asked_for_incremental(
+    project: batchml.Project, published: batchml.PredictionRun, run_file_reads: list[str]
+) -> None:
+    config = ["--config", str(project.base_dir / "batchml.toml")]
+    run_file_reads.clear()
+    full = CliRunner().invoke(app, [*config, "catalog", "rebuild", "--json"], env={"BATCHML_CONFIG": None})
+    assert full.exit_code == 0 and json.loads(full.stdout)["full"] is True
+    assert run_file_reads == [published.run_id]
+    args = [*config, "catalog", "rebuild", "--incremental", "--json"]
+    incremental = CliRunner().invoke(app, args, env={"BATCHML_CONFIG": None})
+    assert incremental.exit_code == 0 and json.loads(incremental.stdout)["full"] is False
+    assert run_file_reads == [published.run_id]
+    assert fingerprint(batchml.connect(project))[:2] == (published.rows, published.run_id)

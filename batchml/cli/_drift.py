@@ -41,7 +41,7 @@ def drift(
     with spinner(f"computing drift of run {run_id}", as_json or recorded):
         result = monitor_run(project.storage, model, run_id, config)
     if not result.reused:
-        api.rebuild_catalog(project)
+        api.rebuild_catalog(project, full=False)
     summary = result.summary
     data = {**summary, "reused": result.reused, "metrics": result.metrics}
 

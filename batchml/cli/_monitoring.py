@@ -72,7 +72,7 @@ def performance(
     with spinner(f"joining {version.ref} to published predictions", as_json):
         result = perf.compute(project.storage, model, spec, version)
     if not result.reused:
-        api.rebuild_catalog(project)
+        api.rebuild_catalog(project, full=False)
     record: dict[str, Any] = {**result.record, "reused": result.reused}
 
     def render(console: Console) -> None:

@@ -41,7 +41,7 @@ def report(
     with spinner(f"rendering the report of run {run_id}", as_json or found is not None):
         ref = found or render_run_report(project.storage, model, run_id, sample_rows=limit)
     if found is None:
-        api.rebuild_catalog(project)  # the serving DB's `reports` table lists it
+        api.rebuild_catalog(project, full=False)  # the serving DB's `reports` table lists it
     data = {**asdict(ref), "reused": found is not None}
 
     def render(console: Console) -> None:

@@ -224,11 +224,26 @@ def query(
 
 
 @catalog_app.command("rebuild")
-def rebuild(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Rebuild the serving DuckDB file from the manifests and event logs in storage."""
+def rebuild(
+    ctx: typer.Context,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full/--incremental",
+            help="Read every table from storage, or copy runs the current serving file already holds.",
+        ),
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rebuild the serving DuckDB file from the manifests and event logs in storage.
+
+    Examples:
+      batchml catalog rebuild
+      batchml catalog rebuild --incremental
+    """
     project = project_of(ctx)
-    built = api.rebuild_catalog(project)
-    data = {"serving_db": _serving_db(project), "file": str(built)}
+    built = api.rebuild_catalog(project, full=full)
+    data = {"serving_db": _serving_db(project), "file": str(built), "full": full}
     emit(as_json, data, lambda c: c.print(f"rebuilt {data['serving_db']} -> {built.name}"))
 
 

@@ -25,13 +25,7 @@ from batchml.errors import NotFoundError
 from batchml.publications import PublicationLog
 from batchml.redact import redact_url
 from batchml.scoring import get_run
-from batchml.serving_build import (
-    HISTORY_VIEW,
-    PreviousFile,
-    create_current_table,
-    create_past_table,
-    literal,
-)
+from batchml.serving_build import PreviousFile, create_prediction_tables, literal
 from batchml.storage import Storage
 from batchml.validation import EMPTY_QUARANTINE, quarantine_sql
 
@@ -90,16 +84,11 @@ def _write_database(storage: Storage, path: Path, previous_path: Path | None) ->
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM _records")
             con.unregister("_records")
         previous = PreviousFile.attach(con, previous_path)
-        try:
-            create_current_table(con, storage, publications, "predictions", previous)
-            staging = PublicationLog(storage, "staging")
-            create_current_table(con, storage, staging, "predictions_staging", previous)
-            create_past_table(con, storage, publications, previous)
+        try:  # tables inside this file, not views over the run files: readers need no file access at all
+            create_prediction_tables(con, storage, previous)
         finally:
             previous.detach()
         _create_quarantine_table(con, storage, publications)
-        # A view over tables in this file, not over the run files: readers need no file access at all.
-        con.execute(HISTORY_VIEW)
         con.execute(_ALIAS_AT)
         con.execute(
             "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",

@@ -18,6 +18,7 @@ from batchml import api, serving_build
 from batchml.cli import app
 from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.serving import build_serving_db, connect_serving
+from batchml.serving_build import PREDICTION_SCHEMA
 from batchml.storage import Storage
 from tests.conftest import PROJECT_TOML
 
@@ -188,9 +189,10 @@ def run_file_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def run_rows(project: batchml.Project, *runs: batchml.PredictionRun) -> list[tuple[Any, ...]]:
-    """The rows of `runs` read straight from their Parquet files."""
-    select = serving_build.run_files_sql(project.storage, list(runs), verify=True)
-    return duckdb.connect().execute(f"SELECT * FROM ({select}) ORDER BY ALL").fetchall()
+    """The rows of `runs` read straight from their Parquet files (constants included, as stored per row)."""
+    files = [project.storage.uri(entry.path) for run in runs for entry in run.files]
+    columns = ", ".join(n if n != "entity_id" else "CAST(entity_id AS VARCHAR)" for n, _ in PREDICTION_SCHEMA)
+    return duckdb.connect().execute(f"SELECT {columns} FROM read_parquet(?) ORDER BY ALL", [files]).fetchall()
 
 
 def test_history_is_a_view_over_current_and_past_runs(
@@ -226,10 +228,10 @@ def test_publishing_copies_unchanged_runs_and_matches_a_full_rebuild(
     assert len(incremental["prediction_history"]) == published.rows + run.rows
     with connect_serving(project.serving_dir) as con:  # still sorted for point lookups, without a sort
         order = "SELECT list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) FROM {}"
-        assert con.execute(order.format("predictions")).fetchone() == (True,)
-        assert con.execute(order.format("predictions_staging")).fetchone() == (True,)
+        for each in (published, run):
+            assert con.execute(order.format(serving_build.run_table(each))).fetchone() == (True,)
     batchml.rebuild_catalog(project, full=True)
-    assert sorted(run_file_reads[1:]) == sorted([published.run_id, published.run_id, run.run_id])
+    assert sorted(run_file_reads[1:]) == sorted([published.run_id, run.run_id])  # one table per run
     assert tables(project) == incremental
 
 
@@ -244,14 +246,18 @@ def damage_previous(project: batchml.Project, how: str) -> None:
     else:
         shutil.copy(link.resolve(), target)
         with duckdb.connect(str(target)) as con:
-            if how == "old_schema":  # an older layout: no past_predictions, history a table, fewer columns
-                con.execute("DROP VIEW prediction_history")
-                con.execute("DROP TABLE past_predictions")
-                con.execute("ALTER TABLE predictions DROP COLUMN flags")
-                con.execute("CREATE TABLE prediction_history AS SELECT * FROM predictions")
+            runs = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+            runs = [f'"{t}"' for t in runs if t.startswith("run__")]
+            assert len(runs) == 2
+            if how == "old_schema":  # an older layout: one predictions table, fewer columns
+                for view in ("prediction_history", "predictions", "predictions_staging", "past_predictions"):
+                    con.execute(f"DROP VIEW {view}")
+                for table in runs:
+                    con.execute(f"ALTER TABLE {table} DROP COLUMN flags")
+                con.execute(f"CREATE TABLE predictions AS SELECT * FROM {runs[0]}")
             else:  # rows missing: the count no longer matches the run's manifest
-                con.execute("DELETE FROM predictions WHERE entity_id < 'L000000100'")
-                con.execute("DELETE FROM past_predictions WHERE entity_id < 'L000000100'")
+                for table in runs:
+                    con.execute(f"DELETE FROM {table} WHERE entity_id < 'L000000100'")
     link.unlink()
     link.symlink_to(target.name)
 

@@ -10,7 +10,10 @@ import atexit
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +39,7 @@ from prefect.client.schemas.filters import (  # noqa: E402
 )
 from prefect.client.schemas.objects import Artifact, TaskRun  # noqa: E402
 from prefect.client.schemas.schedules import CronSchedule  # noqa: E402
+from prefect.settings import PREFECT_API_URL  # noqa: E402
 from prefect.states import State  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
@@ -49,6 +53,8 @@ from flows.pipeline import pipeline  # noqa: E402
 from flows.score import score_and_publish  # noqa: E402
 from flows.train import train_model  # noqa: E402
 from tests.conftest import PROJECT_TOML, SAMPLE_ROWS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # -- fixtures ----------------------------------------------------------------------------------------------
 
@@ -214,6 +220,33 @@ def test_rerun_of_score_and_publish_is_a_noop(
     with get_client(sync_client=True) as client:  # one flow run per model at a time; the slot was released
         limit = client.read_global_concurrency_limit_by_name("batchml-score-default_risk")
     assert (limit.limit, limit.active_slots) == (1, 0)
+
+
+@pytest.mark.slow
+def test_two_score_flow_runs_of_one_model_take_turns(
+    prefect_api: None, project: batchml.Project, champion: batchml.ModelVersion
+) -> None:
+    """The per-model concurrency limit: two processes starting the flow together never work at once."""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
+    start_at = time.time() + 8.0  # both interpreters have imported prefect by then
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "flow_driver.py"), _config(project), str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outputs = [driver.communicate(timeout=300) for driver in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], [err[-2000:] for _, err in outputs]
+    runs = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    first, second = sorted(run["inside"] for run in runs)
+    assert first[0] >= start_at - 1 and second[0] >= first[1], f"the two runs overlapped: {first}, {second}"
+    assert runs[0]["result"]["run_id"] == runs[1]["result"]["run_id"]
+    assert sorted(run["result"]["reused"] for run in runs) == [False, True]
+    assert len(PublicationLog(project.storage).events("default_risk")) == 1
 
 
 @pytest.mark.slow

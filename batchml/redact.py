@@ -3,7 +3,8 @@
 Storage URLs may carry `user:password@`, query parameters like `?token=...`, and storage options may hold
 `key`/`secret`/`token`/`password`. Everything batchml prints, logs, raises or writes goes through `redact`
 (errors via `BatchMLError.__str__`, logs via the filter `install_log_filter` puts on every `batchml.*` logger,
-the serving file's `serving_info` and `batchml info` via `redact_url`).
+on the storage libraries' loggers and, in flows, on Prefect's, the serving file's `serving_info` and
+`batchml info` via `redact_url`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts the formatted message of every record it sees."""
+    """A logging filter that redacts the formatted message and the traceback of every record it sees."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Replace the record's message by its redacted, formatted form (never drops a record)."""
@@ -71,10 +72,23 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:  # formatters print exc_text when it is set
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 
 _FILTER = RedactingFilter()
+
+
+#: Loggers of the libraries that see storage URLs and options (their messages and errors may carry them).
+DEPENDENCY_LOGGERS = ("fsspec", "s3fs", "aiobotocore", "botocore")
+
+
+def install_dependency_log_filters() -> None:
+    """Put the redacting filter on the storage libraries' loggers that exist now (call again after an
+    import creates more: `Storage` does once its filesystem is made)."""
+    for package in DEPENDENCY_LOGGERS:
+        install_log_filter(package)
 
 
 def install_log_filter(package: str = "batchml", path: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
 from batchml.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
-from batchml.redact import redact_url
+from batchml.redact import install_dependency_log_filters, redact_url
 
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}$")
 _CHUNK = 1 << 20
@@ -96,6 +96,7 @@ class Storage:
         self.root: str = root.rstrip("/")
         self.is_local = isinstance(fs, LocalFileSystem)
         self._options = dict(storage_options)
+        install_dependency_log_filters()  # making the filesystem may have imported s3fs and its loggers
 
     def __repr__(self) -> str:
         return f"Storage({redact_url(self.url)!r})"

@@ -19,6 +19,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 import batchml
+from batchml.redact import install_log_filter
+
+install_log_filter("prefect")  # flow and task run logs may quote errors that carry a storage URL
 
 P = ParamSpec("P")
 R = TypeVar("R")

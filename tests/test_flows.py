@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 import fsspec  # noqa: E402
 import pytest  # noqa: E402
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
-from prefect import get_client  # noqa: E402
+from prefect import flow, get_client, get_run_logger  # noqa: E402
 from prefect.client.schemas.filters import (  # noqa: E402
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -166,6 +167,20 @@ def test_only_transient_errors_are_retried(error: BaseException, transient: bool
 
 
 # -- flows under the Prefect test server -------------------------------------------------------------------
+
+
+@flow
+def _logs_a_url(url: str) -> None:
+    get_run_logger().info("cannot open %s", url)
+
+
+def test_prefect_log_lines_are_redacted(prefect_api: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    logging.getLogger("prefect").info("cannot open %s", "s3://key:not-for-logs@bucket/x")
+    _logs_a_url("s3://key:not-for-logs@bucket/y")
+    logged = [r.getMessage() for r in caplog.records if "cannot open" in r.getMessage()]
+    assert logged == ["cannot open s3://***@bucket/x", "cannot open s3://***@bucket/y"]
+    assert "not-for-logs" not in caplog.text
 
 
 @pytest.mark.slow

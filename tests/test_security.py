@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import uuid
@@ -220,6 +221,23 @@ def test_log_lines_are_redacted_on_every_batchml_logger(caplog: pytest.LogCaptur
     assert len(caplog.records) == 5
     assert URL_SECRET not in caplog.text and "tk-1" not in caplog.text
     assert "s3://***@b/x" in caplog.text
+
+
+def test_storage_library_logs_and_tracebacks_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    Storage(f"memory://u:{URL_SECRET}@b-{uuid.uuid4().hex}/x")  # puts the filter on fsspec's loggers
+    for name in ["fsspec", "fsspec.local", "fsspec.caching"]:
+        logging.getLogger(name).debug("open %s", f"s3://k:{URL_SECRET}@b/x?token={OPTION_SECRET}")
+    try:
+        raise OSError(f"cannot reach https://u:{URL_SECRET}@host/x")
+    except OSError:
+        logging.getLogger("fsspec").exception("request failed")
+    handler = logging.StreamHandler(io.StringIO())
+    for record in caplog.records:
+        handler.handle(record)
+    printed = handler.stream.getvalue()
+    assert len(caplog.records) == 4 and "cannot reach https://***@host/x" in printed
+    _secret_free(caplog.text + printed, "fsspec's log lines")
 
 
 def _secret_free(text: str, where: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchml.features import Feature, encode
+from batchml.features import Feature, encode, is_numeric_type
 from batchml.profiles import MAX_PROFILE_CATEGORIES, numeric_profile
 
 #: Shares are floored at this before PSI's logarithm, so an empty bin gives a large but finite value.
@@ -241,16 +241,6 @@ def fold_batch(
             counter.add(batch.column(feature.name))
 
 
-def _numeric(kind: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_integer(kind)
-        or pa.types.is_floating(kind)
-        or pa.types.is_boolean(kind)
-        or pa.types.is_decimal(kind)
-        or pa.types.is_temporal(kind)
-    )
-
-
 def profile_stream(
     batches: Iterator[pa.RecordBatch], columns: list[str], categorical: set[str]
 ) -> tuple[list[Feature], dict[str, dict[str, Any]]]:
@@ -259,7 +249,7 @@ def profile_stream(
     features = []
     for name in columns:
         kind = first.schema.field(name).type
-        numeric_kind = name not in categorical and _numeric(kind)
+        numeric_kind = name not in categorical and is_numeric_type(kind)
         features.append(Feature(name, "numeric" if numeric_kind else "categorical", str(kind)))
     numeric = [f for f in features if f.kind == "numeric"]
     builder = ProfileBuilder([f.name for f in numeric], [f.name for f in features if f.kind != "numeric"])

@@ -43,7 +43,8 @@ class Feature:
         return cls(data["name"], data["kind"], data["dtype"], tuple(data.get("categories", ())))
 
 
-def _is_numeric(kind: pa.DataType) -> bool:
+def is_numeric_type(kind: pa.DataType) -> bool:
+    """Whether a column of this Arrow type is read as a number (integers, floats, bools, decimals, times)."""
     return bool(
         pa.types.is_integer(kind)
         or pa.types.is_floating(kind)
@@ -75,7 +76,7 @@ def infer_features(table: pa.Table, columns: list[str], categorical: list[str]) 
     for name in columns:
         column = table.column(name)
         kind = column.type
-        if _is_numeric(kind) and name not in categorical:
+        if is_numeric_type(kind) and name not in categorical:
             features.append(Feature(name, "numeric", str(kind)))
             continue
         counts = Counter(v for v in column.cast(pa.string()).to_pylist() if v is not None)
@@ -117,7 +118,7 @@ def check_input_schema(schema: pa.Schema, features: list[Feature]) -> None:
             problems.append(f"{feature.name!r}: missing (expected {feature.kind} {feature.dtype})")
             continue
         found = schema.field(feature.name).type
-        castable = _is_numeric(found) or pa.types.is_null(found) or pa.types.is_string(found)
+        castable = is_numeric_type(found) or pa.types.is_null(found) or pa.types.is_string(found)
         if feature.kind == "numeric" and not (castable or pa.types.is_large_string(found)):
             problems.append(f"{feature.name!r}: expected numeric {feature.dtype}, found {found}")
         if feature.kind == "categorical" and pa.types.is_nested(found):

@@ -29,6 +29,10 @@ from batchml.redact import redact
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")
 ]
+RunOption = Annotated[
+    str | None,
+    typer.Option("--run", metavar="RUN_ID", help="Prediction run.", show_default="the published run"),
+]
 ProgressCallback = Callable[[int], None]
 
 

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from batchml import api
-from batchml.cli._common import JsonFlag, emit, project_of, run_or_published, spinner, table
+from batchml.cli._common import JsonFlag, RunOption, emit, project_of, run_or_published, spinner, table
 from batchml.config import DriftConfig
 from batchml.drift import load_drift, monitor_run
 
@@ -18,10 +18,7 @@ _COLUMNS = ["feature", "statistic", "value", "threshold", "drifted"]
 def drift(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name.")],
-    run: Annotated[
-        str | None,
-        typer.Option("--run", metavar="RUN_ID", help="Prediction run.", show_default="the published run"),
-    ] = None,
+    run: RunOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show the drift of a prediction run's inputs and predictions against the model's training profile.

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from batchml import api
-from batchml.cli._common import JsonFlag, emit, project_of, properties, run_or_published, spinner
+from batchml.cli._common import JsonFlag, RunOption, emit, project_of, properties, run_or_published, spinner
 from batchml.config import MonitoringConfig
 from batchml.reports import load_report, render_run_report
 
@@ -17,10 +17,7 @@ from batchml.reports import load_report, render_run_report
 def report(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name.")],
-    run: Annotated[
-        str | None,
-        typer.Option("--run", metavar="RUN_ID", help="Prediction run.", show_default="the published run"),
-    ] = None,
+    run: RunOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Render (once) or find the Evidently report of a prediction run, and print where its HTML is.

@@ -95,7 +95,7 @@ def referenced_files(storage: Storage, files: list[str] | None = None) -> set[st
 
 
 def _is_data_file(path: str) -> bool:
-    return any(area.match(path) for area in _DATA_AREAS)
+    return any(area.fullmatch(path) for area in _DATA_AREAS)
 
 
 def _mtime(storage: Storage, path: str) -> float | None:
@@ -121,7 +121,7 @@ def _serving_leftovers(serving_dir: Path) -> list[Path]:
         for p in sorted(serving_dir.iterdir())
         if p.is_file()
         and not p.is_symlink()
-        and _SERVING_LEFTOVERS.match(p.name)
+        and _SERVING_LEFTOVERS.fullmatch(p.name)
         and not (current and p.name.startswith(current))  # the current file and its .wal
     ]
 

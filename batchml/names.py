@@ -7,13 +7,14 @@ import re
 from batchml.errors import InvalidNameError
 
 NAME_PATTERN = r"[a-z][a-z0-9_-]{0,63}"
-_NAME = re.compile(rf"^{NAME_PATTERN}$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Matched with fullmatch: `re.match` with `$` accepts a trailing newline ("loans\n" would become a folder).
+_NAME = re.compile(NAME_PATTERN)
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_name(kind: str, value: str) -> str:
     """Return `value` if it is a valid name for datasets, models and aliases, else raise naming it."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise InvalidNameError(f"{kind} name", str(value), NAME_PATTERN)
     return value
 
@@ -22,6 +23,6 @@ def parse_ref(ref: str, kind: str = "dataset", default_version: str = "latest") 
     """Split `NAME@VERSION` (version defaults to `latest`) and validate both parts."""
     name, _, version = ref.partition("@")
     version = version or default_version
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):
         raise InvalidNameError(f"{kind} version", version, "'latest' or a version id like 'a1b2c3d4e5f6'")
     return check_name(kind, name), version

@@ -29,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 from batchml.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
 from batchml.redact import install_dependency_log_filters, redact_url
 
-_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}$")
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}")  # fullmatch: no trailing newline
 _CHUNK = 1 << 20
 
 
@@ -54,7 +54,7 @@ class FileEntry:
 def check_relpath(relpath: str) -> str:
     """Return `relpath` if every part is a safe name, else raise InvalidNameError naming it."""
     parts = relpath.split("/")
-    if not relpath or any(not _PART.match(p) or p in {".", ".."} for p in parts):
+    if not relpath or any(not _PART.fullmatch(p) or p in {".", ".."} for p in parts):
         raise InvalidNameError("storage path", relpath, "'/'-separated parts of [A-Za-z0-9_.@=+-], no '..'")
     return relpath
 

@@ -122,8 +122,11 @@ def test_query_rejects_writes_and_file_access(published: tuple[Any, Any]) -> Non
     assert "root:" not in result.stdout + result.stderr
 
 
+# A trailing newline or any control character is refused too: names are matched whole (`$` alone would let
+# "loans\n" through and create a folder of that name).
 BAD_NAMES = ["../x", "..", "/etc/passwd", "a/../../b", "x/y", "X", "", "a\x00b", "a b"]
-BAD_RUN_IDS = ["../../../etc/passwd", "..", "/etc/passwd", "a/../../b", "", "a\\..\\b", "x/../y"]
+BAD_NAMES += ["loans\n", "champion\n", "a\tb", "a\r", "\nloans"]
+BAD_RUN_IDS = ["../../../etc/passwd", "..", "/etc/passwd", "a/../../b", "", "a\\..\\b", "x/../y", "abc\n"]
 
 
 def test_names_cannot_escape_the_storage_root(published: tuple[Any, Any], tmp_path: Path) -> None:
@@ -147,7 +150,7 @@ def test_names_cannot_escape_the_storage_root(published: tuple[Any, Any], tmp_pa
         for function, args, kwargs in calls:
             with pytest.raises(InvalidNameError):
                 function(*args, **kwargs)
-    for version in ["../x", "..", "/etc/passwd", "a/../../b", "x/y", "a b"]:  # dataset version
+    for version in ["../x", "..", "/etc/passwd", "a/../../b", "x/y", "a b", "abc\n"]:  # dataset version
         with pytest.raises(InvalidNameError):
             datasets.get_version(storage, f"loans@{version}")
     for run_id in BAD_RUN_IDS:  # run id

@@ -16,7 +16,7 @@ from batchml.eventlog import now
 from batchml.expectations import check_training_data
 from batchml.features import Feature
 from batchml.gc import GRACE_SECONDS, GcReport, collect
-from batchml.lineage import actor, code_version, git_state, package_versions
+from batchml.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
 from batchml.names import check_name
 from batchml.profiles import training_profile
 from batchml.project import Project
@@ -47,7 +47,9 @@ def snapshot_dataset(
 
 
 def _training_key(dataset: DatasetVersion, spec_json: str, params: dict[str, Any]) -> str:
-    payload = json.dumps([dataset.ref, spec_json, params, code_version()], sort_keys=True, default=str)
+    payload = json.dumps(
+        [dataset.ref, spec_json, params, code_version(), engine()], sort_keys=True, default=str
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -97,6 +99,7 @@ def train(
         "git": git_state(project.base_dir),
         "packages": package_versions(),
         "code_version": code_version(),
+        "code": code_lineage(),
         "started_at": started,
         "finished_at": now(),
         "created_at": now(),
@@ -163,6 +166,7 @@ def register_model(
         "git": git_state(Path.cwd()),
         "packages": package_versions(),
         "code_version": code_version(),
+        "code": code_lineage(),
         "created_at": now(),
         **actor(),
     }

@@ -3,9 +3,10 @@
     runs/<model>/<run_id>/<attempt>-<n>.parquet    prediction files, invisible until the manifest lists them
     runs/<model>/manifests/<run_id>.json           the run manifest; creating it commits the run
 
-The run id is a hash of the run's content key (model version and hash, dataset version, code version,
-params), so scoring the same thing twice returns the first run. Memory is bounded by the batch size, not by
-the dataset: batches stream through the pipeline in `scorer.py` a few at a time.
+The run id is a hash of the run's content key (model version and hash, dataset version, code version - a
+content hash of batchml's source -, prediction engine, params), so scoring the same thing twice returns the
+first run, and scoring it with changed code or another engine does not. Memory is bounded by the batch size,
+not by the dataset: batches stream through the pipeline in `scorer.py` a few at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from batchml.config import Expectation
 from batchml.datasets import DatasetVersion, iter_batches
 from batchml.errors import ConflictError, DataError, NotFoundError
 from batchml.eventlog import now
-from batchml.lineage import actor, code_version
+from batchml.lineage import actor, code_lineage, code_version, engine
 from batchml.names import check_name
 from batchml.registry import ModelVersion
 from batchml.scorer import (
@@ -113,6 +114,7 @@ def run_key(
         "model_sha256": model.model_file.sha256,
         "dataset_version": dataset.ref,
         "code_version": code,
+        "engine": engine(),
         "params": {"binary_threshold": BINARY_THRESHOLD, **(options or ScoringOptions()).key()},
     }
 
@@ -202,6 +204,7 @@ def commit_run(
         "files": [f.to_dict() for f in parts.files],
         "quarantine_files": [f.to_dict() for f in parts.quarantine_files],
         "summary": summary,
+        "code": code_lineage(),
         **extra,
         "started_at": started_at,
         "finished_at": now(),

@@ -159,7 +159,8 @@ def show(
                 [("model", model.ref), ("aliases", ", ".join(aliases) or None)]
                 + [(k, card.get(k)) for k in lineage]
                 + [("created", f"{card.get('created_at')} by {card.get('user')}@{card.get('host')}")]
-                + [("git", card.get("git")), ("split", card.get("split")), ("trees", card.get("num_trees"))]
+                + [("git", card.get("git")), ("code", card.get("code"))]
+                + [("split", card.get("split")), ("trees", card.get("num_trees"))]
             )
         )
         console.print(table(["metric", "value"], (card.get("metrics") or {}).items(), "metrics"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ import duckdb
 
 from batchml import datasets, gates
 from batchml.datasets import DatasetVersion
-from batchml.errors import BatchMLError, ConfigError, ReadOnlyError
+from batchml.errors import BatchMLError, ConfigError, QueryTimeoutError, ReadOnlyError
 from batchml.eventlog import now
 from batchml.expectations import check_training_data
 from batchml.features import Feature
@@ -24,7 +25,13 @@ from batchml.publications import PublicationLog
 from batchml.registry import ModelVersion, Registry
 from batchml.scoring import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring import score as score_dataset
-from batchml.serving import build_serving_db, connect_serving, serving_path
+from batchml.serving import (
+    READER_MEMORY_LIMIT,
+    READER_THREADS,
+    build_serving_db,
+    connect_serving,
+    serving_path,
+)
 
 if TYPE_CHECKING:  # lightgbm (and the sklearn it imports) costs seconds: load it only to train or score
     import lightgbm as lgb
@@ -284,10 +291,18 @@ def _verified_run(project: Project, model: str, run_id: str) -> None:
         project.storage.verify(entry)
 
 
-def connect(project: Project | None = None) -> duckdb.DuckDBPyConnection:
-    """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...)."""
+def connect(
+    project: Project | None = None,
+    *,
+    memory_limit: str = READER_MEMORY_LIMIT,
+    threads: int = READER_THREADS,
+) -> duckdb.DuckDBPyConnection:
+    """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...).
+
+    Queries on it may use at most `memory_limit` and `threads` cores (the connection cannot raise them).
+    """
     project = project or Project.open()
-    return connect_serving(project.serving_dir, project.storage)
+    return connect_serving(project.serving_dir, project.storage, memory_limit=memory_limit, threads=threads)
 
 
 def database_path(project: Project) -> Path:
@@ -298,8 +313,13 @@ def database_path(project: Project) -> Path:
 _READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 
 
-def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one read-only SQL statement (SELECT/EXPLAIN); anything that could write is refused."""
+def query(
+    con: duckdb.DuckDBPyConnection, sql: str, *, timeout: float | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only SQL statement (SELECT/EXPLAIN); anything that could write is refused.
+
+    With `timeout` (seconds), a statement still running then is interrupted and QueryTimeoutError raised.
+    """
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -307,16 +327,31 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tup
     kinds = [str(s.type).rsplit(".", 1)[-1] for s in statements]
     if len(statements) != 1 or kinds[0] not in _READ_ONLY_STATEMENTS:
         raise ReadOnlyError(f"only one SELECT or EXPLAIN statement is allowed, got {kinds or 'nothing'}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"query timeout {timeout!r} is invalid: use a number of seconds > 0")
+    timer = threading.Timer(timeout, con.interrupt) if timeout else None
     try:
+        if timer:
+            timer.start()
         result = con.execute(sql)
+        columns = [d[0] for d in result.description or []]
+        return columns, result.fetchall()  # inside the timer: a large result is computed while fetched
+    except duckdb.InterruptException:
+        raise QueryTimeoutError(
+            f"query interrupted after {timeout:g} s, its time limit: narrow it (WHERE, LIMIT) or allow "
+            "more time (batchml query --timeout SECONDS)"
+        ) from None
     except duckdb.PermissionException as exc:
         raise ReadOnlyError(
             f"query may read only the serving database's tables; files, ATTACH and extensions are off: {exc}"
         ) from None
+    except duckdb.OutOfMemoryException as exc:
+        raise BatchMLError(f"query needs more memory than the reader's limit allows: {exc}") from None
     except duckdb.Error as exc:
         raise BatchMLError(f"query failed: {exc}") from None
-    columns = [d[0] for d in result.description or []]
-    return columns, result.fetchall()
+    finally:
+        if timer:
+            timer.cancel()
 
 
 def stage(project: Project, model: str, run_id: str, reason: str = "") -> Path:

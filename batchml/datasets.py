@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from batchml.errors import ConflictError, DataError, NotFoundError
 from batchml.names import check_name, parse_ref
 from batchml.parts import write_parquet_parts
+from batchml.redact import redact_url
 from batchml.sources import SourceFormat, read_source, resolve_source
 from batchml.stats import ColumnSummary, SummaryAccumulator
 from batchml.storage import FileEntry, Storage
@@ -182,7 +183,7 @@ def snapshot(
         version=_version_id(schema_json, files),
         created_at=datetime.now(UTC).isoformat(),
         created_by=created_by or getpass.getuser(),
-        source=source,
+        source=redact_url(source),  # a signed URL's token must not live on in the record
         source_fingerprint=fingerprint,
         rows=row_count,
         schema=schema_json,

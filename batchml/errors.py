@@ -9,6 +9,7 @@
     ├── IntegrityError                a stored file does not match the hash its manifest recorded
     ├── ConflictError                 someone else committed the same thing first
     ├── ReadOnlyError                 a write was attempted through a read-only path
+    ├── QueryTimeoutError             a reader's query ran past its time limit and was interrupted
     ├── PromotionError                a version failed its promotion gates (or was forced without a reason)
     └── TransientError                I/O that may succeed if retried (flows map it to Prefect retries)
 
@@ -85,6 +86,10 @@ class ConflictError(BatchMLError):
 
 class ReadOnlyError(BatchMLError):
     """A statement that writes was sent through a read-only interface."""
+
+
+class QueryTimeoutError(BatchMLError):
+    """A query ran longer than its time limit and was interrupted."""
 
 
 class PromotionError(BatchMLError):

@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from batchml.catalog import build_tables
-from batchml.errors import NotFoundError
+from batchml.errors import ConfigError, NotFoundError
 from batchml.publications import PublicationLog
 from batchml.redact import redact_url
 from batchml.scoring import get_run
@@ -37,8 +37,12 @@ GRACE_SECONDS = 3600.0
 #: stays within bounded memory instead of DuckDB's default of 80% of RAM.
 BUILD_MEMORY_LIMIT = "256MB"
 #: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
-#: settings locked so that SET/PRAGMA cannot turn it back on.
+#: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
 READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+#: Default caps of a reader connection: one runaway query must not take the memory or every core of the host
+#: that serves predictions (DuckDB's own defaults are 80% of RAM and all cores).
+READER_MEMORY_LIMIT = "2GB"
+READER_THREADS = 2
 _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
     SELECT to_version FROM alias_events
     WHERE model = model_name AND alias = alias_name AND "at" <= CAST(at_time AS TIMESTAMPTZ)
@@ -141,10 +145,28 @@ def serving_path(serving_dir: Path) -> Path:
     return serving_dir / SERVING_FILE
 
 
-def connect_serving(serving_dir: Path, storage: Storage | None = None) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the current serving file (open it once and reuse it: ~15 ms to open)."""
+def connect_serving(
+    serving_dir: Path,
+    storage: Storage | None = None,
+    *,
+    memory_limit: str = READER_MEMORY_LIMIT,
+    threads: int = READER_THREADS,
+) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the current serving file (open it once and reuse it: ~15 ms to open).
+
+    Its queries may use at most `memory_limit` (DuckDB spills or fails beyond it) and `threads` cores; the
+    connection cannot change either.
+    """
     link = serving_path(serving_dir)
     if not link.exists():
         raise NotFoundError("serving database", str(link), ["none yet: publish a prediction run first"])
     del storage  # every table is inside the file: readers need no access to the store
-    return duckdb.connect(str(link.resolve()), read_only=True, config=dict(READER_CONFIG))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"reader threads {threads!r} is invalid: use a whole number >= 1")
+    caps: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
+    try:
+        return duckdb.connect(str(link.resolve()), read_only=True, config={**READER_CONFIG, **caps})
+    except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
+        raise ConfigError(
+            f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
+        ) from None

@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchml.errors import DataError, NotFoundError, SchemaError
+from batchml.redact import refuse_credentials_in_url
 
 SourceFormat = Literal["csv", "parquet"]
 _SUFFIXES: dict[str, SourceFormat] = {
@@ -61,6 +62,7 @@ def resolve_source(
     location: str, file_format: SourceFormat | None = None, storage_options: dict[str, Any] | None = None
 ) -> Source:
     """Find the files behind `location` (file, folder, glob or URL) and their format."""
+    refuse_credentials_in_url(location, "source")
     fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
     if any(ch in path for ch in "*?["):
         paths = sorted(fs.glob(path))

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
 from batchml.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
-from batchml.redact import install_dependency_log_filters, redact_url
+from batchml.redact import install_dependency_log_filters, redact_url, refuse_credentials_in_url
 
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}")  # fullmatch: no trailing newline
 _CHUNK = 1 << 20
@@ -88,7 +88,7 @@ class Storage:
     """A filesystem rooted at one URL, with the few operations batchml needs."""
 
     def __init__(self, url: str, **storage_options: Any) -> None:
-        self.url = url
+        self.url = refuse_credentials_in_url(url, "storage URL")
         # No listing cache: other processes commit to the same store, and a cached listing of a folder
         # makes s3fs answer exists/open of a file committed since with "not found".
         fs, root = fsspec.core.url_to_fs(url, **{"use_listings_cache": False, **storage_options})

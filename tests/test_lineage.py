@@ -1,4 +1,4 @@
-"""Code lineage: the code version is a content hash of batchml's source, so changed code never reuses a run."""
+"""Code lineage: the code version is a content hash of batchml's source: changed code never reuses a run."""
 
 from __future__ import annotations
 

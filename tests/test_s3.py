@@ -298,3 +298,37 @@ def test_kill_minus_9_on_s3_then_recover(
         report = gc.collect(project.storage, project.serving_dir, grace_seconds=0)
         assert not any("manifests" in p or "versions" in p or "events" in p for p in report.deleted), label
         _check_recovered(project, before, expected)  # gc removed nothing any record references
+
+
+def test_every_cli_failure_is_one_secret_free_line(tmp_path: Path, moto: MotoS3, bucket: str) -> None:
+    from typer.testing import CliRunner
+
+    from batchml.cli import app
+
+    (tmp_path / "batchml.toml").write_text(s3_toml(f"s3://{bucket}/store", moto.endpoint, "unused.csv"))
+    secret_root = f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@{bucket}/store"
+    runs = {
+        "credentials in the storage URL": (["--storage", secret_root, "datasets", "list"], "has credentials"),
+        "... when scoring": (["--storage", secret_root, "score", MODEL], "has credentials"),
+        "credentials in a source URL": (
+            ["datasets", "snapshot", "loans", f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@{bucket}/x.csv"],
+            "has credentials",
+        ),
+        "a missing source object": (["datasets", "snapshot", "loans", f"s3://{bucket}/no.csv"], "not found"),
+        "a missing bucket": (["--storage", "s3://no-such-bucket-x1/p", "score", MODEL], "error: "),
+        "a storage library's own error": (["--storage", "s3://Bad_Bucket!/p", "datasets", "list"], "storage"),
+    }
+    runner = CliRunner()
+    config = ["--config", str(tmp_path / "batchml.toml")]
+    for what, (args, expected) in runs.items():
+        result = runner.invoke(app, [*config, *args])
+        assert result.exit_code == 1, (what, result.stdout, result.stderr, result.exception)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (what, lines)
+        assert FAKE_SECRET not in result.stdout + result.stderr and FAKE_KEY_ID not in result.stderr, what
+        debug = runner.invoke(app, [*config, "--debug", *args])
+        assert debug.exit_code == 1 and "Traceback (most recent call last)" in debug.stderr, what
+        assert debug.stderr.strip().splitlines()[-1] == lines[0]
+        assert FAKE_SECRET not in debug.stdout + debug.stderr, what
+    stored = all_objects(Storage(f"s3://{bucket}", endpoint_url=moto.endpoint))
+    assert all(FAKE_SECRET.encode() not in data for data in stored.values())

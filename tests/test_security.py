@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 import batchml
 from batchml import api, audit, datasets, labels
 from batchml.cli import app
-from batchml.errors import BatchMLError, IntegrityError, InvalidNameError, NotFoundError, ReadOnlyError
+from batchml.errors import (
+    BatchMLError,
+    ConfigError,
+    IntegrityError,
+    InvalidNameError,
+    NotFoundError,
+    QueryTimeoutError,
+    ReadOnlyError,
+)
 from batchml.redact import redact, redact_options, redact_url
 from batchml.registry import Registry
 from batchml.scoring import get_run
@@ -122,6 +130,44 @@ def test_query_rejects_writes_and_file_access(published: tuple[Any, Any]) -> Non
     assert "root:" not in result.stdout + result.stderr
 
 
+RUNAWAY = "SELECT count(*) FROM range(1000000000000)"  # runs for hours without a limit
+
+
+def test_readers_are_capped_in_memory_and_threads_and_cannot_lift_the_caps(
+    published: tuple[Any, Any],
+) -> None:
+    project, _ = published
+    with batchml.connect(project) as con:
+        caps = "SELECT current_setting('memory_limit'), current_setting('threads')"
+        limit, threads = con.execute(caps).fetchone() or (None, None)
+        assert limit == "1.8 GiB" and threads == 2  # "2GB" as DuckDB shows it
+        for sql in ["SET memory_limit = '100GB'", "SET threads = 64", "RESET memory_limit"]:
+            with pytest.raises(duckdb.Error):
+                con.execute(sql)
+    with batchml.connect(project, memory_limit="256MB", threads=1) as con:
+        assert con.execute("SELECT current_setting('threads')").fetchone() == (1,)
+    for bad in [{"memory_limit": "lots"}, {"threads": 0}, {"threads": True}]:
+        with pytest.raises(ConfigError, match="is invalid: use"):
+            batchml.connect(project, **bad)
+
+
+def test_a_runaway_query_is_interrupted_at_its_timeout(published: tuple[Any, Any]) -> None:
+    project, run = published
+    with batchml.connect(project) as con:
+        with pytest.raises(QueryTimeoutError, match=r"interrupted after 0.5 s"):
+            batchml.query(con, RUNAWAY, timeout=0.5)
+        # the connection is still usable, and a quick query is not touched by a timer that has ended
+        count = batchml.query(con, "SELECT count(*) AS n FROM predictions", timeout=30)
+        assert count == (["n"], [(run.rows,)])
+        with pytest.raises(ConfigError, match="timeout 0 is invalid"):
+            batchml.query(con, "SELECT 1", timeout=0)
+    config = project.base_dir / "batchml.toml"
+    result = cli(config, "query", RUNAWAY, "--timeout", "1", code=1)
+    assert result.stderr.startswith("error: query interrupted after 1 s, its time limit")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    cli(config, "query", "SELECT 1", "--timeout", "0", code=2)  # usage error: not a positive duration
+
+
 # A trailing newline or any control character is refused too: names are matched whole (`$` alone would let
 # "loans\n" through and create a folder of that name).
 BAD_NAMES = ["../x", "..", "/etc/passwd", "a/../../b", "x/y", "X", "", "a\x00b", "a b"]
@@ -214,7 +260,9 @@ def test_redact_masks_credentials_and_keeps_the_rest() -> None:
     for harmless in harmless_texts:
         assert redact(harmless) == harmless
     assert URL_SECRET not in str(BatchMLError(f"cannot reach s3://u:{URL_SECRET}@b/x"))
-    assert URL_SECRET not in repr(Storage(f"memory://u:{URL_SECRET}@b-{uuid.uuid4().hex}/x"))
+    with pytest.raises(ConfigError, match="has credentials in it") as refused:
+        Storage(f"memory://u:{URL_SECRET}@b-{uuid.uuid4().hex}/x")
+    assert URL_SECRET not in str(refused.value)
 
 
 def test_log_lines_are_redacted_on_every_batchml_logger(caplog: pytest.LogCaptureFixture) -> None:
@@ -228,7 +276,7 @@ def test_log_lines_are_redacted_on_every_batchml_logger(caplog: pytest.LogCaptur
 
 def test_storage_library_logs_and_tracebacks_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    Storage(f"memory://u:{URL_SECRET}@b-{uuid.uuid4().hex}/x")  # puts the filter on fsspec's loggers
+    Storage(f"memory://b-{uuid.uuid4().hex}/x")  # puts the filter on fsspec's loggers
     for name in ["fsspec", "fsspec.local", "fsspec.caching"]:
         logging.getLogger(name).debug("open %s", f"s3://k:{URL_SECRET}@b/x?token={OPTION_SECRET}")
     try:
@@ -253,13 +301,21 @@ def test_credentials_never_reach_logs_errors_artifacts_or_the_serving_db(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     bucket = f"bkt-{uuid.uuid4().hex[:12]}"
+    with_url_secret = PROJECT_TOML.format(source=loans_csv).replace(
+        'root = "store"', f'root = "memory://user:{URL_SECRET}@{bucket}/store"'
+    )
+    (tmp_path / "batchml.toml").write_text(with_url_secret)
+    config = tmp_path / "batchml.toml"
+    refusal = r"storage URL 'memory://\*\*\*@.*' has credentials in it"
+    with pytest.raises(ConfigError, match=refusal) as refused:
+        batchml.Project.open(config)
+    _secret_free(str(refused.value), "the refusal")
     toml = PROJECT_TOML.format(source=loans_csv).replace(
         'root = "store"',
-        f'root = "memory://user:{URL_SECRET}@{bucket}/store"\nserving_dir = "serving"\n'
+        f'root = "memory://{bucket}/store"\nserving_dir = "serving"\n'
         f'options = {{ token = "{OPTION_SECRET}" }}',
     )
     (tmp_path / "batchml.toml").write_text(toml)
-    config = tmp_path / "batchml.toml"
     project = batchml.Project.open(config)
     batchml.snapshot_dataset(project, "loans")
     model = batchml.train(project, "default_risk")
@@ -270,7 +326,7 @@ def test_credentials_never_reach_logs_errors_artifacts_or_the_serving_db(
     # a memory:// store: prediction_history lives in the file, so a locked-down reader still reads it
     with batchml.connect(project) as con:
         assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
-        assert con.execute("SELECT storage FROM serving_info").fetchone() == (f"memory://***@{bucket}/store",)
+        assert con.execute("SELECT storage FROM serving_info").fetchone() == (f"memory://{bucket}/store",)
         dump = [
             str(con.execute(f'SELECT * FROM "{table}"').fetchall())
             for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
@@ -284,14 +340,14 @@ def test_credentials_never_reach_logs_errors_artifacts_or_the_serving_db(
 
     _secret_free(repr(project.storage), "Storage repr")
     info = json.loads(cli(config, "info", "--json").stdout)
-    assert info["storage"] == f"memory://***@{bucket}/store"
+    assert info["storage"] == f"memory://{bucket}/store"
     _secret_free(json.dumps(info), "batchml info")
 
     entry = run.files[0]
     fs.pipe_file(project.storage.full_path(entry.path), b"corrupted")
     with pytest.raises(IntegrityError) as caught:
         project.storage.verify(entry)
-    assert "memory://***@" in str(caught.value)
+    assert f"memory://{bucket}/store/runs/" in str(caught.value)
     _secret_free(str(caught.value), "an integrity error")
     failed = cli(config, "catalog", "rebuild", code=1)
     assert "integrity check failed" in failed.stderr

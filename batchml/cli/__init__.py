@@ -1,7 +1,8 @@
 """The `batchml` command: a thin typer + rich layer over the library (`batchml.api` and friends).
 
-Every command takes `--json` for machine-readable output on stdout. Errors batchml raises on purpose print
-`error: <message>` on stderr and exit with code 1; usage errors keep typer's exit code 2.
+Every command takes `--json` for machine-readable output on stdout. Every failure prints one line,
+`error: <message>`, on stderr (credentials redacted) and exits with code 1; `--debug` adds the traceback,
+redacted too. Usage errors keep typer's exit code 2.
 """
 
 from __future__ import annotations
@@ -76,11 +77,14 @@ def _root(
             help="Override the configured storage root (a path, file://, s3://...).",
         ),
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On failure, also print the traceback (credentials redacted).")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    ctx.obj = State(config=config, storage=storage)
+    ctx.obj = State(config=config, storage=storage, debug=debug)
 
 
 app.command("sample-data")(_datasets.sample_data)

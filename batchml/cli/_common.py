@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import math
 import sys
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class State:
 
     config: Path | None = None
     storage: str | None = None
+    debug: bool = False
     _project: Project | None = field(default=None, repr=False)
 
     @property
@@ -64,22 +66,40 @@ def project_of(ctx: typer.Context) -> Project:
 
 
 class ErrorHandlingGroup(TyperGroup):
-    """Turns batchml's errors into `error: <message>` on stderr and exit code 1, without a traceback."""
+    """Turns every failure into one redacted line on stderr and exit code 1, without a traceback.
+
+    batchml's own errors and I/O errors print their message; anything else (a library's error, a bug) prints
+    its type and message with a pointer to `--debug`, which adds the traceback, redacted like the rest.
+    Usage errors keep click's handling (exit code 2).
+    """
 
     def invoke(self, ctx: Any) -> Any:
-        """Run the command; expected failures become one line on stderr."""
+        """Run the command; failures become one line on stderr."""
         try:
             return super().invoke(ctx)
-        except BatchMLError as exc:
-            fail(str(exc))
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError):
-                raise
-            fail(str(exc))
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException, BrokenPipeError):
+            raise  # exits, usage errors (click's own handling, exit code 2) and a closed pipe
+        except Exception as exc:
+            if state(ctx).debug:
+                typer.echo(redact(traceback.format_exc()).rstrip(), err=True)
+            fail(_failure_message(exc))
+
+
+#: Libraries whose errors are failures of storage or the network (credentials, endpoints, buckets), not bugs.
+_STORAGE_LIBRARIES = ("botocore", "aiobotocore", "s3fs", "fsspec", "aiohttp")
+
+
+def _failure_message(exc: Exception) -> str:
+    if isinstance(exc, BatchMLError | OSError):
+        return str(exc)
+    detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line, whatever the message held
+    if type(exc).__module__.split(".")[0] in _STORAGE_LIBRARIES:
+        return f"storage access failed: {detail}"
+    return f"{detail} (unexpected: rerun with --debug for the traceback)"
 
 
 def fail(message: str) -> NoReturn:
-    """Print `error: message` to stderr and exit with code 1."""
+    """Print `error: message` (redacted, on one line) to stderr and exit with code 1."""
     typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(1)
 

@@ -30,6 +30,9 @@ from batchml.registry import RegistryReader
 from batchml.scoring import list_runs
 from batchml.validation import describe_summary
 
+#: `batchml query` interrupts a statement still running after this many seconds (`--timeout` changes it).
+QUERY_TIMEOUT_SECONDS = 60.0
+
 predictions_app = typer.Typer(
     cls=ErrorHandlingGroup,
     no_args_is_help=True,
@@ -206,17 +209,24 @@ def rollback(
 def query(
     ctx: typer.Context,
     sql: Annotated[str, typer.Argument(help="One SELECT or EXPLAIN statement.")],
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", metavar="SECONDS", min=0.001, help="Interrupt the query after this long."),
+    ] = QUERY_TIMEOUT_SECONDS,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a read-only SQL query on the serving DB (tables: predictions, models, runs, datasets, ...).
 
+    The query may use at most the reader's memory limit and thread cap, and is interrupted after --timeout.
+
     Examples:
       batchml query "SELECT * FROM predictions WHERE entity_id = 'L000000042'"
       batchml query "SELECT model, alias, version FROM model_aliases" --json
+      batchml query "SELECT model, avg(prediction) FROM prediction_history GROUP BY ALL" --timeout 300
     """
     con = batchml.connect(project_of(ctx))
     try:
-        columns, rows = batchml.query(con, sql)
+        columns, rows = batchml.query(con, sql, timeout=timeout)
     finally:
         con.close()
     data = {"columns": columns, "rows": [dict(zip(columns, row, strict=True)) for row in rows]}

@@ -50,25 +50,6 @@ def redact_url(url: str) -> str:
     return redact(url)
 
 
-_USER_INFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s@]+@")
-
-
-def refuse_credentials_in_url(url: str, what: str) -> str:
-    """Return `url` unless it carries `user:password@`; such a URL is refused, naming it redacted.
-
-    A URL is echoed in errors, logs and records (a dataset's source, the serving file's storage), so a secret
-    in it would spread; and fsspec's object stores do not read credentials from it anyway.
-    """
-    if _USER_INFO.match(url):
-        from batchml.errors import ConfigError
-
-        raise ConfigError(
-            f"{what} {redact_url(url)!r} has credentials in it: remove 'user:password@' and use the "
-            "credential chain instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role)"
-        )
-    return url
-
-
 def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Storage options with the values of secret-named keys (recursively) replaced by `***`."""
     out: dict[str, Any] = {}

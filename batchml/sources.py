@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchml.errors import DataError, NotFoundError, SchemaError
-from batchml.redact import refuse_credentials_in_url
+from batchml.names import refuse_credentials_in_url
 
 SourceFormat = Literal["csv", "parquet"]
 _SUFFIXES: dict[str, SourceFormat] = {

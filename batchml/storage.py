@@ -27,7 +27,8 @@ import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
 from batchml.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
-from batchml.redact import install_dependency_log_filters, redact_url, refuse_credentials_in_url
+from batchml.names import refuse_credentials_in_url
+from batchml.redact import install_dependency_log_filters, redact_url
 
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}")  # fullmatch: no trailing newline
 _CHUNK = 1 << 20

@@ -55,6 +55,8 @@ class DuplicateIds:
 
 def null_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """True for each row without an entity id."""
+    if not ids.null_count:
+        return np.zeros(len(ids), dtype=bool)
     return np.asarray(pc.is_null(ids).to_numpy(zero_copy_only=False), dtype=bool)
 
 

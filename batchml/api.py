@@ -85,6 +85,7 @@ def train(
         "timestamp": spec.timestamp,
         "target": spec.target,
         "features": [f.to_dict() for f in result.features],
+        "capped_categories": result.capped_categories,
         "classes": result.classes,
         "params": result.params,
         "metrics": result.metrics,

@@ -219,6 +219,9 @@ class ModelSpec(_Strict):
     exclude: list[str] = Field(default_factory=list)
     #: Numeric columns to treat as categorical (string columns always are).
     categorical: list[str] = Field(default_factory=list)
+    #: Per categorical column, the most frequent training values kept as categories; the rest of the
+    #: training values become one "other" category (reported at training, flagged `other:<col>` at scoring).
+    max_categories: int = Field(default=1000, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
     split: SplitConfig = Field(default_factory=SplitConfig)
     expectations: dict[str, Expectation] = Field(default_factory=dict)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import lightgbm as lgb
     import pyarrow as pa
 
-_COUNTERS = ("by_rule", "warned", "nulls", "unseen", "out_of_range")
+_COUNTERS = ("by_rule", "warned", "nulls", "unseen", "other", "out_of_range")
 
 
 def plan_partitions(storage: Storage, dataset: DatasetVersion, partitions: int) -> list[list[list[int]]]:

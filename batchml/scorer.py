@@ -58,7 +58,7 @@ def output_schema(entity_type: pa.DataType) -> pa.Schema:
             ("scored_at", pa.timestamp("us", tz="UTC")),
             ("input_hash", pa.uint64()),
             ("reasons", pa.list_(pa.string())),
-            ("flags", pa.list_(pa.string())),  # unseen:<col>, out_of_range:<col>
+            ("flags", pa.list_(pa.string())),  # unseen:<col>, other:<col>, out_of_range:<col>
         ]
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightgbm as lgb
@@ -65,6 +65,8 @@ class TrainResult:
     importance: dict[str, float]
     split: dict[str, Any]
     holdout: HeldOut | None = None
+    #: Categorical columns with more distinct training values than `max_categories` (see `capped_categories`).
+    capped_categories: list[dict[str, Any]] = field(default_factory=list)
 
 
 def effective_params(task: Task, overrides: dict[str, Any], num_class: int = 0) -> dict[str, Any]:
@@ -137,6 +139,38 @@ def evaluate(task: Task, y_true: np.ndarray, raw: np.ndarray) -> dict[str, float
     }
 
 
+def capped_categories(
+    features: list[Feature], matrix: np.ndarray, rows: np.ndarray, max_categories: int
+) -> list[dict[str, Any]]:
+    """Per categorical feature over the cap: distinct training values, how many were kept as categories,
+    how many became the one "other" category, and how many of the training `rows` of `matrix` hold one."""
+    report = []
+    for i, feature in enumerate(features):
+        if feature.other_code is None:
+            continue
+        other_rows = int(np.count_nonzero(matrix[rows, i] == feature.other_code))
+        report.append(
+            {
+                "column": feature.name,
+                "distinct": len(feature.categories) + len(feature.other),
+                "max_categories": max_categories,
+                "kept": len(feature.categories),
+                "other": len(feature.other),
+                "other_rows": other_rows,
+                "other_share": other_rows / len(rows) if len(rows) else 0.0,
+            }
+        )
+        log.warning(
+            "%r has %d distinct training values, over max_categories %d: the %d least frequent are one "
+            "'other' category; raise max_categories or exclude the column",
+            feature.name,
+            report[-1]["distinct"],
+            max_categories,
+            len(feature.other),
+        )
+    return report
+
+
 def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) -> TrainResult:
     """Train a LightGBM model on `table` as `spec` describes and evaluate it on the held-out split."""
     if table.num_rows == 0:
@@ -152,7 +186,7 @@ def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) 
     if holdout.all() or not holdout.any():
         raise DataError(f"the {spec.split_method} split left an empty train or test set: add rows or vary it")
     train_idx, test_idx = np.flatnonzero(~holdout), np.flatnonzero(holdout)
-    features = infer_features(labelled.take(train_idx), columns, spec.categorical)
+    features = infer_features(labelled.take(train_idx), columns, spec.categorical, spec.max_categories)
     matrix = encode(labelled, features)
     merged = effective_params(spec.task, {**spec.params, **(params or {})}, num_class=len(classes))
     categorical = [i for i, f in enumerate(features) if f.kind == "categorical"]
@@ -181,4 +215,5 @@ def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) 
             "test_rows": len(test_idx),
         },
         holdout=HeldOut(labelled, holdout, y[test_idx], np.asarray(predicted)),
+        capped_categories=capped_categories(features, matrix, train_idx, spec.max_categories),
     )

@@ -7,7 +7,8 @@ Per record batch, vectorised and in bounded memory:
   row rule (min/max/in/not_null) are split off into quarantine records (entity id, column, rule, offending
   value as text) and not scored; warn rules are only counted;
 - null rates are tallied for `max_null_rate` (hard: the run fails when the limit is exceeded);
-- scored rows get `flags`: `unseen:<col>` for a category missing from the model's category set and
+- scored rows get `flags`: `unseen:<col>` for a category training never saw, `other:<col>` for a training
+  category beyond the model's `max_categories` (encoded as its one "other" category) and
   `out_of_range:<col>` for a number beyond the training profile's min/max.
 
 The tallies become the run manifest's `summary`. A run fails (DataError, nothing committed) as soon as the
@@ -89,6 +90,7 @@ class ScoringChecks:
         self.nulls: Counter[str] = Counter()
         self.unseen: Counter[str] = Counter()
         self.unseen_examples: dict[str, list[str]] = {}
+        self.other: Counter[str] = Counter()
         self.out_of_range: Counter[str] = Counter()
 
     @property
@@ -159,7 +161,7 @@ class ScoringChecks:
         return kept, pa.Table.from_batches(records).combine_chunks().to_batches()[0]
 
     def flags(self, batch: pa.RecordBatch, matrix: np.ndarray) -> pa.Array:
-        """Per scored row, `unseen:<col>` / `out_of_range:<col>` labels (an empty list when none)."""
+        """Per scored row, `unseen:<col>` / `other:<col>` / `out_of_range:<col>` labels (empty when none)."""
         masks, labels = [], []
         for i, feature in enumerate(self.features):
             if feature.kind == "categorical":
@@ -171,6 +173,11 @@ class ScoringChecks:
                     self._remember_unseen(feature.name, raw, mask)
                 masks.append(mask)
                 labels.append(f"unseen:{feature.name}")
+                if feature.other_code is not None:
+                    other = matrix[:, i] == feature.other_code
+                    self.other[feature.name] += int(other.sum())
+                    masks.append(other)
+                    labels.append(f"other:{feature.name}")
             elif feature.name in self.ranges:
                 low, high = self.ranges[feature.name]
                 with np.errstate(invalid="ignore"):
@@ -258,6 +265,7 @@ class ScoringChecks:
             "flagged": self.flagged,
             "unseen": {c: n for c, n in self.unseen.items() if n},
             "unseen_examples": self.unseen_examples,
+            "other": {c: n for c, n in self.other.items() if n},
             "out_of_range": {c: n for c, n in self.out_of_range.items() if n},
         }
 
@@ -320,7 +328,7 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
     ]
     kinds = [
         f"{kind} " + ", ".join(f"{c} ({n:,})" for c, n in summary.get(kind, {}).items())
-        for kind in ("unseen", "out_of_range")
+        for kind in ("unseen", "other", "out_of_range")
         if summary.get(kind)
     ]
     lines.append(

@@ -93,11 +93,13 @@ def train(
         "metrics": card.get("metrics", {}),
         "top_features": _top_features(version),
         "gates": card.get("gates"),
+        "capped_categories": card.get("capped_categories", []),
     }
 
     def render(console: Console) -> None:
         verb = "reused existing" if version.reused else "registered new"
         console.print(f"{verb} version {version.ref} (trained on {data['dataset_version']})")
+        _print_capped(console, data["capped_categories"])
         console.print(table(["metric", "value"], data["metrics"].items(), "metrics"))
         _print_gates(console, card.get("gates"))
         features = ([f["feature"], f["importance"]] for f in data["top_features"])
@@ -171,9 +173,22 @@ def show(
             for f in model.features
         )
         console.print(table(["feature", "kind", "dtype", "categories", "importance"], features, "features"))
+        _print_capped(console, card.get("capped_categories", []))
         console.print(table(["package", "version"], (card.get("packages") or {}).items(), "packages"))
 
     emit(as_json, data, render)
+
+
+def _print_capped(console: Console, capped: list[dict[str, Any]]) -> None:
+    """One warning line per categorical column whose training values exceeded max_categories."""
+    for c in capped:
+        console.print(
+            f"note: {c['column']}: {c['distinct']:,} distinct values, over max_categories "
+            f"{c['max_categories']}: the {c['other']:,} least frequent ({c['other_rows']:,} training rows, "
+            f"{c['other_share']:.1%}) are one 'other' category, flagged other:{c['column']} at scoring. "
+            f"Raise max_categories, or add the column to exclude.",
+            markup=False,  # column names are data, not markup
+        )
 
 
 def _print_gates(console: Console, report: dict[str, Any] | None) -> None:

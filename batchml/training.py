@@ -77,8 +77,15 @@ def effective_params(task: Task, overrides: dict[str, Any], num_class: int = 0) 
     return params
 
 
-def encode_target(column: pa.ChunkedArray, task: Task) -> tuple[np.ndarray, list[str]]:
-    """Target as floats for LightGBM, plus the class labels (as strings) in index order."""
+def encode_target(
+    column: pa.ChunkedArray, task: Task, positive_class: str | None = None, name: str = "target"
+) -> tuple[np.ndarray, list[str]]:
+    """Target as floats for LightGBM, plus the class labels (as strings) in index order.
+
+    Classes are sorted (numbers numerically, booleans as 0 and 1, text alphabetically); for a binary task
+    the positive class, the one `prediction` is the probability of, is index 1: `positive_class` if given,
+    else the second class in that order.
+    """
     if task == "regression":
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise DataError(f"regression target must be numeric, found {column.type}")
@@ -91,6 +98,14 @@ def encode_target(column: pa.ChunkedArray, task: Task) -> tuple[np.ndarray, list
         raise DataError(f"multiclass target needs at least 2 classes, found {classes}")
     if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
         classes = sorted(classes, key=lambda v: int(v))  # numeric order: 0 before 1, 2 before 10
+    if positive_class is not None:
+        labels = [str(c) for c in classes]
+        if positive_class not in labels:
+            raise DataError(
+                f"positive_class {positive_class!r} is not a label of target {name!r}: "
+                f"labels present: {', '.join(repr(v) for v in labels)}"
+            )
+        classes = [c for c in classes if str(c) != positive_class] + [classes[labels.index(positive_class)]]
     codes = pc.index_in(values, value_set=pa.array(classes, values.type))
     return np.asarray(codes.cast(pa.float64()), dtype=np.float64), [str(c) for c in classes]
 
@@ -181,7 +196,7 @@ def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) 
     labelled = table.filter(pc.is_valid(table.column(spec.target)))
     if labelled.num_rows < table.num_rows:
         log.warning("dropping %d rows with a null target", table.num_rows - labelled.num_rows)
-    y, classes = encode_target(labelled.column(spec.target), spec.task)
+    y, classes = encode_target(labelled.column(spec.target), spec.task, spec.positive_class, spec.target)
     holdout = _holdout_mask(labelled, spec)
     if holdout.all() or not holdout.any():
         raise DataError(f"the {spec.split_method} split left an empty train or test set: add rows or vary it")

@@ -90,6 +90,7 @@ def train(
         "ref": version.ref,
         "reused": version.reused,
         "dataset_version": card.get("dataset_version"),
+        **_classes(version),
         "metrics": card.get("metrics", {}),
         "top_features": _top_features(version),
         "gates": card.get("gates"),
@@ -99,6 +100,7 @@ def train(
     def render(console: Console) -> None:
         verb = "reused existing" if version.reused else "registered new"
         console.print(f"{verb} version {version.ref} (trained on {data['dataset_version']})")
+        _print_classes(console, version)
         _print_capped(console, data["capped_categories"])
         console.print(table(["metric", "value"], data["metrics"].items(), "metrics"))
         _print_gates(console, card.get("gates"))
@@ -150,8 +152,8 @@ def show(
     name, wanted = parse_ref(ref, "model")
     model = reader.get(name, wanted)
     aliases = [alias for alias, v in reader.aliases(name).items() if v == model.version]
-    data = {"model": name, "version": model.version, "ref": model.ref, "aliases": aliases, "card": model.card}
-    data["gates"] = model.card.get("gates")
+    data = {"model": name, "version": model.version, "ref": model.ref, "aliases": aliases, **_classes(model)}
+    data.update(card=model.card, gates=model.card.get("gates"))
 
     def render(console: Console) -> None:
         card = model.card
@@ -164,6 +166,7 @@ def show(
                 + [("git", card.get("git")), ("split", card.get("split")), ("trees", card.get("num_trees"))]
             )
         )
+        _print_classes(console, model)
         console.print(table(["metric", "value"], (card.get("metrics") or {}).items(), "metrics"))
         _print_gates(console, card.get("gates"))
         console.print(table(["param", "value"], (card.get("params") or {}).items(), "params"))
@@ -177,6 +180,30 @@ def show(
         console.print(table(["package", "version"], (card.get("packages") or {}).items(), "packages"))
 
     emit(as_json, data, render)
+
+
+def _classes(model: ModelVersion) -> dict[str, Any]:
+    """The model's classes, the positive one and what `prediction` is (for --json output)."""
+    return {
+        "classes": model.classes,
+        "positive_class": model.positive_class,
+        "prediction": model.prediction_meaning,
+    }
+
+
+def _print_classes(console: Console, model: ModelVersion) -> None:
+    """`classes: good, bad; prediction = P(Status = bad)` and where the positive class came from."""
+    if not model.classes:
+        console.print(f"prediction = {model.prediction_meaning}", markup=False)
+        return
+    line = f"classes: {', '.join(model.classes)}; prediction = {model.prediction_meaning}"
+    if (model.card.get("spec") or {}).get("positive_class") is not None:
+        line += " (positive_class in the config)"
+    elif model.positive_class is not None and model.card.get("origin") == "batchml.train":
+        line += " (default: the second class in sorted order; set positive_class to choose)"
+    elif model.positive_class is not None:
+        line += " (the booster's label 1)"  # registered from elsewhere: LightGBM's positive label
+    console.print(line, markup=False)
 
 
 def _print_capped(console: Console, capped: list[dict[str, Any]]) -> None:

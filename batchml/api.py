@@ -94,7 +94,9 @@ def train(
         "timestamp": spec.timestamp,
         "target": spec.target,
         "features": [f.to_dict() for f in result.features],
+        "capped_categories": result.capped_categories,
         "classes": result.classes,
+        "positive_class": result.classes[1] if spec.task == "binary" else None,
         "params": result.params,
         "metrics": result.metrics,
         "importance": result.importance,
@@ -157,7 +159,7 @@ def register_model(
     """Register a booster trained elsewhere (a notebook): features bind by its feature names."""
     task = _booster_task(booster)
     num_class = booster.num_model_per_iteration() if task == "multiclass" else 2
-    default_classes = [] if task == "regression" else [str(i) for i in range(num_class)]
+    labels = classes or ([] if task == "regression" else [str(i) for i in range(num_class)])
     version = datasets.get_version(project.storage, dataset) if dataset else None
     card = {
         "origin": "register_model",
@@ -166,7 +168,8 @@ def register_model(
         "entity_id": entity_id,
         "target": target,
         "features": [f.to_dict() for f in _booster_features(booster)],
-        "classes": classes or default_classes,
+        "classes": labels,
+        "positive_class": labels[1] if task == "binary" and len(labels) == 2 else None,
         "params": params if params is not None else dict(getattr(booster, "params", {}) or {}),
         "metrics": metrics or {},
         "num_trees": booster.num_trees(),

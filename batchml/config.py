@@ -213,12 +213,19 @@ class ModelSpec(_Strict):
     entity_id: str
     target: str
     task: Task = "binary"
+    #: Binary only: the class `prediction` is the probability of. Without it, the classes are sorted
+    #: (numbers numerically, false before true, text alphabetically) and the second one is positive:
+    #: 1 of 0/1, true of booleans, "good" of bad/good. Booleans are the classes 0 and 1.
+    positive_class: str | None = None
     timestamp: str | None = None
     #: Explicit feature list; None means every column except entity id, timestamp, target and `exclude`.
     features: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
     #: Numeric columns to treat as categorical (string columns always are).
     categorical: list[str] = Field(default_factory=list)
+    #: Per categorical column, the most frequent training values kept as categories; the rest of the
+    #: training values become one "other" category (reported at training, flagged `other:<col>` at scoring).
+    max_categories: int = Field(default=1000, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
     split: SplitConfig = Field(default_factory=SplitConfig)
     expectations: dict[str, Expectation] = Field(default_factory=dict)
@@ -231,6 +238,13 @@ class ModelSpec(_Strict):
     def _dataset_name(cls, value: str) -> str:
         return check_name("dataset", value)
 
+    @field_validator("positive_class", mode="before")
+    @classmethod
+    def _class_label(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # a boolean target's classes are "0" and "1"
+            return str(int(value))
+        return str(value) if isinstance(value, int) else value
+
     @model_validator(mode="after")
     def _roles_distinct(self) -> ModelSpec:
         roles = [self.entity_id, self.target] + ([self.timestamp] if self.timestamp else [])
@@ -238,6 +252,8 @@ class ModelSpec(_Strict):
             raise ValueError(f"entity_id, target and timestamp must be different columns, got {roles}")
         if self.features is not None and set(self.features) & set(roles):
             raise ValueError(f"features must not include entity_id/target/timestamp: {sorted(set(roles))}")
+        if self.positive_class is not None and self.task != "binary":
+            raise ValueError(f"positive_class applies to binary models only; the task is {self.task!r}")
         return self
 
     @property

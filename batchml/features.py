@@ -2,6 +2,10 @@
 
 The same encoding serves training and scoring, so a category maps to the same code in both. Column names
 are kept as the user wrote them (spaces, quotes, unicode); LightGBM only ever sees safe positional names.
+
+A categorical keeps its `max_categories` most frequent training values as categories 0..k-1; every other
+value seen in training is the one category k, "other" (recorded in the card as `other`, so that scoring
+can tell it from a value training never saw, which is encoded as missing).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import pyarrow.compute as pc
 from batchml.config import ModelSpec
 from batchml.errors import SchemaError
 
-MAX_CATEGORIES = 1000
 FeatureKind = Literal["numeric", "categorical"]
 
 
@@ -30,17 +33,31 @@ class Feature:
     kind: FeatureKind
     dtype: str
     categories: tuple[str, ...] = ()
+    #: Training values beyond the category cap, all encoded as the one category `len(categories)`.
+    other: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the model card."""
         data = asdict(self)
         data["categories"] = list(self.categories)
+        data["other"] = list(self.other)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Feature:
         """Parse the model card's JSON form."""
-        return cls(data["name"], data["kind"], data["dtype"], tuple(data.get("categories", ())))
+        return cls(
+            data["name"],
+            data["kind"],
+            data["dtype"],
+            tuple(data.get("categories", ())),
+            tuple(data.get("other", ())),
+        )
+
+    @property
+    def other_code(self) -> int | None:
+        """The code of the "other" category, or None when every training value is its own category."""
+        return len(self.categories) if self.other else None
 
 
 def is_numeric_type(kind: pa.DataType) -> bool:
@@ -70,8 +87,11 @@ def select_feature_columns(schema: pa.Schema, spec: ModelSpec) -> list[str]:
     return [c for c in schema.names if c not in excluded]
 
 
-def infer_features(table: pa.Table, columns: list[str], categorical: list[str]) -> list[Feature]:
-    """Decide numeric vs categorical per column and learn category sets from the training table."""
+def infer_features(
+    table: pa.Table, columns: list[str], categorical: list[str], max_categories: int
+) -> list[Feature]:
+    """Decide numeric vs categorical per column and learn category sets from the training table: the
+    `max_categories` most frequent values (ties by value), the rest as one "other" category."""
     features = []
     for name in columns:
         column = table.column(name)
@@ -80,9 +100,20 @@ def infer_features(table: pa.Table, columns: list[str], categorical: list[str]) 
             features.append(Feature(name, "numeric", str(kind)))
             continue
         counts = Counter(v for v in column.cast(pa.string()).to_pylist() if v is not None)
-        top = sorted(c for c, _ in counts.most_common(MAX_CATEGORIES))
-        features.append(Feature(name, "categorical", str(kind), tuple(top)))
+        ranked = [value for value, _ in sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))]
+        top, rest = sorted(ranked[:max_categories]), sorted(ranked[max_categories:])
+        features.append(Feature(name, "categorical", str(kind), tuple(top), tuple(rest)))
     return features
+
+
+def category_codes(column: pa.Array | pa.ChunkedArray, feature: Feature) -> np.ndarray:
+    """Codes of a categorical feature as floats: its categories 0..k-1, "other" k, anything else NaN."""
+    known = pa.array(feature.categories + feature.other, pa.string())
+    codes = pc.index_in(column.cast(pa.string()), value_set=known)
+    values = np.asarray(pc.fill_null(codes.cast(pa.float64()), np.nan), dtype=np.float64)
+    if feature.other_code is not None:
+        values = np.minimum(values, feature.other_code)  # every overflow value is "other"; NaN stays NaN
+    return values
 
 
 def lightgbm_names(features: list[Feature]) -> list[str]:
@@ -128,13 +159,12 @@ def check_input_schema(schema: pa.Schema, features: list[Feature]) -> None:
 
 
 def encode(batch: pa.RecordBatch | pa.Table, features: list[Feature]) -> np.ndarray:
-    """The model's input matrix (rows x features, float64, C order); unseen categories become missing."""
+    """The model's input matrix (rows x features, float64, C order); categories never seen become missing."""
     matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64)
     for i, feature in enumerate(features):
         column = batch.column(feature.name)
         if feature.kind == "numeric":
             matrix[:, i] = _numeric_column(feature.name, column)
         else:
-            codes = pc.index_in(column.cast(pa.string()), value_set=pa.array(feature.categories, pa.string()))
-            matrix[:, i] = np.asarray(pc.fill_null(codes.cast(pa.float64()), np.nan), dtype=np.float64)
+            matrix[:, i] = category_codes(column, feature)
     return matrix

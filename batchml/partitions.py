@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import lightgbm as lgb
     import pyarrow as pa
 
-_COUNTERS = ("by_rule", "warned", "nulls", "unseen", "out_of_range")
+_COUNTERS = ("by_rule", "warned", "nulls", "unseen", "other", "out_of_range")
 
 
 def plan_partitions(storage: Storage, dataset: DatasetVersion, partitions: int) -> list[list[list[int]]]:
@@ -123,6 +123,7 @@ def score_partition(
         rows_in=checks.rows_in,
         quarantined=checks.quarantined,
         flagged=checks.flagged,
+        duplicate_ids=checks.duplicate_ids,
         unseen_examples=checks.unseen_examples,
     )
     return {
@@ -177,6 +178,7 @@ def commit_partitions(
         checks.rows_in += t["rows_in"]
         checks.quarantined += t["quarantined"]
         checks.flagged += t["flagged"]
+        checks.duplicate_ids = t["duplicate_ids"]  # found over the whole version, the same in every partition
         for column, values in t["unseen_examples"].items():
             seen = checks.unseen_examples.setdefault(column, [])
             seen += [v for v in values if v not in seen][: MAX_UNSEEN_EXAMPLES - len(seen)]

@@ -58,6 +58,22 @@ class ModelVersion:
         return list(self.card.get("classes", []))
 
     @property
+    def positive_class(self) -> str | None:
+        """The class a binary model's `prediction` is the probability of (the second of `classes`)."""
+        classes = self.classes
+        return classes[1] if self.task == "binary" and len(classes) == 2 else None
+
+    @property
+    def prediction_meaning(self) -> str:
+        """What `prediction` holds, e.g. `P(Status = bad)`."""
+        target = self.card.get("target") or "target"
+        if self.positive_class is not None:
+            return f"P({target} = {self.positive_class})"
+        if self.task == "multiclass":
+            return "P(predicted_class)"
+        return f"predicted {target}"
+
+    @property
     def model_file(self) -> FileEntry:
         """Where the LightGBM text model is stored, with its sha256."""
         return FileEntry.from_dict(self.card["model_file"])

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchml.datasets import DatasetVersion
-from batchml.errors import DataError, SchemaError
+from batchml.entity_ids import find_duplicates
+from batchml.errors import SchemaError
 from batchml.features import check_input_schema, encode
 from batchml.parts import write_parquet_parts
 from batchml.prefetch import ordered_map, prefetch
@@ -57,7 +58,7 @@ def output_schema(entity_type: pa.DataType) -> pa.Schema:
             ("scored_at", pa.timestamp("us", tz="UTC")),
             ("input_hash", pa.uint64()),
             ("reasons", pa.list_(pa.string())),
-            ("flags", pa.list_(pa.string())),  # unseen:<col>, out_of_range:<col>
+            ("flags", pa.list_(pa.string())),  # unseen:<col>, other:<col>, out_of_range:<col>
         ]
     )
 
@@ -104,7 +105,8 @@ class ScoringInput:
 def check_input(
     storage: Storage, model: ModelVersion, dataset: DatasetVersion, entry: FileEntry, checks: ScoringChecks
 ) -> ScoringInput:
-    """Check the schema of `entry` (a file of `dataset`) before any output: entity id, features, rules."""
+    """Check the schema of `entry` (a file of `dataset`) before any output: entity id, features, rules; and
+    find the entity ids that repeat anywhere in `dataset` (all their copies will be quarantined)."""
     entity_id = str(model.card["entity_id"])
     storage.verify(entry)  # a damaged file fails with IntegrityError, not a Parquet error
     with storage.open_read(entry.path) as f:
@@ -113,6 +115,7 @@ def check_input(
         raise SchemaError(f"dataset {dataset.ref} has no entity id column {entity_id!r}", input_schema.names)
     check_input_schema(input_schema, model.features)
     checks.check_schema(input_schema, f"dataset {dataset.ref}")
+    checks.quarantine_duplicates(find_duplicates(storage, dataset, entity_id))
     columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features), *checks.columns]))
     return ScoringInput(entity_id, columns, output_schema(input_schema.field(entity_id).type))
 
@@ -127,9 +130,6 @@ def _encoded_batches(
     """Entity ids, the model's input matrix and each row's flags, batch by batch; bad rows to quarantine."""
     features = model.features
     for batch in batches:
-        ids = batch.column(entity_id)
-        if ids.null_count:
-            raise DataError(f"entity id column {entity_id!r} has {ids.null_count} null values in the input")
         batch, records = checks.split(batch, entity_id)
         if records is not None:
             quarantine.add(records)

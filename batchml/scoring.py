@@ -57,12 +57,16 @@ class ScoringOptions:
 
     def key(self) -> dict[str, Any]:
         """The JSON form that enters the run key."""
-        key: dict[str, Any] = {"reason_codes": self.reason_codes}
-        if self.expectations:  # runs without expectations keep the ids they had before they existed
+        # The share applies to every run (null and duplicate entity ids are quarantined too), so it is in
+        # every key: a run that passed a looser limit is not reused under a stricter one.
+        key: dict[str, Any] = {
+            "reason_codes": self.reason_codes,
+            "max_quarantine_share": self.max_quarantine_share,
+        }
+        if self.expectations:
             key["expectations"] = {
                 c: e.model_dump(mode="json", by_alias=True) for c, e in sorted(self.expectations.items())
             }
-            key["max_quarantine_share"] = self.max_quarantine_share
         return key
 
 
@@ -227,7 +231,7 @@ def delete_parts(storage: Storage, parts: ScoredParts) -> None:
 
 def no_rows_error(dataset: DatasetVersion, checks: ScoringChecks) -> DataError:
     """The error for a run that scored nothing."""
-    broke = f": all {checks.rows_in:,} rows broke hard expectations" if checks.rows_in else ""
+    broke = f": all {checks.rows_in:,} rows were quarantined" if checks.rows_in else ""
     return DataError(f"dataset {dataset.ref} has no rows to score{broke}")
 
 

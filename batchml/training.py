@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightgbm as lgb
@@ -65,6 +65,8 @@ class TrainResult:
     importance: dict[str, float]
     split: dict[str, Any]
     holdout: HeldOut | None = None
+    #: Categorical columns with more distinct training values than `max_categories` (see `capped_categories`).
+    capped_categories: list[dict[str, Any]] = field(default_factory=list)
 
 
 def effective_params(task: Task, overrides: dict[str, Any], num_class: int = 0) -> dict[str, Any]:
@@ -75,8 +77,15 @@ def effective_params(task: Task, overrides: dict[str, Any], num_class: int = 0) 
     return params
 
 
-def encode_target(column: pa.ChunkedArray, task: Task) -> tuple[np.ndarray, list[str]]:
-    """Target as floats for LightGBM, plus the class labels (as strings) in index order."""
+def encode_target(
+    column: pa.ChunkedArray, task: Task, positive_class: str | None = None, name: str = "target"
+) -> tuple[np.ndarray, list[str]]:
+    """Target as floats for LightGBM, plus the class labels (as strings) in index order.
+
+    Classes are sorted (numbers numerically, booleans as 0 and 1, text alphabetically); for a binary task
+    the positive class, the one `prediction` is the probability of, is index 1: `positive_class` if given,
+    else the second class in that order.
+    """
     if task == "regression":
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise DataError(f"regression target must be numeric, found {column.type}")
@@ -89,6 +98,14 @@ def encode_target(column: pa.ChunkedArray, task: Task) -> tuple[np.ndarray, list
         raise DataError(f"multiclass target needs at least 2 classes, found {classes}")
     if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
         classes = sorted(classes, key=lambda v: int(v))  # numeric order: 0 before 1, 2 before 10
+    if positive_class is not None:
+        labels = [str(c) for c in classes]
+        if positive_class not in labels:
+            raise DataError(
+                f"positive_class {positive_class!r} is not a label of target {name!r}: "
+                f"labels present: {', '.join(repr(v) for v in labels)}"
+            )
+        classes = [c for c in classes if str(c) != positive_class] + [classes[labels.index(positive_class)]]
     codes = pc.index_in(values, value_set=pa.array(classes, values.type))
     return np.asarray(codes.cast(pa.float64()), dtype=np.float64), [str(c) for c in classes]
 
@@ -137,6 +154,38 @@ def evaluate(task: Task, y_true: np.ndarray, raw: np.ndarray) -> dict[str, float
     }
 
 
+def capped_categories(
+    features: list[Feature], matrix: np.ndarray, rows: np.ndarray, max_categories: int
+) -> list[dict[str, Any]]:
+    """Per categorical feature over the cap: distinct training values, how many were kept as categories,
+    how many became the one "other" category, and how many of the training `rows` of `matrix` hold one."""
+    report = []
+    for i, feature in enumerate(features):
+        if feature.other_code is None:
+            continue
+        other_rows = int(np.count_nonzero(matrix[rows, i] == feature.other_code))
+        report.append(
+            {
+                "column": feature.name,
+                "distinct": len(feature.categories) + len(feature.other),
+                "max_categories": max_categories,
+                "kept": len(feature.categories),
+                "other": len(feature.other),
+                "other_rows": other_rows,
+                "other_share": other_rows / len(rows) if len(rows) else 0.0,
+            }
+        )
+        log.warning(
+            "%r has %d distinct training values, over max_categories %d: the %d least frequent are one "
+            "'other' category; raise max_categories or exclude the column",
+            feature.name,
+            report[-1]["distinct"],
+            max_categories,
+            len(feature.other),
+        )
+    return report
+
+
 def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) -> TrainResult:
     """Train a LightGBM model on `table` as `spec` describes and evaluate it on the held-out split."""
     if table.num_rows == 0:
@@ -147,12 +196,12 @@ def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) 
     labelled = table.filter(pc.is_valid(table.column(spec.target)))
     if labelled.num_rows < table.num_rows:
         log.warning("dropping %d rows with a null target", table.num_rows - labelled.num_rows)
-    y, classes = encode_target(labelled.column(spec.target), spec.task)
+    y, classes = encode_target(labelled.column(spec.target), spec.task, spec.positive_class, spec.target)
     holdout = _holdout_mask(labelled, spec)
     if holdout.all() or not holdout.any():
         raise DataError(f"the {spec.split_method} split left an empty train or test set: add rows or vary it")
     train_idx, test_idx = np.flatnonzero(~holdout), np.flatnonzero(holdout)
-    features = infer_features(labelled.take(train_idx), columns, spec.categorical)
+    features = infer_features(labelled.take(train_idx), columns, spec.categorical, spec.max_categories)
     matrix = encode(labelled, features)
     merged = effective_params(spec.task, {**spec.params, **(params or {})}, num_class=len(classes))
     categorical = [i for i, f in enumerate(features) if f.kind == "categorical"]
@@ -181,4 +230,5 @@ def fit(table: pa.Table, spec: ModelSpec, params: dict[str, Any] | None = None) 
             "test_rows": len(test_idx),
         },
         holdout=HeldOut(labelled, holdout, y[test_idx], np.asarray(predicted)),
+        capped_categories=capped_categories(features, matrix, train_idx, spec.max_categories),
     )

@@ -2,10 +2,13 @@
 
 Per record batch, vectorised and in bounded memory:
 
-- rows breaking a hard row rule (min/max/in/not_null) are split off into quarantine records (entity id,
-  column, rule, offending value as text) and not scored; warn rules are only counted;
+- rows without an entity id (rule `null_id`), rows whose id repeats anywhere in the dataset version (rule
+  `duplicate_id`, every copy; found before scoring by `entity_ids.find_duplicates`) and rows breaking a hard
+  row rule (min/max/in/not_null) are split off into quarantine records (entity id, column, rule, offending
+  value as text) and not scored; warn rules are only counted;
 - null rates are tallied for `max_null_rate` (hard: the run fails when the limit is exceeded);
-- scored rows get `flags`: `unseen:<col>` for a category missing from the model's category set and
+- scored rows get `flags`: `unseen:<col>` for a category training never saw, `other:<col>` for a training
+  category beyond the model's `max_categories` (encoded as its one "other" category) and
   `out_of_range:<col>` for a number beyond the training profile's min/max.
 
 The tallies become the run manifest's `summary`. A run fails (DataError, nothing committed) as soon as the
@@ -25,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchml.config import Expectation
+from batchml.entity_ids import DUPLICATE_ID, NULL_ID, DuplicateIds, null_ids
 from batchml.errors import DataError
 from batchml.expectations import check_columns, null_count, row_rules
 from batchml.features import Feature
@@ -79,12 +83,14 @@ class ScoringChecks:
         self.ranges = numeric_ranges(profile)
         self.total = total_rows
         self.model, self.run_id = model, run_id
-        self.rows_in = self.quarantined = self.flagged = 0
+        self.duplicates = DuplicateIds.none()
+        self.rows_in = self.quarantined = self.flagged = self.duplicate_ids = 0
         self.by_rule: Counter[tuple[str, str]] = Counter()
         self.warned: Counter[tuple[str, str]] = Counter()
         self.nulls: Counter[str] = Counter()
         self.unseen: Counter[str] = Counter()
         self.unseen_examples: dict[str, list[str]] = {}
+        self.other: Counter[str] = Counter()
         self.out_of_range: Counter[str] = Counter()
 
     @property
@@ -96,8 +102,22 @@ class ScoringChecks:
         """SchemaError before any output when an expectation column is missing or unusable."""
         check_columns(schema, self.expectations, where)
 
+    def quarantine_duplicates(self, duplicates: DuplicateIds) -> None:
+        """Quarantine every copy of `duplicates` (ids repeated in the whole dataset version) as it streams by;
+        DataError now, before any output, when their copies alone exceed max_quarantine_share."""
+        self.duplicates, self.duplicate_ids = duplicates, len(duplicates.ids)
+        total = max(self.total, 1)
+        if duplicates.rows > self.max_share * total:
+            raise DataError(
+                f"scoring run {self.run_id} of {self.model} failed its input checks; nothing was committed: "
+                f"{duplicates.rows:,} of {total:,} rows ({duplicates.rows / total:.2%}) share "
+                f"{self.duplicate_ids:,} entity id(s) ({DUPLICATE_ID}), over max_quarantine_share "
+                f"{self.max_share:g}; e.g. {duplicates.ids.slice(0, 3).to_pylist()}"
+            )
+
     def split(self, batch: pa.RecordBatch, entity_id: str) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
-        """The rows to score, and quarantine records for rows that break a hard rule (None if none)."""
+        """The rows to score, and quarantine records for rows without a unique entity id or breaking a
+        hard rule (None if none)."""
         n = batch.num_rows
         self.rows_in += n
         for column, exp in self.expectations.items():
@@ -105,18 +125,19 @@ class ScoringChecks:
                 self.nulls[column] += null_count(batch.column(column))
         for rule in self.warn:
             self.warned[(rule.column, rule.label)] += int(rule.broken(batch.column(rule.column)).sum())
-        if not self.hard:
-            self.check_limits()
-            return batch, None
+        ids = batch.column(entity_id)
+        broken = [
+            (entity_id, NULL_ID, null_ids(ids)),
+            (entity_id, DUPLICATE_ID, self.duplicates.broken(ids)),
+            *((r.column, r.label, r.broken(batch.column(r.column))) for r in self.hard),
+        ]
         any_broken = np.zeros(n, dtype=bool)
         records = []
-        ids = batch.column(entity_id)
-        for rule in self.hard:
-            mask = rule.broken(batch.column(rule.column))
+        for column, label, mask in broken:
             count = int(mask.sum())
             if not count:
                 continue
-            self.by_rule[(rule.column, rule.label)] += count
+            self.by_rule[(column, label)] += count
             any_broken |= mask
             where = pa.array(mask)
             records.append(
@@ -125,9 +146,9 @@ class ScoringChecks:
                         pa.repeat(pa.scalar(self.model), count),
                         pa.repeat(pa.scalar(self.run_id), count),
                         _text(pc.filter(ids, where)),
-                        pa.repeat(pa.scalar(rule.column), count),
-                        pa.repeat(pa.scalar(rule.label), count),
-                        _text(pc.filter(batch.column(rule.column), where)),
+                        pa.repeat(pa.scalar(column), count),
+                        pa.repeat(pa.scalar(label), count),
+                        _text(pc.filter(batch.column(column), where)),
                     ],
                     schema=QUARANTINE_SCHEMA,
                 )
@@ -140,7 +161,7 @@ class ScoringChecks:
         return kept, pa.Table.from_batches(records).combine_chunks().to_batches()[0]
 
     def flags(self, batch: pa.RecordBatch, matrix: np.ndarray) -> pa.Array:
-        """Per scored row, `unseen:<col>` / `out_of_range:<col>` labels (an empty list when none)."""
+        """Per scored row, `unseen:<col>` / `other:<col>` / `out_of_range:<col>` labels (empty when none)."""
         masks, labels = [], []
         for i, feature in enumerate(self.features):
             if feature.kind == "categorical":
@@ -152,6 +173,11 @@ class ScoringChecks:
                     self._remember_unseen(feature.name, raw, mask)
                 masks.append(mask)
                 labels.append(f"unseen:{feature.name}")
+                if feature.other_code is not None:
+                    other = matrix[:, i] == feature.other_code
+                    self.other[feature.name] += int(other.sum())
+                    masks.append(other)
+                    labels.append(f"other:{feature.name}")
             elif feature.name in self.ranges:
                 low, high = self.ranges[feature.name]
                 with np.errstate(invalid="ignore"):
@@ -187,7 +213,7 @@ class ScoringChecks:
             top = ", ".join(f"{c} {r} ({n:,} rows)" for (c, r), n in self.by_rule.most_common(3))
             share = self.quarantined / total
             found.append(
-                f"{partial}{self.quarantined:,} of {total:,} rows ({share:.2%}) break hard expectations, "
+                f"{partial}{self.quarantined:,} of {total:,} rows ({share:.2%}) are quarantined, "
                 f"over max_quarantine_share {self.max_share:g}; top rules: {top}"
             )
         for column, exp in self.expectations.items():
@@ -233,11 +259,13 @@ class ScoringChecks:
             "quarantined": self.quarantined,
             "quarantined_share": self.quarantined / rows,
             "quarantine": [{"column": c, "rule": r, "rows": n} for (c, r), n in self.by_rule.most_common()],
+            "duplicate_ids": self.duplicate_ids,
             "warnings": warnings,
             "null_rates": null_rates,
             "flagged": self.flagged,
             "unseen": {c: n for c, n in self.unseen.items() if n},
             "unseen_examples": self.unseen_examples,
+            "other": {c: n for c, n in self.other.items() if n},
             "out_of_range": {c: n for c, n in self.out_of_range.items() if n},
         }
 
@@ -289,14 +317,18 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
     if not summary:
         return []
     rows_in, quarantined = summary.get("rows_in", 0), summary.get("quarantined", 0)
-    rules = ", ".join(f"{q['column']} {q['rule']} ({q['rows']:,})" for q in summary.get("quarantine", []))
+    rules = ", ".join(
+        f"{q['column']} {q['rule']} ({q['rows']:,}"
+        + (f" rows, {summary.get('duplicate_ids', 0):,} ids)" if q["rule"] == DUPLICATE_ID else ")")
+        for q in summary.get("quarantine", [])
+    )
     lines = [
         f"quarantined {quarantined:,} of {rows_in:,} rows ({summary.get('quarantined_share', 0.0):.2%})"
         + (f": {rules}" if rules else "")
     ]
     kinds = [
         f"{kind} " + ", ".join(f"{c} ({n:,})" for c, n in summary.get(kind, {}).items())
-        for kind in ("unseen", "out_of_range")
+        for kind in ("unseen", "other", "out_of_range")
         if summary.get(kind)
     ]
     lines.append(

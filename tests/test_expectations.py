@@ -220,7 +220,7 @@ def test_quarantine_over_the_limit_fails_and_publishes_nothing(
         project, loans_csv, lambda df: df.with_columns(age=pl.when(ROW % 50 == 0).then(7).otherwise("age"))
     )
     with pytest.raises(
-        DataError, match=r"break hard expectations, over max_quarantine_share 0.015; top rules: age min 18"
+        DataError, match=r"are quarantined, over max_quarantine_share 0.015; top rules: age min 18"
     ):
         batchml.score(project, "default_risk", dataset=ref)
     assert len(written) >= 3 and all("quarantine" in w for w in written)

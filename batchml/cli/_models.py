@@ -90,14 +90,18 @@ def train(
         "ref": version.ref,
         "reused": version.reused,
         "dataset_version": card.get("dataset_version"),
+        **_classes(version),
         "metrics": card.get("metrics", {}),
         "top_features": _top_features(version),
         "gates": card.get("gates"),
+        "capped_categories": card.get("capped_categories", []),
     }
 
     def render(console: Console) -> None:
         verb = "reused existing" if version.reused else "registered new"
         console.print(f"{verb} version {version.ref} (trained on {data['dataset_version']})")
+        _print_classes(console, version)
+        _print_capped(console, data["capped_categories"])
         console.print(table(["metric", "value"], data["metrics"].items(), "metrics"))
         _print_gates(console, card.get("gates"))
         features = ([f["feature"], f["importance"]] for f in data["top_features"])
@@ -148,8 +152,8 @@ def show(
     name, wanted = parse_ref(ref, "model")
     model = reader.get(name, wanted)
     aliases = [alias for alias, v in reader.aliases(name).items() if v == model.version]
-    data = {"model": name, "version": model.version, "ref": model.ref, "aliases": aliases, "card": model.card}
-    data["gates"] = model.card.get("gates")
+    data = {"model": name, "version": model.version, "ref": model.ref, "aliases": aliases, **_classes(model)}
+    data.update(card=model.card, gates=model.card.get("gates"))
 
     def render(console: Console) -> None:
         card = model.card
@@ -163,6 +167,7 @@ def show(
                 + [("split", card.get("split")), ("trees", card.get("num_trees"))]
             )
         )
+        _print_classes(console, model)
         console.print(table(["metric", "value"], (card.get("metrics") or {}).items(), "metrics"))
         _print_gates(console, card.get("gates"))
         console.print(table(["param", "value"], (card.get("params") or {}).items(), "params"))
@@ -172,9 +177,46 @@ def show(
             for f in model.features
         )
         console.print(table(["feature", "kind", "dtype", "categories", "importance"], features, "features"))
+        _print_capped(console, card.get("capped_categories", []))
         console.print(table(["package", "version"], (card.get("packages") or {}).items(), "packages"))
 
     emit(as_json, data, render)
+
+
+def _classes(model: ModelVersion) -> dict[str, Any]:
+    """The model's classes, the positive one and what `prediction` is (for --json output)."""
+    return {
+        "classes": model.classes,
+        "positive_class": model.positive_class,
+        "prediction": model.prediction_meaning,
+    }
+
+
+def _print_classes(console: Console, model: ModelVersion) -> None:
+    """`classes: good, bad; prediction = P(Status = bad)` and where the positive class came from."""
+    if not model.classes:
+        console.print(f"prediction = {model.prediction_meaning}", markup=False)
+        return
+    line = f"classes: {', '.join(model.classes)}; prediction = {model.prediction_meaning}"
+    if (model.card.get("spec") or {}).get("positive_class") is not None:
+        line += " (positive_class in the config)"
+    elif model.positive_class is not None and model.card.get("origin") == "batchml.train":
+        line += " (default: the second class in sorted order; set positive_class to choose)"
+    elif model.positive_class is not None:
+        line += " (the booster's label 1)"  # registered from elsewhere: LightGBM's positive label
+    console.print(line, markup=False)
+
+
+def _print_capped(console: Console, capped: list[dict[str, Any]]) -> None:
+    """One warning line per categorical column whose training values exceeded max_categories."""
+    for c in capped:
+        console.print(
+            f"note: {c['column']}: {c['distinct']:,} distinct values, over max_categories "
+            f"{c['max_categories']}: the {c['other']:,} least frequent ({c['other_rows']:,} training rows, "
+            f"{c['other_share']:.1%}) are one 'other' category, flagged other:{c['column']} at scoring. "
+            f"Raise max_categories, or add the column to exclude.",
+            markup=False,  # column names are data, not markup
+        )
 
 
 def _print_gates(console: Console, report: dict[str, Any] | None) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -301,3 +305,59 @@ def test_catalog_rebuild_is_full_unless_asked_for_incremental(
     assert incremental.exit_code == 0 and json.loads(incremental.stdout)["full"] is False
     assert run_file_reads == [published.run_id]
     assert fingerprint(batchml.connect(project))[:2] == (published.rows, published.run_id)
+
+
+# -- the serving file cannot be edited, and an edit does not survive -----------------------------------------
+
+_OPEN_AS = """
+import json, os, sys
+import duckdb
+path, uid = sys.argv[1], int(sys.argv[2])
+os.setgid(uid)
+os.setuid(uid)
+outcome = {}
+for mode, read_only in (("read-write", False), ("read-only", True)):
+    try:
+        duckdb.connect(path, read_only=read_only).close()
+        outcome[mode] = "opened"
+    except duckdb.Error as exc:
+        outcome[mode] = str(exc)
+print(json.dumps(outcome))
+"""
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_serving_dir() -> Iterator[Path]:
+    """A serving folder other users can reach (pytest's own folders are closed to them)."""
+    folder = Path(tempfile.mkdtemp(prefix="batchml-serving-"))
+    folder.chmod(0o755)
+    yield folder / "serving"
+    shutil.rmtree(folder)
+
+
+def test_serving_files_are_read_only_on_disk(
+    make_project: Callable[..., batchml.Project], loans_csv: Path, shared_serving_dir: Path
+) -> None:
+    """Mode 0444: even the account that owns the file (root aside) cannot open it read-write; readers can."""
+    toml = PROJECT_TOML.format(source=loans_csv).replace(
+        'root = "store"', f'root = "store"\nserving_dir = "{shared_serving_dir}"'
+    )
+    project = make_project(toml)
+    batchml.snapshot_dataset(project, "loans")
+    batchml.promote(project, "default_risk", batchml.train(project, "default_risk").version, reason="test")
+    batchml.publish(project, "default_risk", batchml.score(project, "default_risk").run_id)
+    current = batchml.database_path(project).resolve()
+    os.chown(current, NOBODY, NOBODY)  # as if a non-root service account had published it
+    found = subprocess.run(
+        [sys.executable, "-c", _OPEN_AS, str(current), str(NOBODY)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    outcome = json.loads(found.stdout)
+    assert outcome["read-only"] == "opened"
+    assert "Permission denied" in outcome["read-write"], outcome
+    assert current.parent == shared_serving_dir and current.stat().st_mode & 0o777 == 0o444
+    assert current.name.startswith("serving-") and not list(shared_serving_dir.glob(".building-*"))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import batchml
-from batchml import api, serving_build
+from batchml import api, run_checksum, serving_build
 from batchml.cli import app
 from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.serving import build_serving_db, connect_serving
@@ -361,3 +362,45 @@ def test_serving_files_are_read_only_on_disk(
     assert current.parent == shared_serving_dir and current.stat().st_mode & 0o777 == 0o444
     assert current.name.startswith("serving-") and not list(shared_serving_dir.glob(".building-*"))
 
+
+def test_a_forged_prediction_does_not_survive_the_next_publish(
+    project: batchml.Project,
+    published: batchml.PredictionRun,
+    run_file_reads: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Row counts still match after an UPDATE; the run's content checksum does not, so the run is re-read."""
+    current = batchml.database_path(project).resolve()
+    current.chmod(0o644)  # root, or the file's owner, can always do this
+    with duckdb.connect(str(current)) as con:
+        con.execute(f"UPDATE {serving_build.run_table(published)} SET prediction = 0.123456789")
+    run_file_reads.clear()
+    run = second_run(project)
+    with caplog.at_level(logging.WARNING, logger="batchml.serving_build"):
+        batchml.publish(project, "default_risk", run.run_id)
+    assert sorted(run_file_reads) == sorted([published.run_id, run.run_id])
+    assert f"run {published.run_id}" in caplog.text and "content checksum" in caplog.text
+    got = tables(project)
+    assert got["prediction_history"] == run_rows(project, published, run)
+    assert all(row[3] != 0.123456789 for row in got["past_predictions"])
+    run_file_reads.clear()
+    batchml.rebuild_catalog(project, full=False)  # the repaired file is copied again
+    assert run_file_reads == []
+
+
+def test_a_checksum_from_an_engine_that_hashes_differently_reads_the_run_files(
+    project: batchml.Project,
+    published: batchml.PredictionRun,
+    run_file_reads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a DuckDB upgrade that changes `hash`, builds cannot compare checksums: slower, never wrong."""
+    expected = tables(project)
+    monkeypatch.setattr(run_checksum, "_probe", lambda: "0123456789abcdef")  # the new engine's probe value
+    run_file_reads.clear()
+    with caplog.at_level(logging.INFO, logger="batchml.serving_build"):
+        batchml.rebuild_catalog(project, full=False)
+    assert run_file_reads == [published.run_id]
+    assert f"duckdb {duckdb.__version__}, which hashes differently" in caplog.text
+    assert tables(project) == expected

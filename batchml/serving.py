@@ -117,8 +117,9 @@ def build_serving_db(
 ) -> Path:
     """Build a new serving file from storage and atomically make it the current one; return its path.
 
-    Runs the current serving file already holds are copied from it (checked against their manifests' row
-    counts) instead of re-read from their Parquet files; `full=True` reads everything from storage.
+    Runs the current serving file already holds are copied from it (checked against the content checksums
+    in their manifests) instead of re-read from their Parquet files; `full=True` reads everything from
+    storage. The new file is read-only on disk before it becomes current.
     """
     with _build_lock(serving_dir):
         link = serving_dir / SERVING_FILE

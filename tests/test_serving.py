@@ -250,6 +250,7 @@ def damage_previous(project: batchml.Project, how: str) -> None:
         duckdb.connect(str(target)).close()
     else:
         shutil.copy(link.resolve(), target)
+        target.chmod(0o644)
         with duckdb.connect(str(target)) as con:
             runs = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
             runs = [f'"{t}"' for t in runs if t.startswith("run__")]
@@ -314,8 +315,9 @@ _OPEN_AS = """
 import json, os, sys
 import duckdb
 path, uid = sys.argv[1], int(sys.argv[2])
-os.setgid(uid)
-os.setuid(uid)
+if os.geteuid() != uid:
+    os.setgid(uid)
+    os.setuid(uid)
 outcome = {}
 for mode, read_only in (("read-write", False), ("read-only", True)):
     try:
@@ -349,9 +351,10 @@ def test_serving_files_are_read_only_on_disk(
     batchml.promote(project, "default_risk", batchml.train(project, "default_risk").version, reason="test")
     batchml.publish(project, "default_risk", batchml.score(project, "default_risk").run_id)
     current = batchml.database_path(project).resolve()
-    os.chown(current, NOBODY, NOBODY)  # as if a non-root service account had published it
+    owner = NOBODY if os.geteuid() == 0 else os.geteuid()  # root ignores modes: test as a non-root owner
+    os.chown(current, owner, -1)
     found = subprocess.run(
-        [sys.executable, "-c", _OPEN_AS, str(current), str(NOBODY)],
+        [sys.executable, "-c", _OPEN_AS, str(current), str(owner)],
         capture_output=True,
         text=True,
         check=True,

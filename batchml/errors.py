@@ -6,7 +6,8 @@
     ├── NotFoundError                 a dataset, model, version, alias or run does not exist
     ├── SchemaError                   input columns or dtypes do not match what is expected
     ├── DataError                     the data itself is unusable (empty, one class, bad target)
-    ├── IntegrityError                a stored file does not match the hash its manifest recorded
+    ├── IntegrityError                a stored file does not match the hash its manifest (or, for a record,
+    │                                 the record itself) recorded
     ├── ConflictError                 someone else committed the same thing first
     ├── ReadOnlyError                 a write was attempted through a read-only path
     ├── QueryTimeoutError             a reader's query ran past its time limit and was interrupted
@@ -71,7 +72,7 @@ class DataError(BatchMLError):
 
 
 class IntegrityError(BatchMLError):
-    """A stored file does not match the sha256 or size recorded in its manifest."""
+    """A stored file does not match the sha256 or size in its manifest, or a record its own hash."""
 
     def __init__(self, path: str, expected: str, actual: str) -> None:
         super().__init__(f"integrity check failed for {path}: expected {expected}, found {actual}")

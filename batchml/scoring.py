@@ -27,6 +27,7 @@ from batchml.eventlog import now
 from batchml.lineage import actor, code_lineage, code_version, engine
 from batchml.names import check_name
 from batchml.registry import ModelVersion
+from batchml.run_checksum import files_checksum
 from batchml.scorer import (
     BATCH_ROWS,
     BINARY_THRESHOLD,
@@ -205,6 +206,7 @@ def commit_run(
         "entity_id_column": str(model.card["entity_id"]),
         "task": model.task,
         "rows": parts.rows,
+        "content_checksum": files_checksum(storage, parts.files),  # what a copied serving table must match
         "files": [f.to_dict() for f in parts.files],
         "quarantine_files": [f.to_dict() for f in parts.quarantine_files],
         "summary": summary,

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 SERVING_FILE = "batchml.duckdb"
 GRACE_SECONDS = 3600.0
+#: Read-only for everyone: opening a serving file read-write takes a deliberate chmod (root ignores modes;
+#: an edit is then caught when the next build copies the run). The folder's own mode lets old files go.
+SERVING_FILE_MODE = 0o444
 #: DuckDB's own cap while building (it spills the sort to disk beyond it), so publishing a table of any size
 #: stays within bounded memory instead of DuckDB's default of 80% of RAM.
 BUILD_MEMORY_LIMIT = "256MB"
@@ -118,8 +121,9 @@ def build_serving_db(
 ) -> Path:
     """Build a new serving file from storage and atomically make it the current one; return its path.
 
-    Runs the current serving file already holds are copied from it (checked against their manifests' row
-    counts) instead of re-read from their Parquet files; `full=True` reads everything from storage.
+    Runs the current serving file already holds are copied from it (checked against the content checksums
+    in their manifests) instead of re-read from their Parquet files; `full=True` reads everything from
+    storage. The new file is read-only on disk before it becomes current.
     """
     with _build_lock(serving_dir):
         link = serving_dir / SERVING_FILE
@@ -129,6 +133,7 @@ def build_serving_db(
         building = serving_dir / f".building-{final.name}"
         try:
             _write_database(storage, building, previous)
+            building.chmod(SERVING_FILE_MODE)
             os.replace(building, final)
         finally:
             building.unlink(missing_ok=True)

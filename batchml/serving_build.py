@@ -11,9 +11,11 @@
 
 Everything readers query is inside the file (they have no file access). A run is immutable, so while
 building, the previous serving file is attached read-only and a run table found there with today's columns
-and exactly the manifest's row count is copied; anything else (no previous file, an older layout, an attach
-error, a count mismatch) reads the run's Parquet files, as a full build (`full=True`) always does. Storage
-stays the truth: the previous file only saves reading and sorting, and never fails a publish.
+is copied, and kept only if the copy has the content checksum the run's manifest records (`run_checksum`:
+row count and a hash over every stored value). Anything else (no previous file, an older layout, an attach
+error, a checksum that differs or cannot be compared) reads the run's Parquet files, as a full build
+(`full=True`) always does. Storage stays the truth: the previous file only saves reading and sorting, and
+never fails a publish; an edit made to it does not survive the next build.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import duckdb
 
 from batchml.publications import PublicationLog
+from batchml.run_checksum import STORED_TYPES, incomparable, mismatch, table_checksum
 from batchml.scoring import PredictionRun, get_run
 from batchml.storage import Storage
 
@@ -37,7 +40,7 @@ PREDICTION_SCHEMA = [
     ("reasons", "VARCHAR[]"), ("flags", "VARCHAR[]"),
 ]  # fmt: skip
 #: The columns stored per row (the others are the run's constants) and how they are read from run files.
-STORED = ("entity_id", "prediction", "predicted_class", "input_hash", "reasons", "flags")
+STORED = tuple(STORED_TYPES)
 _READ = "CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, input_hash, reasons, flags"
 _EMPTY = "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in PREDICTION_SCHEMA) + " WHERE false"
 _PREVIOUS = "previous"
@@ -112,21 +115,28 @@ class PreviousFile:
         return cls(con, {t for t, found in columns.items() if found == PREDICTION_SCHEMA}, attached=True)
 
     def copy(self, run: PredictionRun) -> bool:
-        """Fill `run`'s new table from the previous file if it holds the run in full; True if done."""
+        """Fill `run`'s new table from the previous file if it holds the run unchanged; True if done."""
         table = run_table(run)
         if table not in self.tables:
             return False
-        try:
-            found = self.con.execute(f"SELECT count(*) FROM {_PREVIOUS}.{table}").fetchone()
-            if not found or found[0] != run.rows:
-                log.info("previous file: %s rows of run %s, not %d", found, run.run_id, run.rows)
-                return False
-            stored = ", ".join(STORED)  # scan order is kept (preserve_insertion_order): still sorted
-            self.con.execute(f"INSERT INTO {table} ({stored}) SELECT {stored} FROM {_PREVIOUS}.{table}")
-            return True
-        except duckdb.Error as exc:  # a failed INSERT is rolled back whole: the run files fill it instead
-            log.info("could not copy run %s from the previous file: %s", run.run_id, exc)
+        recorded = run.manifest.get("content_checksum") or {}
+        why = incomparable(recorded)
+        if why:
+            log.info("not copying run %s from the previous serving file: %s", run.run_id, why)
             return False
+        stored = ", ".join(STORED)  # scan order is kept (preserve_insertion_order): still sorted
+        self.con.begin()
+        try:
+            self.con.execute(f"INSERT INTO {table} ({stored}) SELECT {stored} FROM {_PREVIOUS}.{table}")
+            why = mismatch(recorded, table_checksum(self.con, table))
+        except duckdb.Error as exc:
+            why = f"could not copy it: {exc}"
+        if why:  # rolled back whole: the run files fill the table instead
+            self.con.rollback()
+            log.warning("run %s in the previous serving file: %s; reading its files", run.run_id, why)
+            return False
+        self.con.commit()
+        return True
 
     def detach(self) -> None:
         """Detach the previous file (before the new one is checkpointed and closed)."""

@@ -28,6 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from batchml.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
 from batchml.names import refuse_credentials_in_url
+from batchml.records import seal, unseal
 from batchml.redact import install_dependency_log_filters, redact_url
 
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}")  # fullmatch: no trailing newline
@@ -140,14 +141,16 @@ class Storage:
         except FileNotFoundError:
             raise NotFoundError("file", relpath) from None
 
-    def read_json(self, relpath: str) -> Any:
-        """Parse a JSON file; IntegrityError naming it if it is not valid JSON (truncated, damaged)."""
+    def read_json(self, relpath: str) -> dict[str, Any]:
+        """A record `create_json` made, checked against its own hash (see `records`); IntegrityError naming
+        the file if it is not valid JSON (truncated, damaged) or was edited since."""
         data = self.read_bytes(relpath)
         try:
-            return json.loads(data)
+            parsed = json.loads(data)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             found = f"unparseable JSON ({exc})"
             raise IntegrityError(self.uri(relpath), "a valid JSON record", found) from None
+        return unseal(parsed, self.uri(relpath))
 
     def list_dir(self, relpath: str) -> list[str]:
         """Sorted names (not paths) directly under `relpath`; empty if it does not exist."""
@@ -229,9 +232,9 @@ class Storage:
             raise ConflictError(f"{self.uri(relpath)} already exists") from None
         self.fs.invalidate_cache(parent)
 
-    def create_json(self, relpath: str, obj: Any) -> None:
-        """`create` with a JSON document (sorted keys, so equal content gives equal bytes)."""
-        self.create(relpath, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+    def create_json(self, relpath: str, obj: dict[str, Any]) -> None:
+        """`create` with a JSON record sealed with its own hash (sorted keys: equal content, equal bytes)."""
+        self.create(relpath, json.dumps(seal(obj), indent=1, sort_keys=True).encode())
 
     def delete(self, relpath: str) -> None:
         """Remove a file if present (used only for files no manifest references)."""

@@ -12,6 +12,7 @@ import batchml
 from batchml import audit
 from batchml.cli import app
 from batchml.errors import DataError, NotFoundError
+from batchml.records import RECORD_HASH, seal
 from batchml.registry import Registry
 
 
@@ -63,8 +64,9 @@ def test_reproduce_detects_a_different_recipe(
 ) -> None:
     card_path = Path(project.storage.root, "models/default_risk/versions/000001.json")
     card = json.loads(card_path.read_text())
-    card["params"]["num_leaves"] = 7  # a card that does not describe how its model was made
-    card_path.write_text(json.dumps(card))
+    del card[RECORD_HASH]
+    card["params"]["num_leaves"] = 7  # a card that does not describe how its model was made, sealed as
+    card_path.write_text(json.dumps(seal(card)))  # a buggy writer would (a hand edit fails its hash)
     assert audit.reproduce(project.storage, "default_risk", 1)["identical"] is False
 
 

@@ -19,12 +19,14 @@ from typing import Any
 
 import duckdb
 import pytest
+from typer.testing import CliRunner
 
 import batchml
 from batchml import datasets, gc
+from batchml.cli import app
 from batchml.publications import PublicationLog
 from batchml.registry import RegistryReader
-from batchml.scoring import list_runs
+from batchml.scoring import get_run, list_runs
 from batchml.storage import FileEntry, Storage
 from batchml.testing import write_loans
 
@@ -275,6 +277,16 @@ def test_a_damaged_input_stops_scoring(
     assert list_runs(storage, MODEL) == []
 
 
+RECORD_KINDS = ["run manifest", "dataset manifest", "model card", "publication event", "alias event"]
+
+
+def _steps_reading_every_record(project: batchml.Project) -> list[Callable[[], object]]:
+    return [
+        lambda: batchml.publish(project, MODEL, batchml.score(project, MODEL).run_id),
+        lambda: batchml.rebuild_catalog(project),
+    ]
+
+
 def _record(project: batchml.Project, run: batchml.PredictionRun, kind: str) -> str:
     dataset = datasets.get_version(project.storage, "loans@latest").version
     return {
@@ -286,18 +298,62 @@ def _record(project: batchml.Project, run: batchml.PredictionRun, kind: str) -> 
     }[kind]
 
 
-@pytest.mark.parametrize(
-    "kind", ["run manifest", "dataset manifest", "model card", "publication event", "alias event"]
-)
+@pytest.mark.parametrize("kind", RECORD_KINDS)
 def test_an_unparseable_record_stops_scoring_publishing_and_rebuild(
     project: batchml.Project, published: batchml.PredictionRun, kind: str
 ) -> None:
     relpath = _record(project, published, kind)
     _damage(Path(project.storage.full_path(relpath)), "truncate")
-    for attempt in (
-        lambda: batchml.publish(project, MODEL, batchml.score(project, MODEL).run_id),
-        lambda: batchml.rebuild_catalog(project),
-    ):
+    for attempt in _steps_reading_every_record(project):
         with pytest.raises(batchml.IntegrityError, match=rf"{relpath}.*unparseable JSON"):
             attempt()
     assert _served(project) == ({published.run_id}, published.rows)  # still served, from the old file
+
+
+def _readers(project: batchml.Project, run: batchml.PredictionRun) -> dict[str, Callable[[], object]]:
+    """The library call that reads each kind of record."""
+    storage = project.storage
+    return {
+        "run manifest": lambda: get_run(storage, MODEL, run.run_id),
+        "dataset manifest": lambda: datasets.list_versions(storage, "loans"),
+        "model card": lambda: RegistryReader(storage).get(MODEL, 1),
+        "publication event": lambda: PublicationLog(storage).events(MODEL),
+        "alias event": lambda: RegistryReader(storage).events(MODEL),
+    }
+
+
+@pytest.mark.parametrize("kind", RECORD_KINDS)
+def test_a_hand_edited_record_is_detected_wherever_it_is_read(
+    project: batchml.Project, published: batchml.PredictionRun, kind: str
+) -> None:
+    """Valid JSON with one value changed (a forged row count, a rewritten actor) fails its own hash."""
+    relpath = _record(project, published, kind)
+    path = Path(project.storage.full_path(relpath))
+    record = json.loads(path.read_text())
+    field = "rows" if "rows" in record else "by" if "by" in record else "name"
+    record[field] = record[field] + 1 if isinstance(record[field], int) else f"{record[field]}-forged"
+    path.write_text(json.dumps(record, indent=1, sort_keys=True))
+    for attempt in [_readers(project, published)[kind], *_steps_reading_every_record(project)]:
+        with pytest.raises(batchml.IntegrityError, match=rf"{relpath}: expected record_sha256 "):
+            attempt()
+    result = CliRunner().invoke(
+        app, ["--config", str(project.base_dir / "batchml.toml"), "catalog", "rebuild"]
+    )
+    assert result.exit_code == 1 and result.exception is not None
+    assert result.stderr.count("\n") == 1 and relpath in result.stderr, result.stderr
+    assert _served(project) == ({published.run_id}, published.rows)  # still served, from the old file
+
+
+def test_a_record_without_its_own_hash_is_refused(
+    project: batchml.Project, champion: batchml.ModelVersion
+) -> None:
+    """Records written before they carried a hash (or stripped of it) are not trusted: pre-1.0, no upgrade."""
+    relpath = f"models/{MODEL}/versions/000001.json"
+    path = Path(project.storage.full_path(relpath))
+    record = json.loads(path.read_text())
+    record.pop("record_sha256", None)
+    path.write_text(json.dumps(record))
+    with pytest.raises(
+        batchml.IntegrityError, match=rf"{relpath}: expected a record_sha256 field, found none"
+    ):
+        RegistryReader(project.storage).get(MODEL, 1)

@@ -199,11 +199,11 @@ def test_commits_by_another_writer_are_seen_at_once(moto: MotoS3, bucket: str) -
     """No listing cache: a file committed by another process is visible to exists, open and verify."""
     url = f"s3://{bucket}/p"
     mine = Storage(url, endpoint_url=moto.endpoint)
-    mine.create("runs/m/manifests/a.json", b"{}")
+    mine.create_json("runs/m/manifests/a.json", {})
     assert mine.list_dir("runs/m/manifests") == ["a.json"]
     assert not mine.exists("runs/m/manifests/b.json")
     other = Storage(url, endpoint_url=moto.endpoint, skip_instance_cache=True)  # as another process would
-    other.create("runs/m/manifests/b.json", b'{"b": 1}')
+    other.create_json("runs/m/manifests/b.json", {"b": 1})
     entry = other.write_new("runs/m/r/part-0.parquet", b"data")
     assert mine.exists("runs/m/manifests/b.json")
     assert mine.read_json("runs/m/manifests/b.json") == {"b": 1}

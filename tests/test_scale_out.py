@@ -74,6 +74,7 @@ def test_partitioned_run_on_dask_equals_the_sequential_run(
     assert sequential.summary["quarantined"] > 3 and sequential.summary["warnings"]
     assert _rows(second, partitioned).equals(_rows(first, sequential))  # same rows, scores, hashes, flags
     assert partitioned.summary == sequential.summary  # same quarantine totals, rules, warnings, flags
+    assert partitioned.manifest["content_checksum"] == sequential.manifest["content_checksum"]  # any order
     quarantined = [
         pq.read_table(Path(p.storage.root, f.path))
         for p, r in ((first, sequential), (second, partitioned))

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import batchml
-from batchml import api, serving_build
+from batchml import api, run_checksum, serving_build
 from batchml.cli import app
 from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.serving import build_serving_db, connect_serving
@@ -245,6 +250,7 @@ def damage_previous(project: batchml.Project, how: str) -> None:
         duckdb.connect(str(target)).close()
     else:
         shutil.copy(link.resolve(), target)
+        target.chmod(0o644)
         with duckdb.connect(str(target)) as con:
             runs = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
             runs = [f'"{t}"' for t in runs if t.startswith("run__")]
@@ -301,3 +307,103 @@ def test_catalog_rebuild_is_full_unless_asked_for_incremental(
     assert incremental.exit_code == 0 and json.loads(incremental.stdout)["full"] is False
     assert run_file_reads == [published.run_id]
     assert fingerprint(batchml.connect(project))[:2] == (published.rows, published.run_id)
+
+
+# -- the serving file cannot be edited, and an edit does not survive -----------------------------------------
+
+_OPEN_AS = """
+import json, os, sys
+import duckdb
+path, uid = sys.argv[1], int(sys.argv[2])
+if os.geteuid() != uid:
+    os.setgid(uid)
+    os.setuid(uid)
+outcome = {}
+for mode, read_only in (("read-write", False), ("read-only", True)):
+    try:
+        duckdb.connect(path, read_only=read_only).close()
+        outcome[mode] = "opened"
+    except duckdb.Error as exc:
+        outcome[mode] = str(exc)
+print(json.dumps(outcome))
+"""
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_serving_dir() -> Iterator[Path]:
+    """A serving folder other users can reach (pytest's own folders are closed to them)."""
+    folder = Path(tempfile.mkdtemp(prefix="batchml-serving-"))
+    folder.chmod(0o755)
+    yield folder / "serving"
+    shutil.rmtree(folder)
+
+
+def test_serving_files_are_read_only_on_disk(
+    make_project: Callable[..., batchml.Project], loans_csv: Path, shared_serving_dir: Path
+) -> None:
+    """Mode 0444: even the account that owns the file (root aside) cannot open it read-write; readers can."""
+    toml = PROJECT_TOML.format(source=loans_csv).replace(
+        'root = "store"', f'root = "store"\nserving_dir = "{shared_serving_dir}"'
+    )
+    project = make_project(toml)
+    batchml.snapshot_dataset(project, "loans")
+    batchml.promote(project, "default_risk", batchml.train(project, "default_risk").version, reason="test")
+    batchml.publish(project, "default_risk", batchml.score(project, "default_risk").run_id)
+    current = batchml.database_path(project).resolve()
+    owner = NOBODY if os.geteuid() == 0 else os.geteuid()  # root ignores modes: test as a non-root owner
+    os.chown(current, owner, -1)
+    found = subprocess.run(
+        [sys.executable, "-c", _OPEN_AS, str(current), str(owner)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    outcome = json.loads(found.stdout)
+    assert outcome["read-only"] == "opened"
+    assert "Permission denied" in outcome["read-write"], outcome
+    assert current.parent == shared_serving_dir and current.stat().st_mode & 0o777 == 0o444
+    assert current.name.startswith("serving-") and not list(shared_serving_dir.glob(".building-*"))
+
+
+def test_a_forged_prediction_does_not_survive_the_next_publish(
+    project: batchml.Project,
+    published: batchml.PredictionRun,
+    run_file_reads: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Row counts still match after an UPDATE; the run's content checksum does not, so the run is re-read."""
+    current = batchml.database_path(project).resolve()
+    current.chmod(0o644)  # root, or the file's owner, can always do this
+    with duckdb.connect(str(current)) as con:
+        con.execute(f"UPDATE {serving_build.run_table(published)} SET prediction = 0.123456789")
+    run_file_reads.clear()
+    run = second_run(project)
+    with caplog.at_level(logging.WARNING, logger="batchml.serving_build"):
+        batchml.publish(project, "default_risk", run.run_id)
+    assert sorted(run_file_reads) == sorted([published.run_id, run.run_id])
+    assert f"run {published.run_id}" in caplog.text and "content checksum" in caplog.text
+    got = tables(project)
+    assert got["prediction_history"] == run_rows(project, published, run)
+    assert all(row[3] != 0.123456789 for row in got["past_predictions"])
+    run_file_reads.clear()
+    batchml.rebuild_catalog(project, full=False)  # the repaired file is copied again
+    assert run_file_reads == []
+
+
+def test_a_checksum_from_an_engine_that_hashes_differently_reads_the_run_files(
+    project: batchml.Project,
+    published: batchml.PredictionRun,
+    run_file_reads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a DuckDB upgrade that changes `hash`, builds cannot compare checksums: slower, never wrong."""
+    expected = tables(project)
+    monkeypatch.setattr(run_checksum, "_probe", lambda: "0123456789abcdef")  # the new engine's probe value
+    run_file_reads.clear()
+    with caplog.at_level(logging.INFO, logger="batchml.serving_build"):
+        batchml.rebuild_catalog(project, full=False)
+    assert run_file_reads == [published.run_id]
+    assert f"duckdb {duckdb.__version__}, which hashes differently" in caplog.text
+    assert tables(project) == expected

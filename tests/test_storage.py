@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,18 @@ def test_verify_names_a_damaged_file(storage: Storage, damage: str) -> None:
 
 def test_listing_a_missing_folder_is_empty(storage: Storage) -> None:
     assert storage.list_dir("nothing/here") == []
+
+
+def test_records_carry_their_own_hash(storage: Storage) -> None:
+    """What create_json stores reads back as written; any edit to it, even valid JSON, fails its hash."""
+    record = {"rows": 3, "at": datetime(2026, 1, 2, tzinfo=UTC), "files": [{"path": "a", "size": 1}]}
+    storage.create_json("m/run.json", record)
+    assert storage.read_json("m/run.json") == {**record, "at": "2026-01-02 00:00:00+00:00"}
+    stored = json.loads(storage.read_bytes("m/run.json"))
+    assert set(stored) == {*record, "record_sha256"}
+    stored["rows"] = 4
+    storage.create("m/edited.json", json.dumps(stored).encode())
+    with pytest.raises(IntegrityError, match=r"m/edited\.json: expected record_sha256 [0-9a-f]{64}, found"):
+        storage.read_json("m/edited.json")
+    with pytest.raises(TypeError, match="record_sha256"):
+        storage.create_json("m/twice.json", stored)  # a record is sealed once, by storage

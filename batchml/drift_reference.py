@@ -111,19 +111,24 @@ def profile_rows(
     return result
 
 
-def dataset_reference(storage: Storage, model: ModelVersion, booster: lgb.Booster) -> dict[str, Any]:
-    """The reference of `model` (its card: features, task, classes, dataset version), scored by `booster`.
-
-    Features missing from the dataset version are left out, and then so are the predictions (the model
-    needs every input to predict).
-    """
+def reference_dataset(model: ModelVersion) -> str:
+    """The dataset version whose rows are `model`'s reference: the one it was trained (or registered) on."""
     ref = model.card.get("dataset_version")
     if not ref:
         raise DataError(
             f"model {model.ref} has no training profile in its card and no dataset version to compute one "
             "from: register it with dataset='NAME@VERSION' (or train it with batchml) to monitor drift"
         )
-    version = datasets.get_version(storage, str(ref))
+    return str(ref)
+
+
+def dataset_reference(storage: Storage, model: ModelVersion, booster: lgb.Booster) -> dict[str, Any]:
+    """The reference of `model` (its card: features, task, classes, dataset version), scored by `booster`.
+
+    Features missing from the dataset version are left out, and then so are the predictions (the model
+    needs every input to predict).
+    """
+    version = datasets.get_version(storage, reference_dataset(model))
     features = [f for f in model.features if f.name in version.columns]
     columns = [f.name for f in features]
 

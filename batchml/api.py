@@ -12,6 +12,7 @@ import duckdb
 
 from batchml import datasets, gates
 from batchml.datasets import DatasetVersion
+from batchml.drift_reference import training_reference
 from batchml.errors import BatchMLError, ConfigError, QueryTimeoutError, ReadOnlyError
 from batchml.eventlog import now
 from batchml.expectations import check_training_data
@@ -84,7 +85,7 @@ def train(
     gates.validate(model, spec, table.schema)  # a bad gate config fails before the fit, naming the value
     result = training.fit(table, spec, params)
     gate_report = gates.run(model, spec, result, registry)
-    card = {
+    card: dict[str, Any] = {
         "origin": "batchml.train",
         "training_key": key,
         "spec": spec.model_dump(mode="json", by_alias=True),
@@ -114,6 +115,7 @@ def train(
         "created_at": now(),
         **actor(),
     }
+    card["profile"]["reference"] = training_reference(project.storage, model, card, result.booster)
     return registry.register(model, result.booster, card)
 
 

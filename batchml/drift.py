@@ -1,18 +1,20 @@
 """Drift of a prediction run against its model's training reference, recorded once per run.
 
-    monitoring/<model>/<run_id>/drift.json          the run's drift result; creating it records it (immutable)
-    monitoring/<model>/reference/v<version>.json    a reference profile computed for a card without one
+    monitoring/<model>/<run_id>/drift-all-rows.json    the run's drift; creating it records it (immutable)
 
 The current side is the run's scoring input (the dataset version in its manifest, streamed with only the
-model's feature columns) and its predictions (the run's Parquet files); the reference is the card's profile
-(`card["profile"]`: training rows for the features, held-out predictions). Statistics are in
-`batchml.drift_stats`. A feature drifts when any of its statistics exceeds its threshold; the run's verdict is
-"drifted" when the share of drifted features exceeds `max_drifted_share`.
+model's feature columns) and its predictions (the run's Parquet files). The reference is like for like
+(`batchml.drift_reference`): every row of the model's training dataset version and the model's predictions on
+them, so scoring the training data again drifts nothing. Statistics are in `batchml.drift_stats`. A feature
+drifts when any of its statistics exceeds its threshold; the run's verdict is "drifted" when the share of
+drifted features exceeds `max_drifted_share`. This verdict is the one alerts and retraining act on.
+
+Records made before the reference was like for like (`drift.json`, against the held-out predictions) are
+not read: their verdicts may be false alarms, so a run's drift is computed again against the new reference.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Iterable
@@ -26,13 +28,12 @@ import pyarrow.parquet as pq
 
 from batchml import datasets
 from batchml.config import DriftConfig
-from batchml.drift_stats import Counter, ProfileBuilder, counter_for, counters_for, fold_batch, profile_stream
+from batchml.drift_reference import reference_profile
+from batchml.drift_stats import Counter, counter_for, counters_for, fold_batch, profile_stream
 from batchml.errors import ConflictError, DataError
 from batchml.eventlog import now
-from batchml.features import encode
 from batchml.names import check_name
-from batchml.profiles import numeric_profile, prediction_values
-from batchml.registry import ModelVersion, RegistryReader
+from batchml.registry import RegistryReader
 from batchml.scoring import get_run
 from batchml.storage import Storage
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 131_072
 PREDICTION = "prediction"
+#: The name of a run's drift record; it names the reference, so records against an older one are not reused.
+RECORD = "drift-all-rows.json"
 #: Which DriftConfig field (or per-feature override key) sets each statistic's threshold.
 THRESHOLD_KEYS: dict[str, str] = {"psi": "psi", "ks_binned": "ks", "js": "js"}
 
@@ -53,7 +56,7 @@ class DriftResult:
     reused: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in `drift.json`."""
+        """The JSON form stored in the run's drift record."""
         return {"kind": "drift", "summary": self.summary, "metrics": self.metrics}
 
     @classmethod
@@ -95,6 +98,7 @@ def _result(
     prediction: Counter | None,
     config: DriftConfig,
     context: dict[str, Any],
+    reference: dict[str, Any] | None = None,
 ) -> DriftResult:
     at = now()
     metrics = _rows(counters, config, context, at)
@@ -113,45 +117,16 @@ def _result(
             any(r["drifted"] for r in metrics if r["feature"] == PREDICTION) if prediction else None
         ),
         "verdict": "drifted" if share > config.max_drifted_share else "stable",
+        "reference": reference,
         "computed_at": at,
     }
     return DriftResult(metrics=metrics, summary=summary)
 
 
-def reference_profile(storage: Storage, model: ModelVersion) -> dict[str, Any]:
-    """The card's profile, or one computed (once, then stored) from the card's dataset version."""
-    profile = model.card.get("profile")
-    if profile and profile.get("features"):
-        return dict(profile)
-    path = f"monitoring/{model.name}/reference/v{model.version:06d}.json"
-    if storage.exists(path):
-        return dict(storage.read_json(path))
-    ref = model.card.get("dataset_version")
-    if not ref:
-        raise DataError(
-            f"model {model.ref} has no training profile in its card and no dataset version to compute one "
-            "from: register it with dataset='NAME@VERSION' (or train it with batchml) to monitor drift"
-        )
-    version = datasets.get_version(storage, ref)
-    features = [f for f in model.features if f.name in version.columns]
-    numeric = [f for f in features if f.kind == "numeric"]
-    builder = ProfileBuilder([f.name for f in numeric], [f.name for f in features if f.kind != "numeric"])
-    for batch in datasets.iter_batches(storage, version, [f.name for f in features], BATCH_ROWS):
-        builder.add(encode(batch, numeric), {f.name: batch.column(f.name) for f in features})
-    profile = {"rows": builder.rows, "split": "all", "source": ref, "features": builder.profiles()}
-    if len(numeric) == len(model.features):  # the sample holds every model input: score it for a reference
-        booster = RegistryReader(storage).load_booster(model)
-        raw = np.asarray(booster.predict(builder.sample()))
-        profile["predictions"] = {"split": "sample", **numeric_profile(prediction_values(raw))}
-    with contextlib.suppress(ConflictError):  # a concurrent monitor stored the same derivation first
-        storage.create_json(path, profile)
-    return profile
-
-
 def compute_run_drift(
     storage: Storage, model: str, run_id: str, config: DriftConfig | None = None
 ) -> DriftResult:
-    """Drift of run `run_id` of `model`: its input features and predictions against the training profile."""
+    """Drift of run `run_id` of `model`: its input features and predictions against the model's reference."""
     config = config or DriftConfig()
     run = get_run(storage, check_name("model", model), run_id)
     version = RegistryReader(storage).get(model, int(run.manifest["model_version"]))
@@ -170,7 +145,8 @@ def compute_run_drift(
                     values = batch.column(0).to_numpy(zero_copy_only=False)
                     prediction.add(np.asarray(values, dtype=np.float64))
     context = {"model": model, "version": version.version, "run_id": run_id}
-    return _result(counters, prediction, config, context)
+    reference = {"dataset_version": profile.get("dataset_version"), "rows": profile.get("rows")}
+    return _result(counters, prediction, config, context, reference)
 
 
 def drift_between(
@@ -197,7 +173,7 @@ def drift_between(
 
 
 def _path(model: str, run_id: str) -> str:
-    return f"monitoring/{check_name('model', model)}/{run_id}/drift.json"
+    return f"monitoring/{check_name('model', model)}/{run_id}/{RECORD}"
 
 
 def load_drift(storage: Storage, model: str, run_id: str) -> DriftResult | None:
@@ -207,7 +183,7 @@ def load_drift(storage: Storage, model: str, run_id: str) -> DriftResult | None:
 
 
 def record_drift(storage: Storage, result: DriftResult) -> str:
-    """Write `result` to `monitoring/<model>/<run_id>/drift.json` once; a second write keeps the first."""
+    """Write `result` to the run's drift record once; a second write keeps the first."""
     path = _path(str(result.summary["model"]), str(result.summary["run_id"]))
     try:
         storage.create_json(path, result.to_dict())
@@ -234,7 +210,7 @@ def list_drift(storage: Storage) -> list[DriftResult]:
     found = []
     for model in storage.list_dir("monitoring"):
         for run_id in storage.list_dir(f"monitoring/{model}"):
-            if storage.exists(path := f"monitoring/{model}/{run_id}/drift.json"):
+            if storage.exists(path := f"monitoring/{model}/{run_id}/{RECORD}"):
                 found.append(DriftResult.from_dict(storage.read_json(path), reused=True))
     return sorted(found, key=lambda r: (r.summary["model"], r.summary["computed_at"]))
 

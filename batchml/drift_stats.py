@@ -70,10 +70,12 @@ class NumericCounter:
         self.nulls = 0
 
     def add(self, values: np.ndarray) -> None:
-        """Fold one batch of values (NaN counts as null)."""
-        null = np.isnan(values)
-        self.nulls += int(np.count_nonzero(null))
-        present = values[~null] if null.any() else values
+        """Fold one batch of values (NaN counts as null; infinities, as in profiles, are not counted)."""
+        finite = np.isfinite(values)
+        present = values
+        if not finite.all():
+            self.nulls += int(np.count_nonzero(np.isnan(values)))
+            present = values[finite]
         bins = np.searchsorted(self.inner, present, side="right")
         self.counts += np.bincount(bins, minlength=len(self.counts))
 

@@ -1,4 +1,4 @@
-"""Data profiles for the model card: what the training data and the held-out predictions looked like.
+"""Data profiles for the model card: what the data the model was fit on looked like.
 
 A profile describes each feature as the model saw it (after encoding, so numbers are in the model's units):
 
@@ -122,14 +122,9 @@ def feature_profile(table: pa.Table, features: list[Feature]) -> dict[str, dict[
     return profiles
 
 
-def prediction_values(raw: np.ndarray) -> np.ndarray:
-    """What scoring stores as `prediction`: the value, or the probability of the predicted class."""
-    raw = np.asarray(raw, dtype=np.float64)
-    return raw.max(axis=1) if raw.ndim == 2 else raw
-
-
 def training_profile(result: TrainResult) -> dict[str, Any]:
-    """The card's profile: features over the rows the model was fit on, predictions on the held-out split."""
+    """The card's profile of the rows the model was fit on (the drift reference is added beside it, as
+    `reference`, by `batchml.drift_reference`: every row of the dataset version, with predictions)."""
     if result.holdout is None:
         return {}
     train_rows = result.holdout.train_table
@@ -137,10 +132,6 @@ def training_profile(result: TrainResult) -> dict[str, Any]:
         "rows": train_rows.num_rows,
         "split": "train",
         "features": feature_profile(train_rows, result.features),
-        "predictions": {
-            "split": "held_out",
-            **numeric_profile(prediction_values(result.holdout.raw)),
-        },
     }
 
 

@@ -4,21 +4,21 @@
     monitoring/<model>/<run_id>/report-<id>.json    Evidently's snapshot (`Snapshot.loads` reads it back)
     monitoring/<model>/<run_id>/report_meta.json    what was compared and sampled; creating it commits
 
-Reference = the model version's training dataset version, scored with that version (predictions on the
-training data are not stored). Current = the run's input dataset version joined on entity id with the run's
-predictions. Each side is a seeded sample of at most `sample_rows` rows, read one Parquet row group at a
-time (groups and files holding no sampled row are skipped); the report says so at its top and in the
-snapshot's metadata. Every file is written once (put-if-absent); rendering a run again returns the first.
+Reference = the rows of `batchml drift`'s reference (every row of the model version's training dataset
+version), scored with that version (predictions on the training data are not stored). Current = the run's
+input dataset version joined on entity id with the run's predictions. Each side is a seeded sample of at most
+`sample_rows` rows, read one Parquet row group at a time (groups and files holding no sampled row are
+skipped); the report says so at its top and in the snapshot's metadata. Drift is judged per column with
+the methods and thresholds of the run's recorded `batchml drift` result (`batchml.report_drift`), whose
+verdict, the one alerts act on, heads the report. Every file is written once (put-if-absent); rendering a
+run again returns the first.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
-import re
 import uuid
-import warnings
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,10 +29,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchml import datasets
+from batchml.config import DriftConfig
+from batchml.drift import monitor_run
+from batchml.drift_reference import reference_dataset
 from batchml.errors import ConflictError, DataError
 from batchml.features import Feature, encode
 from batchml.names import check_name
 from batchml.registry import ModelVersion, RegistryReader
+from batchml.report_render import drift_meta, evidently_drift, render_html, verdict_lines
 from batchml.scorer import predict_rows
 from batchml.scoring import PredictionRun, get_run
 from batchml.storage import FileEntry, Storage
@@ -44,7 +48,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_ROWS = 50_000
 DEFAULT_SEED = 7
-_ROOT_DIV = re.compile(r"<body>(\s*<div id=\"root_)")
 
 
 @dataclass(frozen=True)
@@ -202,15 +205,6 @@ def _describe(side: str, what: str, sampled: int, total: int, seed: int) -> str:
     return f"{side}: {what}, a seeded random sample of {sampled:,} of {total:,} rows (seed {seed})."
 
 
-def _banner(title: str, lines: list[str]) -> str:
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-    return (
-        '<div id="batchml-report-note" style="font-family: sans-serif; margin: 16px; padding: 12px 16px; '
-        'background: #f3f6fa; border-left: 4px solid #4d6fa8">'
-        f'<h2 style="margin: 0 0 8px 0">{html.escape(title)}</h2><ul style="margin: 0">{items}</ul></div>'
-    )
-
-
 def _reference_frame(
     storage: Storage,
     registry: RegistryReader,
@@ -263,12 +257,14 @@ def render_run_report(
     run_id: str,
     sample_rows: int = DEFAULT_SAMPLE_ROWS,
     seed: int = DEFAULT_SEED,
+    config: DriftConfig | None = None,
 ) -> ReportRef:
     """Render (once) the Evidently drift + summary report of prediction run `run_id` of `model`.
 
-    Returns the existing report if the run has one (also when a concurrent render commits first); a render
-    that dies midway leaves only unreferenced files, which the next render ignores. NotFoundError if the run
-    does not exist.
+    The run's drift is judged as its recorded `batchml drift` result did (computed and recorded first, with
+    `config`, if it is not yet). Returns the existing report if the run has one (also when a concurrent
+    render commits first); a render that dies midway leaves only unreferenced files, which the next render
+    ignores. NotFoundError if the run does not exist.
     """
     existing = load_report(storage, model, run_id)
     if existing is not None:
@@ -281,19 +277,22 @@ def render_run_report(
     paths = {kind: f"{folder}/report-{attempt}.{kind}" for kind in ("html", "json")}
     registry = RegistryReader(storage)
     version = registry.get(model, run.manifest["model_version"])
-    reference = datasets.get_version(storage, str(version.card["dataset_version"]))
+    drift = monitor_run(storage, model, run_id, config)
+    reference = datasets.get_version(storage, reference_dataset(version))
     current = datasets.get_version(storage, str(run.manifest["dataset_version"]))
     reference_frame = _reference_frame(storage, registry, version, reference, sample_rows, seed)
     current_frame = _current_frame(storage, version, run, current, sample_rows, seed)
+    tests = evidently_drift(drift, version.features, _column_names(version.features)[0])
     trained = f"training data {reference.ref} of {version.ref}, scored by it"
     lines = [
+        *verdict_lines(drift, tests),
         _describe("Reference", trained, len(reference_frame), reference.rows, seed),
         _describe("Current", f"run {run_id} on {current.ref}", len(current_frame), run.rows, seed),
         f"Sample limit: {sample_rows:,} rows per side. Numeric features as the model encodes them.",
     ]
     title = f"batchml report: {version.ref}, prediction run {run_id}"
     created_at = datetime.now(UTC)
-    html_text, snapshot_json = _render(reference_frame, current_frame, title, lines, created_at)
+    html_text, snapshot_json = render_html(reference_frame, current_frame, title, lines, created_at, tests)
     html_bytes, json_bytes = html_text.encode(), snapshot_json.encode()
     entries = {
         kind: FileEntry(paths[kind], hashlib.sha256(data).hexdigest(), len(data))
@@ -316,6 +315,7 @@ def render_run_report(
         },
         "sample_rows": sample_rows,
         "seed": seed,
+        "drift": drift_meta(drift.summary, tests),
         "note": " ".join(lines),
         "html": entries["html"].to_dict(),
         "json": entries["json"].to_dict(),
@@ -335,36 +335,3 @@ def render_run_report(
         raise
     log.info("report of run %s of %s: %s", run_id, model, storage.uri(paths["html"]))
     return _ref(storage, meta)
-
-
-def _render(
-    reference: pd.DataFrame, current: pd.DataFrame, title: str, lines: list[str], at: datetime
-) -> tuple[str, str]:
-    """Evidently's HTML (with the sampling note on top) and its JSON snapshot."""
-    with warnings.catch_warnings():  # evidently's imports warn about numpy/litestar internals, not ours
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from evidently import DataDefinition, Dataset, Report  # deferred: importing evidently takes seconds
-        from evidently.presets import DataDriftPreset, DataSummaryPreset
-
-    import pandas as pd
-
-    numeric = [c for c in reference.columns if pd.api.types.is_numeric_dtype(reference[c])]
-    categorical = [c for c in reference.columns if c not in numeric]
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    report = Report(
-        [DataDriftPreset(columns=list(reference.columns)), DataSummaryPreset()],
-        metadata={"batchml_title": title, "batchml_sample_note": " ".join(lines)},
-        tags=["batchml"],
-    )
-    snapshot = report.run(
-        Dataset.from_pandas(current, data_definition=definition),
-        Dataset.from_pandas(reference, data_definition=definition),
-        timestamp=at.replace(tzinfo=None),
-        name=title,
-    )
-    page = snapshot.get_html_str(as_iframe=False)
-    banner = _banner(title, lines)
-    page, found = _ROOT_DIV.subn(lambda m: f"<body>{banner}{m.group(1)}", page, count=1)
-    if not found:
-        raise DataError("Evidently's HTML has no <body> with its root <div>: cannot add the sampling note")
-    return page, snapshot.dumps()

@@ -41,12 +41,14 @@ def drift(model: str, run_id: str, config: str | None) -> dict[str, Any]:
 
 @batch_task
 def evidently_report(model: str, run_id: str, config: str | None) -> dict[str, Any]:
-    """The Evidently report (HTML + JSON snapshot) of run `run_id`."""
+    """The Evidently report (HTML + JSON snapshot) of run `run_id`, judged as its drift was."""
     from batchml.reports import render_run_report
 
     project = open_project(config)
-    rows = project.config.model(model).monitoring.report_sample_rows
-    ref = render_run_report(project.storage, model, run_id, rows)
+    monitoring = project.config.model(model).monitoring
+    ref = render_run_report(
+        project.storage, model, run_id, monitoring.report_sample_rows, config=monitoring.drift
+    )
     return {"html_uri": str(ref.html_uri), "json_uri": str(ref.json_uri)}
 
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import batchml
 from batchml import alerts
-from batchml.config import MonitoringConfig, RetrainConfig
+from batchml.config import DriftConfig, MonitoringConfig, RetrainConfig
+from batchml.drift import monitor_run
 from batchml.registry import RegistryReader
 
 DRIFTED = {"verdict": "drifted", "drifted_share": 0.5, "max_drifted_share": 0.3, "prediction_drifted": True}
@@ -82,3 +83,12 @@ def test_retrain_triggers_are_debounced_and_exclusive(project: batchml.Project) 
     assert [r["outcome"] and r["outcome"]["status"] for r in listed] == ["held_back", None]
     tables = alerts.catalog_tables(project.storage)
     assert tables["retrains"].column("status").to_pylist() == ["held_back", "running"]
+
+
+def test_the_training_data_scored_again_is_no_breach(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    """The published run scored the model's own training data (default time split): no drift, no alert."""
+    version = RegistryReader(project.storage).get("default_risk", 1)
+    drift = monitor_run(project.storage, "default_risk", published.run_id, DriftConfig()).summary
+    assert alerts.find_breaches("default_risk", version, published.run_id, MonitoringConfig(), drift) == []

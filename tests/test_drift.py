@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 import batchml
 from batchml.cli import app
 from batchml.config import DriftConfig
-from batchml.drift import compute_run_drift, drift_between, load_drift, monitor_run, record_drift
+from batchml.drift import RECORD, compute_run_drift, drift_between, load_drift, monitor_run, record_drift
 from batchml.drift_stats import js_distance, ks_binned, psi
 from batchml.errors import DataError
+from batchml.registry import RegistryReader
 from batchml.testing import generate_loans
 from tests.conftest import PROJECT_TOML
 
@@ -72,6 +73,21 @@ def test_scoring_the_training_data_shows_no_drift(hashed: batchml.Project) -> No
     assert (row["model"], row["version"], row["run_id"]) == ("default_risk", 1, run.run_id)
 
 
+def test_scoring_the_training_data_of_a_time_split_model_drifts_nothing(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    """The demo set-up (time split: the held-out rows are the latest, drifted ones) scores its own training
+    data: the reference is like for like, so every statistic is zero, for every feature and the prediction."""
+    model = RegistryReader(project.storage).get("default_risk", 1)
+    assert published.manifest["dataset_version"] == model.card["dataset_version"]
+    result = compute_run_drift(project.storage, "default_risk", published.run_id)
+    summary = result.summary
+    assert summary["prediction_drifted"] is False, [(r["statistic"], r["value"]) for r in result.metrics[-2:]]
+    assert summary["verdict"] == "stable" and summary["drifted_columns"] == []
+    assert {r["feature"] for r in result.metrics} == {f.name for f in model.features} | {"prediction"}
+    assert [r for r in result.metrics if r["value"] != 0.0] == []
+
+
 def test_a_shifted_dataset_drifts_with_its_predictions(hashed: batchml.Project, tmp_path: Path) -> None:
     run = shifted_run(hashed, tmp_path)
     result = compute_run_drift(hashed.storage, "default_risk", run.run_id)
@@ -116,7 +132,7 @@ def test_monitor_run_records_once(project: batchml.Project, published: batchml.P
     assert load_drift(storage, "default_risk", run_id) is None
     first = monitor_run(storage, "default_risk", run_id, DriftConfig())
     assert not first.reused
-    path = f"monitoring/default_risk/{run_id}/drift.json"
+    path = f"monitoring/default_risk/{run_id}/{RECORD}"
     stored = storage.read_bytes(path)
     again = monitor_run(storage, "default_risk", run_id, DriftConfig(psi=0.01))  # a record is not recomputed
     assert again.reused and again.summary == first.summary and again.metrics == first.metrics
@@ -148,6 +164,7 @@ def test_cli_prints_the_table_and_the_verdict(
     done = runner.invoke(app, ["--config", config, "drift", "default_risk"])
     assert done.exit_code == 0, done.output
     assert "credit_score" in done.output and "ks_binned" in done.output and "verdict:" in done.output
+    assert "reference: every row of loans@" in done.output and "(4,000 rows)" in done.output
     done = runner.invoke(
         app, ["--config", config, "drift", "default_risk", "--run", published.run_id, "--json"]
     )
@@ -159,26 +176,33 @@ def test_cli_prints_the_table_and_the_verdict(
     assert done.exit_code == 1 and "not found" in done.output
 
 
-def _numeric_booster(project: batchml.Project) -> lgb.Booster:
-    frame = generate_loans(2000, seed=5)
-    data = lgb.Dataset(frame.select(NUMERIC).to_numpy(), frame["defaulted"].to_numpy(), feature_name=NUMERIC)
+def _booster(features: list[str]) -> lgb.Booster:
+    frame = generate_loans(2000, seed=5).to_pandas()
+    for name in features:
+        if frame[name].dtype == object:
+            frame[name] = frame[name].astype("category")
+    data = lgb.Dataset(frame[features], frame["defaulted"], feature_name=features)
     return lgb.train({"objective": "binary", "num_iterations": 5, "verbosity": -1}, data)
 
 
 def test_registered_model_without_profile(project: batchml.Project) -> None:
     dv = batchml.snapshot_dataset(project, "loans")
-    booster = _numeric_booster(project)
+    booster = _booster(NUMERIC)
     bare = batchml.register_model(project, "bare", booster, entity_id="loan_id")
     run = batchml.score(project, "bare", alias=None, version=bare.version, dataset=dv.ref)
     with pytest.raises(DataError, match=r"no training profile .* no dataset version"):
         compute_run_drift(project.storage, "bare", run.run_id)
 
+    # With its dataset, the reference is computed once from every row of it, scored: zero drift on those rows.
+    booster = _booster([*NUMERIC, "region", "purpose"])
     lineage = batchml.register_model(project, "lineage", booster, entity_id="loan_id", dataset=dv.ref)
     run = batchml.score(project, "lineage", alias=None, version=lineage.version, dataset=dv.ref)
     result = compute_run_drift(project.storage, "lineage", run.run_id)
-    assert result.summary["verdict"] == "stable" and result.summary["features"] == len(NUMERIC)
-    assert result.summary["prediction_drifted"] is False  # reference predictions: the scored sample
-    assert project.storage.exists("monitoring/lineage/reference/v000001.json")
+    assert result.summary["verdict"] == "stable" and result.summary["features"] == len(NUMERIC) + 2
+    assert result.summary["prediction_drifted"] is False
+    assert result.summary["reference"] == {"dataset_version": dv.ref, "rows": dv.rows}
+    assert [r for r in result.metrics if r["value"] != 0.0] == []
+    assert project.storage.exists("monitoring/lineage/reference/v000001-all-rows.json")
 
 
 def test_drift_between_two_tables() -> None:

@@ -344,6 +344,21 @@ def _drifted_source(loans_csv: Path, path: Path) -> str:
 
 
 @pytest.mark.slow
+def test_monitor_on_unchanged_data_raises_no_alert_and_does_not_retrain(
+    prefect_api: None, project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    """The published run scored the training data itself: nothing drifted, so nothing is retrained."""
+    from flows.monitor import monitor
+
+    result = monitor("default_risk", config=_config(project))
+    assert result["run_id"] == published.run_id
+    assert result["drift"]["verdict"] == "stable" and result["drift"]["prediction_drifted"] is False
+    assert result["alerts"] == [] and result["new_alerts"] == [] and result["retrain"] is None
+    assert len(RegistryReader(project.storage).list_versions("default_risk")) == 1
+    assert PublicationLog(project.storage).current("default_risk") == published.run_id
+
+
+@pytest.mark.slow
 def test_monitor_alerts_on_drift_and_retrains_once(
     prefect_api: None,
     project: batchml.Project,

@@ -1,4 +1,4 @@
-"""Data profiles in the model card: numbers, categories and held-out predictions, strict JSON."""
+"""Data profiles in the model card: numbers, categories and the drift reference, strict JSON."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from batchml.profiles import (
     feature_profile,
     numeric_profile,
     numeric_ranges,
-    prediction_values,
 )
 
 
@@ -80,11 +79,6 @@ def test_feature_profile_uses_the_models_encoding() -> None:
     assert numeric_ranges({"features": profile}) == {"amount": (10.0, 40.0), "flag": (0.0, 1.0)}
 
 
-def test_prediction_values_match_what_scoring_stores() -> None:
-    assert prediction_values(np.array([0.2, 0.7])).tolist() == [0.2, 0.7]
-    assert prediction_values(np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])).tolist() == [0.5, 0.6]
-
-
 def test_model_card_holds_the_training_profile(champion: batchml.ModelVersion) -> None:
     card = champion.card
     profile = card["profile"]
@@ -99,7 +93,16 @@ def test_model_card_holds_the_training_profile(champion: batchml.ModelVersion) -
     region = profile["features"]["region"]
     assert region["kind"] == "categorical" and math.isclose(sum(region["categories"].values()), 1.0)
     assert set(region["categories"]) == {"north", "south", "east", "west", "central", "islands"}
-    predictions = profile["predictions"]
-    assert predictions["split"] == "held_out" and predictions["count"] == card["split"]["test_rows"]
+    assert "predictions" not in profile  # predictions of the held-out rows alone are no drift reference
+
+    reference = profile["reference"]  # the drift reference: every row of the dataset version, scored
+    rows = card["split"]["train_rows"] + card["split"]["test_rows"]
+    assert (reference["split"], reference["dataset_version"], reference["rows"]) == (
+        "all", card["dataset_version"], rows
+    )  # fmt: skip
+    assert set(reference["features"]) == set(profile["features"])
+    assert sum(reference["features"]["amount"]["histogram"]["counts"]) == rows
+    predictions = reference["predictions"]
+    assert predictions["count"] == sum(predictions["histogram"]["counts"]) == rows
     assert 0.0 <= predictions["min"] <= predictions["mean"] <= predictions["max"] <= 1.0
     json.dumps(profile, allow_nan=False)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -18,7 +20,10 @@ from typer.testing import CliRunner
 
 import batchml
 from batchml.cli import app
+from batchml.config import DriftConfig
+from batchml.drift import DriftResult, load_drift, monitor_run
 from batchml.errors import InvalidNameError, NotFoundError
+from batchml.report_render import least_drifted
 from batchml.reports import ReportRef, _sample_files, _sample_positions, load_report, render_run_report
 from batchml.storage import Storage
 from batchml.testing import write_loans
@@ -37,16 +42,28 @@ def shifted_run(published: batchml.PredictionRun, project: batchml.Project, tmp_
     return batchml.score(project, MODEL).run_id
 
 
-def _drift_p_values(ref: ReportRef) -> dict[str, float]:
+def _evidently_verdicts(ref: ReportRef) -> dict[str, dict[str, Any]]:
+    """Per column Evidently judged for drift: its method, value, threshold and whether it drifted."""
     from evidently.core.report import Snapshot
 
-    snapshot = Snapshot.loads(Path(ref.json_uri).read_text())
-    values = {}
-    for metric in snapshot.dict()["metrics"]:
+    verdicts = {}
+    for metric in Snapshot.loads(Path(ref.json_uri).read_text()).dict()["metrics"]:
         config = metric["config"]
         if config["type"].endswith("ValueDrift"):
-            values[config["column"]] = metric["value"]
-    return values
+            method, value, limit = config["method"], float(metric["value"]), float(config["threshold"])
+            drifted = value < limit if "p_value" in method else value >= limit
+            verdicts[config["column"]] = {
+                "method": method,
+                "value": value,
+                "threshold": limit,
+                "drifted": drifted,
+            }
+    return verdicts
+
+
+def _batchml_flags(result: DriftResult) -> set[str]:
+    summary = result.summary
+    return set(summary["drifted_columns"]) | ({"prediction"} if summary["prediction_drifted"] else set())
 
 
 def test_report_is_sampled_says_so_and_is_written_once(project: batchml.Project, shifted_run: str) -> None:
@@ -65,14 +82,56 @@ def test_report_is_sampled_says_so_and_is_written_once(project: batchml.Project,
     snapshot = json.loads(Path(ref.json_uri).read_text())
     assert note in snapshot["metadata"]["batchml_sample_note"]
 
-    p_values = _drift_p_values(ref)  # features and the prediction, as Evidently judged them
-    assert {"amount", "credit_score", "region", "prediction", "predicted_class"} <= set(p_values)
-    assert p_values["amount"] < 0.001 and p_values["credit_score"] < 0.001
+    verdicts = _evidently_verdicts(ref)  # features and the prediction, as Evidently judged them
+    assert {"amount", "credit_score", "region", "prediction"} <= set(verdicts)
+    assert "predicted_class" not in verdicts  # batchml drift judges the prediction, not the class it implies
+    assert verdicts["amount"]["drifted"] and verdicts["credit_score"]["drifted"]
 
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
     assert render_run_report(storage, MODEL, shifted_run, sample_rows=50) == ref  # no re-render
     assert load_report(storage, MODEL, shifted_run) == ref
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
+
+
+def test_report_and_batchml_drift_agree_on_what_drifted(
+    project: batchml.Project, published: batchml.PredictionRun, shifted_run: str
+) -> None:
+    """The training data scored again: neither flags anything. A shifted dataset: both flag the same columns,
+    judged by the same methods where Evidently has them, at the thresholds of the config."""
+    storage = project.storage
+    config = DriftConfig(js=0.12, max_drifted_share=0.2, features={"amount": {"psi": 3.0, "ks": 1.0}})
+    for run_id in (published.run_id, shifted_run):
+        ref = render_run_report(storage, MODEL, run_id, config=config)  # records batchml's drift first
+        drift = load_drift(storage, MODEL, run_id)
+        assert drift is not None
+        verdicts = _evidently_verdicts(ref)
+        flagged = {column for column, verdict in verdicts.items() if verdict["drifted"]}
+        assert flagged == _batchml_flags(drift), (run_id, verdicts, drift.summary)
+        assert set(verdicts) == {r["feature"] for r in drift.metrics}  # the same columns, no others
+        assert {c: v["method"] for c, v in verdicts.items() if c in {"amount", "region", "prediction"}} == {
+            "amount": "psi", "region": "jensenshannon", "prediction": "psi"
+        }  # fmt: skip
+        assert verdicts["amount"]["threshold"] == 3.0 and verdicts["credit_score"]["threshold"] == 0.2
+        assert verdicts["region"]["threshold"] == pytest.approx(0.12 * math.sqrt(math.log(2)))
+        meta = json.loads(
+            (Path(storage.root) / "monitoring" / MODEL / run_id / "report_meta.json").read_text()
+        )
+        assert meta["drift"]["governs_alerts"] == "batchml drift"
+        assert (
+            meta["drift"]["verdict"] == drift.summary["verdict"]
+            and meta["drift"]["evidently_drift_share"] == 0.3
+        )
+        page = Path(ref.html_uri).read_text()
+        assert "Alerts and retraining act on batchml drift&#x27;s verdict, not on Evidently&#x27;s" in page
+        assert f"every row of {drift.summary['reference']['dataset_version']} (4,000 rows" in page
+    assert _batchml_flags(monitor_run(storage, MODEL, published.run_id)) == set()
+    assert _batchml_flags(monitor_run(storage, MODEL, shifted_run)) == {"credit_score", "prediction"}
+
+
+def test_evidently_counts_a_dataset_drifted_exactly_when_batchml_does() -> None:
+    # batchml: share > max_drifted_share; Evidently: share >= drift_share, so give it the least such share
+    assert least_drifted(0.3, 10) == 4 and least_drifted(0.29, 100) == 30 and least_drifted(0.0, 5) == 1
+    assert least_drifted(1.0, 10) == 11  # nothing is ever drifted
 
 
 def test_unknown_run_or_bad_name_is_a_clear_error(project: batchml.Project) -> None:

@@ -21,7 +21,7 @@ def drift(
     run: RunOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show the drift of a prediction run's inputs and predictions against the model's training profile.
+    """Show the drift of a prediction run's inputs and predictions against the model's training data.
 
     Computes and records it (once, immutably) if it is not stored yet, then refreshes the serving DB
     (tables drift_metrics and drift_runs). Thresholds come from [models.MODEL.monitoring.drift].
@@ -52,6 +52,13 @@ def drift(
             f"drifted: {drifted}; prediction drifted: {summary['prediction_drifted']}",
             markup=False,
         )
+        reference = summary.get("reference") or {}
+        if reference.get("dataset_version"):
+            console.print(
+                f"reference: every row of {reference['dataset_version']} ({reference['rows']:,} rows), "
+                "scored by this model version; this verdict is the one alerts and retraining act on",
+                markup=False,
+            )
         if result.reused:
             console.print(f"recorded at {summary['computed_at']}", markup=False)
 

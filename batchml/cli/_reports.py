@@ -23,8 +23,10 @@ def report(
     """Render (once) or find the Evidently report of a prediction run, and print where its HTML is.
 
     Data drift of the features and the prediction against the model's training data, and a data summary,
-    on a seeded sample of at most [models.MODEL.monitoring] report_sample_rows rows per side. Saved under
-    monitoring/MODEL/RUN_ID/ in storage and listed in the serving DB's `reports` table.
+    on a seeded sample of at most [models.MODEL.monitoring] report_sample_rows rows per side. Drift is
+    judged with `batchml drift`'s methods (where Evidently has them) and thresholds; its verdict, the one
+    alerts act on, heads the report. Saved under monitoring/MODEL/RUN_ID/ in storage and listed in the
+    serving DB's `reports` table.
 
     Examples:
       batchml report default_risk
@@ -33,10 +35,12 @@ def report(
     project = project_of(ctx)
     run_id = run_or_published(project, model, run)
     spec = project.config.models.get(model)
-    limit = (spec.monitoring if spec else MonitoringConfig()).report_sample_rows
+    monitoring = spec.monitoring if spec else MonitoringConfig()
     found = load_report(project.storage, model, run_id)
     with spinner(f"rendering the report of run {run_id}", as_json or found is not None):
-        ref = found or render_run_report(project.storage, model, run_id, sample_rows=limit)
+        ref = found or render_run_report(
+            project.storage, model, run_id, sample_rows=monitoring.report_sample_rows, config=monitoring.drift
+        )
     if found is None:
         api.rebuild_catalog(project, full=False)  # the serving DB's `reports` table lists it
     data = {**asdict(ref), "reused": found is not None}

@@ -9,7 +9,7 @@ from batchml.drift_reference import profile_rows
 from batchml.drift_stats import counters_for, fold_batch
 from batchml.features import Feature
 
-FEATURES = [Feature("x", "numeric", "double"), Feature("k", "categorical", "string", ["a", "b", "c"])]
+FEATURES = [Feature("x", "numeric", "double"), Feature("k", "categorical", "string", ("a", "b", "c"))]
 
 
 def _table(rows: int = 5000) -> pa.Table:

@@ -39,9 +39,13 @@ BUILD_MEMORY_LIMIT = "256MB"
 #: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
 #: settings locked so that SET/PRAGMA cannot turn it back on.
 READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+#: The version an alias held at a time: the same replay as `RegistryReader.aliases(at=...)`, i.e. the holder
+#: after the longest prefix of the model's log stamped no later than `at_time` (`version_after` is replayed).
 _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
-    SELECT to_version FROM alias_events
-    WHERE model = model_name AND alias = alias_name AND "at" <= CAST(at_time AS TIMESTAMPTZ)
+    SELECT version_after FROM alias_events
+    WHERE model = model_name AND alias = alias_name AND seq < coalesce((
+        SELECT min(seq) FROM alias_events
+        WHERE model = model_name AND "at" > CAST(at_time AS TIMESTAMPTZ)), 9223372036854775807)
     ORDER BY seq DESC LIMIT 1)"""
 
 

@@ -22,6 +22,7 @@ import duckdb
 
 from batchml.catalog import build_tables
 from batchml.errors import NotFoundError
+from batchml.logstate import LogState, log_state, read_state, write_state
 from batchml.publications import PublicationLog
 from batchml.redact import redact_url
 from batchml.scoring import get_run
@@ -76,6 +77,7 @@ def _create_quarantine_table(con: duckdb.DuckDBPyConnection, storage: Storage, l
 
 def _write_database(storage: Storage, path: Path, previous_path: Path | None) -> None:
     """Write every serving table into the new file `path`, copying runs from `previous_path` where it can."""
+    state = log_state(storage)  # before reading any log: the file reflects at least this state
     publications = PublicationLog(storage)
     con = duckdb.connect(str(path))
     try:
@@ -98,6 +100,7 @@ def _write_database(storage: Storage, path: Path, previous_path: Path | None) ->
             "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",
             [redact_url(storage.url), datetime.now(UTC), path.name],
         )
+        write_state(con, state)
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -138,6 +141,12 @@ def build_serving_db(
         _collect_old_files(serving_dir, final, grace_seconds)
     log.info("serving database now %s", final)
     return final
+
+
+def served_state(serving_dir: Path) -> LogState | None:
+    """The log state the current serving file reflects; None if there is none or it does not record it."""
+    link = serving_path(serving_dir)
+    return read_state(link.resolve()) if link.exists() else None
 
 
 def serving_path(serving_dir: Path) -> Path:

@@ -81,14 +81,14 @@ class Mutation:
             }
             state = ",".join(f"{name}:{seq}" for (_, name), seq in self.observed.items())
             self.key = f"{DERIVED_PREFIX}{request}@{state}"
-        self._served: LogState = {}
+        self._served: LogState | None = None
         self._lock: contextlib.ExitStack | None = None
 
     def __enter__(self) -> Mutation:
         stack = contextlib.ExitStack()
         stack.enter_context(_operation_lock(self.project.serving_dir))
         self._lock = stack
-        self._served = served_state(self.project.serving_dir) or {}
+        self._served = served_state(self.project.serving_dir)
         return self
 
     def __exit__(
@@ -105,11 +105,17 @@ class Mutation:
     def on(self, model: str, name: str) -> Operation:
         """This request as log `name` (aliases, published, staging) of `model` sees it."""
         observed = None if self.observed is None else self.observed[(model, name)]
-        return Operation(self.key, observed, self._served.get((model, name), 0))
+        return Operation(self.key, observed, (self._served or {}).get((model, name), 0))
 
     def finish(self) -> Path:
-        """Rebuild the serving file if the logs moved past it; return the current serving file."""
-        catch_up(self.project)
+        """Rebuild the serving file if the logs moved past it; return the current serving file.
+
+        It compares with the state read when the lock was taken (the lock keeps other mutations out; a
+        reader's catch-up in between would at worst make this a second, harmless build).
+        """
+        current = log_state(self.project.storage)
+        if _rebuild_if_behind(self.project, self._served, current):
+            self._served = current
         return serving_path(self.project.serving_dir).resolve()
 
 
@@ -118,7 +124,11 @@ def catch_up(project: Project) -> list[str]:
 
     Cheap when current: one folder listing per event log and one read of the file's `serving_logs`.
     """
-    behind = lagging(served_state(project.serving_dir), log_state(project.storage))
+    return _rebuild_if_behind(project, served_state(project.serving_dir), log_state(project.storage))
+
+
+def _rebuild_if_behind(project: Project, recorded: LogState | None, current: LogState) -> list[str]:
+    behind = lagging(recorded, current)
     if behind:
         log.info("serving file behind the event logs (%s): rebuilding", "; ".join(behind))
         build_serving_db(project.storage, project.serving_dir)

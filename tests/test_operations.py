@@ -221,7 +221,7 @@ def test_a_rerun_of_a_promote_staged_that_finished_its_events_only_rebuilds(
     run = batchml.score(project, MODEL, version=v2)
     api.stage(project, MODEL, run.run_id)
     served = batchml.database_path(project).resolve()
-    monkeypatch.setattr(operations, "catch_up", _interrupted)
+    monkeypatch.setattr(operations, "build_serving_db", _interrupted)
     with pytest.raises(_Interrupted):
         api.promote_staged(project, MODEL)
     monkeypatch.undo()

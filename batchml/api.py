@@ -19,7 +19,9 @@ from batchml.expectations import check_training_data
 from batchml.features import Feature
 from batchml.gc import GRACE_SECONDS, GcReport, collect
 from batchml.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
+from batchml.logstate import ALIASES, PUBLISHED, STAGING
 from batchml.names import check_name
+from batchml.operations import Mutation, catch_up
 from batchml.profiles import training_profile
 from batchml.project import Project
 from batchml.publications import PublicationLog
@@ -193,20 +195,38 @@ def promote(
     reason: str = "",
     *,
     force: bool = False,
+    operation_key: str | None = None,
 ) -> dict[str, Any]:
     """Point `alias` of `model` at `version` (an append-only event), and refresh the serving catalog.
 
-    A version whose gates failed is refused (PromotionError) unless `force=True` with a `reason`.
+    A version whose gates failed is refused (PromotionError) unless `force=True` with a `reason`. If the
+    alias already holds the version, the event that made it so is returned and nothing is written. Exactly
+    once after a crash, refused on a log state the caller did not see: see `batchml.operations`.
     """
-    event = Registry(project.storage).promote(model, version, alias, reason, force=force)
-    _refresh_catalog(project)
+    registry = Registry(project.storage)
+    target = registry.get(model, version).version
+    with Mutation(project, f"promote:{alias}:v{target}", operation_key, [(model, ALIASES)]) as op:
+        event = registry.promote(model, target, alias, reason, force=force, operation=op.on(model, ALIASES))
+        op.finish()
     return event
 
 
-def rollback_model(project: Project, model: str, alias: str = "champion", reason: str = "") -> dict[str, Any]:
-    """Return `alias` of `model` to its previous holder, and refresh the serving catalog."""
-    event = Registry(project.storage).rollback(model, alias, reason)
-    _refresh_catalog(project)
+def rollback_model(
+    project: Project,
+    model: str,
+    alias: str = "champion",
+    reason: str = "",
+    *,
+    operation_key: str | None = None,
+) -> dict[str, Any]:
+    """Return `alias` of `model` to its previous holder, and refresh the serving catalog.
+
+    Run again after a crash, it finishes the interrupted rollback instead of stepping back twice; run again
+    after it completed, it steps back again (see `batchml.operations`).
+    """
+    with Mutation(project, f"rollback:{alias}", operation_key, [(model, ALIASES)]) as op:
+        event = Registry(project.storage).rollback(model, alias, reason, operation=op.on(model, ALIASES))
+        op.finish()
     return event
 
 
@@ -219,7 +239,11 @@ def score(
     dataset: str | None = None,
     progress: Progress | None = None,
 ) -> PredictionRun:
-    """Score a dataset version (default: the latest of the model's dataset) with the model's alias/version."""
+    """Score a dataset version (default: the latest of the model's dataset) with the model's alias/version.
+
+    First brings a serving file left behind the event logs (a crash) up to date.
+    """
+    catch_up(project)
     chosen, version_, options = scoring_inputs(project, model, alias=alias, version=version, dataset=dataset)
     booster = Registry(project.storage).load_booster(chosen)
     return score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress)
@@ -257,19 +281,27 @@ def scoring_inputs(
     return chosen, version_, options
 
 
-def publish(project: Project, model: str, run_id: str, reason: str = "") -> Path:
-    """Make run `run_id` the published predictions of `model` and swap in a new serving file."""
+def publish(
+    project: Project, model: str, run_id: str, reason: str = "", *, operation_key: str | None = None
+) -> Path:
+    """Make run `run_id` the published predictions of `model` and swap in a new serving file.
+
+    Publishing the current run again writes nothing (not even a serving file, if it is up to date).
+    """
+    mutation = Mutation(project, f"publish:{run_id}", operation_key, [(model, PUBLISHED)])
     _verified_run(project, model, run_id)
-    log = PublicationLog(project.storage)
-    if log.current(model) != run_id:
-        log.publish(model, run_id, reason)
-    return _refresh_catalog(project)
+    with mutation as op:
+        PublicationLog(project.storage).publish(model, run_id, reason, operation=op.on(model, PUBLISHED))
+        return op.finish()
 
 
-def rollback_predictions(project: Project, model: str, reason: str = "") -> Path:
-    """Return `model`'s published predictions to the previously published run."""
-    PublicationLog(project.storage).rollback(model, reason)
-    return _refresh_catalog(project)
+def rollback_predictions(
+    project: Project, model: str, reason: str = "", *, operation_key: str | None = None
+) -> Path:
+    """Return `model`'s published predictions to the previously published run (once, even if re-run)."""
+    with Mutation(project, "rollback:published", operation_key, [(model, PUBLISHED)]) as op:
+        PublicationLog(project.storage).rollback(model, reason, operation=op.on(model, PUBLISHED))
+        return op.finish()
 
 
 def gc(project: Project, *, grace_seconds: float = GRACE_SECONDS, dry_run: bool = False) -> GcReport:
@@ -284,10 +316,6 @@ def rebuild_catalog(project: Project, *, full: bool = True) -> Path:
     (and re-verifying) their files: what every publish, rollback and promote does to refresh the file.
     """
     return build_serving_db(project.storage, project.serving_dir, full=full)
-
-
-def _refresh_catalog(project: Project) -> Path:
-    return rebuild_catalog(project, full=False)
 
 
 def _verified_run(project: Project, model: str, run_id: str) -> None:
@@ -359,29 +387,53 @@ def query(
             timer.cancel()
 
 
-def stage(project: Project, model: str, run_id: str, reason: str = "") -> Path:
+def stage(
+    project: Project, model: str, run_id: str, reason: str = "", *, operation_key: str | None = None
+) -> Path:
     """Serve run `run_id` as `model`'s `predictions_staging` table, beside the published one."""
+    mutation = Mutation(project, f"stage:{run_id}", operation_key, [(model, STAGING)])
     _verified_run(project, model, run_id)
-    PublicationLog(project.storage, "staging").publish(model, run_id, reason)
-    return _refresh_catalog(project)
+    with mutation as op:
+        PublicationLog(project.storage, "staging").publish(
+            model, run_id, reason, operation=op.on(model, STAGING)
+        )
+        return op.finish()
 
 
 def promote_staged(
-    project: Project, model: str, alias: str = "champion", reason: str = "", force: bool = False
+    project: Project,
+    model: str,
+    alias: str = "champion",
+    reason: str = "",
+    force: bool = False,
+    *,
+    operation_key: str | None = None,
 ) -> dict[str, Any]:
-    """Promote the staged run's model version to `alias` (gates apply) and publish that run, in one step."""
+    """Promote the staged run's model version to `alias` (gates apply) and publish that run, in one step.
+
+    Three events (alias promote, publish, staging clear) carry one operation key: a rerun after a crash
+    skips those already appended and finishes the rest. A change to any of the three logs the caller did
+    not see refuses the request before anything is appended.
+    """
     from batchml.staging import staged_run
 
-    run = staged_run(project.storage, model)
-    _verified_run(project, model, run.run_id)
-    version = int(run.manifest["model_version"])
-    registry = Registry(project.storage)
-    event = None
-    if registry.aliases(model).get(alias) != version:
-        event = registry.promote(model, version, alias, reason, force=force)
-    publications = PublicationLog(project.storage)
-    if publications.current(model) != run.run_id:
-        publications.publish(model, run.run_id, reason)
-    PublicationLog(project.storage, "staging").clear(model, reason or "promoted")
-    serving = _refresh_catalog(project)
+    logs = [(model, STAGING), (model, ALIASES), (model, PUBLISHED)]
+    storage = project.storage
+    registry, published, staging = (
+        Registry(storage),
+        PublicationLog(storage),
+        PublicationLog(storage, "staging"),
+    )
+    with Mutation(project, f"promote-staged:{alias}", operation_key, logs) as op:
+        cleared = staging.recorded(model, op.on(model, STAGING))  # an interrupted run got to the end
+        registry.recorded(model, op.on(model, ALIASES))  # refuse news on any log before appending
+        published.recorded(model, op.on(model, PUBLISHED))
+        run = get_run(storage, model, cleared["from_run_id"]) if cleared else staged_run(storage, model)
+        _verified_run(project, model, run.run_id)
+        version = int(run.manifest["model_version"])
+        event = registry.promote(model, version, alias, reason, force=force, operation=op.on(model, ALIASES))
+        published.publish(model, run.run_id, reason, operation=op.on(model, PUBLISHED))
+        if cleared is None:
+            staging.clear(model, reason or "promoted", operation=op.on(model, STAGING))
+        serving = op.finish()
     return {"alias_event": event, "run_id": run.run_id, "model_version": version, "serving": str(serving)}

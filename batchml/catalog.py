@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchml import alerts, datasets, drift, performance, reports
+from batchml.eventlog import apply_event
 from batchml.publications import PublicationLog
 from batchml.registry import RegistryReader
 from batchml.scoring import list_runs
@@ -62,6 +63,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("action", pa.string()),
             ("from_version", pa.int64()),
             ("to_version", pa.int64()),
+            ("version_after", pa.int64()),  # what the alias holds after this event, by replaying the log
             ("reason", pa.string()),
             ("by", pa.string()),
             ("at", _TS),
@@ -182,17 +184,42 @@ def gate_rows(registry: RegistryReader) -> list[dict[str, Any]]:
     ]
 
 
+def alias_rows(registry: RegistryReader) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`alias_events` and `model_aliases` rows from one replay of each model's log, so they always agree.
+
+    `version_after` of each event is what its alias holds after it (what `alias_at` answers); the holders
+    after the last event are `model_aliases`, as `RegistryReader.aliases` replays them.
+    """
+    events, aliases = [], []
+    for name in registry.list_models():
+        stacks: dict[str, list[Any]] = {}
+        since: dict[str, str] = {}
+        for e in registry.events(name):
+            stack = apply_event(stacks, e, group="alias", value="to_version")
+            since[e["alias"]] = max(since.get(e["alias"], e["at"]), e["at"])
+            events.append(
+                {
+                    **e,
+                    "model": name,
+                    "version_after": stack[-1] if stack else None,
+                    "at": _ts(e["at"]),
+                    "forced": bool(e.get("forced")),
+                }
+            )
+        aliases += [
+            {"model": name, "alias": alias, "version": stack[-1], "since": _ts(since[alias])}
+            for alias, stack in sorted(stacks.items())
+            if stack
+        ]
+    return events, aliases
+
+
 def build_tables(storage: Storage) -> dict[str, pa.Table]:
     """Every catalog table, from storage."""
     registry = RegistryReader(storage)
     publications = PublicationLog(storage)
-    events, aliases, runs, pubs = [], [], [], []
-    for name in registry.list_models():
-        history = registry.events(name)
-        events += [{**e, "model": name, "at": _ts(e["at"]), "forced": bool(e.get("forced"))} for e in history]
-        for alias, version in registry.aliases(name).items():
-            since = max((e["at"] for e in history if e["alias"] == alias), default=None)
-            aliases.append({"model": name, "alias": alias, "version": version, "since": _ts(since)})
+    runs, pubs = [], []
+    events, aliases = alias_rows(registry)
     for name in publications.models():
         pubs += [{**e, "at": _ts(e["at"])} for e in publications.events(name)]
     for name in storage.list_dir("runs"):

@@ -11,14 +11,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from batchml.errors import ConflictError, NotFoundError
-from batchml.eventlog import EventLog, replay_stacks
+from batchml.eventlog import EventLog, Operation, append_decided, replay_stacks
 from batchml.names import check_name
 from batchml.scoring import get_run
 from batchml.storage import Storage
 
 Channel = Literal["published", "staging"]
 _FOLDERS: dict[str, str] = {"published": "events", "staging": "staging"}
-_MAX_ATTEMPTS = 100
 
 
 class PublicationLog:
@@ -53,68 +52,102 @@ class PublicationLog:
         stack = self.stack(model)
         return stack[-1] if stack else None
 
-    def publish(self, model: str, run_id: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
-        """Record that `run_id` (a committed run of `model`) is now the published table.
+    def publish(
+        self,
+        model: str,
+        run_id: str,
+        reason: str = "",
+        actor: str | None = None,
+        *,
+        operation: Operation | None = None,
+    ) -> dict[str, Any]:
+        """Record that `run_id` (a committed run of `model`) is now current on this channel; return the event.
 
         Exactly once: if `run_id` is already current, the event that made it so is returned and nothing is
-        appended. The event is written as the next sequence number of the log as read (compare-and-append),
-        so two processes publishing the same run concurrently cannot both append: the loser's create
-        conflicts, it re-reads, and finds the run already current.
+        appended. Otherwise the event is a compare-and-append on the log as read: if another writer appended
+        first, re-deciding is the same request only when that made `run_id` current (then its event is
+        returned); anything else is ConflictError and nothing is appended. `operation`: see
+        `Operation.recorded`.
         """
         get_run(self.storage, model, run_id)  # raises NotFoundError listing the model's runs
         log = self._log(model)
-        for _ in range(_MAX_ATTEMPTS):
-            events = log.read()
-            stack = replay_stacks(events, group="model", value="run_id").get(model, [])
-            current = stack[-1] if stack else None
-            if current == run_id:
-                return next(e for e in reversed(events) if e.get("run_id") == run_id)
-            event = {"model": model, "action": "publish", "run_id": run_id, "from_run_id": current}
-            try:
-                return log.append({**event, "reason": reason}, actor, expected_seq=_next_seq(events))
-            except ConflictError:
-                continue  # someone appended first: decide again on the log as it is now
-        raise ConflictError(f"could not publish run {run_id!r} of model {model!r}: the log kept changing")
+        events = log.read()
+        made = _made_current(events, model, run_id)
+        if made is not None:
+            return made
+        done = operation.recorded(events, self._subject(model)) if operation else None
+        if done is not None:
+            return done
+        event = {
+            "model": model,
+            "action": "publish",
+            "run_id": run_id,
+            "from_run_id": _current(events, model),
+        }
+        try:
+            return append_decided(
+                log, events, {**event, "reason": reason}, actor, operation, self._subject(model)
+            )
+        except ConflictError:
+            made = _made_current(log.read(), model, run_id)
+            if made is None:
+                raise
+            return made
 
-    def clear(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
+    def clear(
+        self, model: str, reason: str = "", actor: str | None = None, *, operation: Operation | None = None
+    ) -> dict[str, Any]:
         """Record that no run is current on this channel (e.g. staging after its run was promoted).
 
         Compare-and-append like `publish`, so `from_run_id` is always the run this event cleared.
         """
         log = self._log(model)
-        for _ in range(_MAX_ATTEMPTS):
-            events = log.read()
-            stack = replay_stacks(events, group="model", value="run_id").get(model, [])
-            current = stack[-1] if stack else None
-            event = {"model": model, "action": "clear", "run_id": None, "from_run_id": current}
-            try:
-                return log.append({**event, "reason": reason}, actor, expected_seq=_next_seq(events))
-            except ConflictError:
-                continue
-        raise ConflictError(
-            f"could not clear the {self.channel} run of model {model!r}: the log kept changing"
+        events = log.read()
+        done = operation.recorded(events, self._subject(model)) if operation else None
+        if done is not None:
+            return done
+        event = {"model": model, "action": "clear", "run_id": None, "from_run_id": _current(events, model)}
+        return append_decided(
+            log, events, {**event, "reason": reason}, actor, operation, self._subject(model)
         )
 
-    def rollback(self, model: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
-        """Return `model`'s published table to the run published before the current one.
+    def rollback(
+        self, model: str, reason: str = "", actor: str | None = None, *, operation: Operation | None = None
+    ) -> dict[str, Any]:
+        """Return `model`'s current run on this channel to the one before it; return the event.
 
-        The event is appended only if the log is still as read: two concurrent rollbacks cannot both step
-        back (the second gets ConflictError and can look again at what is published).
+        Compare-and-append on the log as read: two concurrent rollbacks cannot both step back (the second
+        gets ConflictError and can look again at what is published).
         """
         log = self._log(model)
         events = log.read()
+        done = operation.recorded(events, self._subject(model)) if operation else None
+        if done is not None:
+            return done
         stack = replay_stacks(events, group="model", value="run_id").get(model, [])
         if len(stack) < 2:
             raise NotFoundError(f"previously published run of model {model!r}", "previous", stack)
         event = {"model": model, "action": "rollback", "run_id": stack[-2], "from_run_id": stack[-1]}
-        try:
-            return log.append({**event, "reason": reason}, actor, expected_seq=_next_seq(events))
-        except ConflictError:
-            raise ConflictError(
-                f"the published run of model {model!r} changed while rolling back from {stack[-1]!r}; "
-                "nothing was rolled back: check `batchml predictions list` and retry"
-            ) from None
+        return append_decided(
+            log, events, {**event, "reason": reason}, actor, operation, self._subject(model)
+        )
+
+    def recorded(self, model: str, operation: Operation) -> dict[str, Any] | None:
+        """The event `operation` already appended to this channel's log (see `Operation.recorded`)."""
+        return operation.recorded(self.events(model), self._subject(model))
+
+    def _subject(self, model: str) -> tuple[str, str]:
+        """What a conflict message calls the log, and the command that shows it."""
+        return f"the {self.channel} run of model {model!r}", f"batchml predictions list {model}"
 
 
-def _next_seq(events: list[dict[str, Any]]) -> int:
-    return max((int(e["seq"]) for e in events), default=0) + 1
+def _current(events: list[dict[str, Any]], model: str) -> str | None:
+    stack = replay_stacks(events, group="model", value="run_id").get(model, [])
+    return stack[-1] if stack else None
+
+
+def _made_current(events: list[dict[str, Any]], model: str, run_id: str) -> dict[str, Any] | None:
+    """The event that made `run_id` current, if it is."""
+    if _current(events, model) != run_id:
+        return None
+    return next(e for e in reversed(events) if e.get("run_id") == run_id)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from batchml.errors import ConflictError, DataError, IntegrityError, NotFoundError
-from batchml.eventlog import EventLog, replay_stacks
+from batchml.eventlog import EventLog, Operation, append_decided, replay_stacks
 from batchml.features import Feature
 from batchml.gates import refuse_promotion
 from batchml.names import check_name
@@ -203,35 +203,72 @@ class Registry(RegistryReader):
         reason: str = "",
         actor: str | None = None,
         force: bool = False,
+        *,
+        operation: Operation | None = None,
     ) -> dict[str, Any]:
-        """Point `alias` at `version`, recording who, when, from, to and why.
+        """Point `alias` at `version`, recording who, when, from, to and why; return the event.
 
         A version whose gates failed is refused (PromotionError listing the failed checks) unless `force`
-        is given with a `reason`; the event then records `forced: true` and the overridden checks.
+        is given with a `reason`; the event then records `forced: true` and the overridden checks. If
+        `alias` already holds `version`, the event that made it so is returned and nothing is appended. The
+        event is a compare-and-append on the log as read; `operation` (see `Operation.recorded`) also
+        refuses a log that moved since the caller's state and finds the event of an interrupted run.
         """
         check_name("alias", alias)
         target = self.get(name, version)
         overridden = refuse_promotion(target.ref, alias, target.card.get("gates"), force, reason)
-        current = self.aliases(name).get(alias)
+        log = self._events(name)
+        events = log.read()
+        stack = replay_stacks(events, group="alias", value="to_version").get(alias, [])
+        if stack and stack[-1] == target.version:
+            return next(e for e in reversed(events) if e["alias"] == alias)
+        done = operation.recorded(events, self._subject(name)) if operation else None
+        if done is not None:
+            return done
         event: dict[str, Any] = {
             "action": "promote",
             "alias": alias,
-            "from_version": current,
+            "from_version": stack[-1] if stack else None,
             "to_version": target.version,
         }
         if force:
             event |= {"forced": True, "overridden": overridden}
-        return self._events(name).append({**event, "reason": reason}, actor)
+        subject = self._subject(name)
+        return append_decided(log, events, {**event, "reason": reason}, actor, operation, subject)
 
     def rollback(
-        self, name: str, alias: str = "champion", reason: str = "", actor: str | None = None
+        self,
+        name: str,
+        alias: str = "champion",
+        reason: str = "",
+        actor: str | None = None,
+        *,
+        operation: Operation | None = None,
     ) -> dict[str, Any]:
-        """Return `alias` to the version that held it before the current one."""
+        """Return `alias` to the version that held it before the current one; return the event.
+
+        Compare-and-append on the log as read, so two rollbacks decided on the same log step back once.
+        """
         check_name("alias", alias)
-        stack = self._stacks(name).get(alias, [])
+        log = self._events(name)
+        events = log.read()
+        done = operation.recorded(events, self._subject(name)) if operation else None
+        if done is not None:
+            return done
+        stack = replay_stacks(events, group="alias", value="to_version").get(alias, [])
         if len(stack) < 2:
             raise NotFoundError(
                 f"previous holder of alias {alias!r} of model {name!r}", alias, [str(v) for v in stack]
             )
         event = {"action": "rollback", "alias": alias, "from_version": stack[-1], "to_version": stack[-2]}
-        return self._events(name).append({**event, "reason": reason}, actor)
+        subject = self._subject(name)
+        return append_decided(log, events, {**event, "reason": reason}, actor, operation, subject)
+
+    def recorded(self, name: str, operation: Operation) -> dict[str, Any] | None:
+        """The event `operation` already appended to `name`'s alias log (see `Operation.recorded`)."""
+        return operation.recorded(self.events(name), self._subject(name))
+
+    @staticmethod
+    def _subject(name: str) -> tuple[str, str]:
+        """What a conflict message calls the log, and the command that shows it."""
+        return f"the alias log of model {name!r}", f"batchml models history {name}"

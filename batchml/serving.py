@@ -22,6 +22,7 @@ import duckdb
 
 from batchml.catalog import build_tables
 from batchml.errors import ConfigError, NotFoundError
+from batchml.logstate import LogState, log_state, read_state, write_state
 from batchml.publications import PublicationLog
 from batchml.redact import redact_url
 from batchml.scoring import get_run
@@ -46,9 +47,13 @@ READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
 #: that serves predictions (DuckDB's own defaults are 80% of RAM and all cores).
 READER_MEMORY_LIMIT = "2GB"
 READER_THREADS = 2
+#: The version an alias held at a time: the same replay as `RegistryReader.aliases(at=...)`, i.e. the holder
+#: after the longest prefix of the model's log stamped no later than `at_time` (`version_after` is replayed).
 _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
-    SELECT to_version FROM alias_events
-    WHERE model = model_name AND alias = alias_name AND "at" <= CAST(at_time AS TIMESTAMPTZ)
+    SELECT version_after FROM alias_events
+    WHERE model = model_name AND alias = alias_name AND seq < coalesce((
+        SELECT min(seq) FROM alias_events
+        WHERE model = model_name AND "at" > CAST(at_time AS TIMESTAMPTZ)), 9223372036854775807)
     ORDER BY seq DESC LIMIT 1)"""
 
 
@@ -79,6 +84,7 @@ def _create_quarantine_table(con: duckdb.DuckDBPyConnection, storage: Storage, l
 
 def _write_database(storage: Storage, path: Path, previous_path: Path | None) -> None:
     """Write every serving table into the new file `path`, copying runs from `previous_path` where it can."""
+    state = log_state(storage)  # before reading any log: the file reflects at least this state
     publications = PublicationLog(storage)
     con = duckdb.connect(str(path))
     try:
@@ -101,6 +107,7 @@ def _write_database(storage: Storage, path: Path, previous_path: Path | None) ->
             "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",
             [redact_url(storage.url), datetime.now(UTC), path.name],
         )
+        write_state(con, state)
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -143,6 +150,12 @@ def build_serving_db(
         _collect_old_files(serving_dir, final, grace_seconds)
     log.info("serving database now %s", final)
     return final
+
+
+def served_state(serving_dir: Path) -> LogState | None:
+    """The log state the current serving file reflects; None if there is none or it does not record it."""
+    link = serving_path(serving_dir)
+    return read_state(link.resolve()) if link.exists() else None
 
 
 def serving_path(serving_dir: Path) -> Path:

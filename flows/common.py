@@ -16,6 +16,7 @@ from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
+from prefect.runtime import flow_run
 from prefect.states import State
 
 import batchml
@@ -88,6 +89,16 @@ class RetryPolicy:
 
 
 RETRY = RetryPolicy()
+
+
+def operation_key(*parts: str | int) -> str | None:
+    """An operation key naming this request within the current flow run (None outside one).
+
+    A retried task, or a retried flow run, gives the same key, so batchml carries the request out once; a
+    new flow run gives a new key and decides afresh on the logs as they are (see `batchml.operations`).
+    """
+    run_id = flow_run.id
+    return ":".join(["prefect", str(run_id), *map(str, parts)]) if run_id else None
 
 
 def batch_task(fn: Callable[P, R]) -> Task[P, R]:

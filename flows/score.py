@@ -23,6 +23,7 @@ from flows.common import (
     config_ref,
     markdown_table,
     open_project,
+    operation_key,
     report,
     serving_examples,
 )
@@ -117,7 +118,8 @@ def publish_run(model: str, run_id: str, reason: str, config: str | None) -> dic
     database = batchml.database_path(project)
     already = PublicationLog(project.storage).current(model) == run_id and database.exists()
     if not already:
-        batchml.publish(project, model, run_id, reason=reason)
+        key = operation_key("publish", model, run_id)
+        batchml.publish(project, model, run_id, reason=reason, operation_key=key)
     return {"database": str(database), "changed": not already}
 
 

@@ -16,6 +16,7 @@ from flows.common import (
     markdown_table,
     metrics_text,
     open_project,
+    operation_key,
     report,
 )
 
@@ -55,7 +56,8 @@ def promote(model: str, version: int, alias: str, reason: str, config: str | Non
     project = open_project(config)
     previous = RegistryReader(project.storage).aliases(model).get(alias)
     if previous != version:
-        batchml.promote(project, model, version, alias, reason=reason)
+        key = operation_key("promote", model, alias, version)
+        batchml.promote(project, model, version, alias, reason=reason, operation_key=key)
     return {"alias": alias, "version": version, "previous": previous, "changed": previous != version}
 
 

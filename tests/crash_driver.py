@@ -4,6 +4,11 @@
     python tests/crash_driver.py recover PLAN.json   rerun the same work in every point's project
     python tests/crash_driver.py work PROJECT_DIR START_AT
                                                      score + publish the champion once, starting at START_AT
+    python tests/crash_driver.py commands PLAN.json  kill mutating CLI commands at chosen points, then rerun
+                                                     each one (see tests/test_crash.py)
+    python tests/crash_driver.py race PROJECT_DIR BARRIER_DIR ARGS...
+                                                     run `batchml ARGS` once both racers have read the state
+                                                     they act on (see tests/test_races.py)
 
 Nothing in batchml knows about this: the hooks are wrappers this script installs around library and os
 functions in the child process, counting calls per phase and killing the process (`kill -9` on itself)
@@ -18,8 +23,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib
 import functools
+import io
 import json
+import shutil
 import signal
 import sys
 import time
@@ -32,6 +40,8 @@ import lightgbm  # noqa: F401  (imported before forking so children start warm)
 
 import batchml
 from batchml import storage as storage_module
+from batchml.cli import app as cli_app
+from batchml.operations import Mutation
 
 MODEL = "default_risk"
 
@@ -49,6 +59,10 @@ TARGETS: dict[str, tuple[Any, str]] = {
     "os.symlink": (os, "symlink"),
     "duckdb.connect": (duckdb, "connect"),
 }
+
+#: Where a racer waits for the other: right after it has read the state it acts on (what its serving file
+#: shows), before it takes the operation lock.
+RACE_POINT: tuple[Any, str] = (Mutation, "__init__")
 
 _phase = ""
 _counts: Counter[tuple[str, str]] = Counter()
@@ -163,6 +177,81 @@ def work(project_dir: str, start_at: float) -> dict[str, Any]:
     return {"run_id": run.run_id, "reused": run.reused, "pid": os.getpid()}
 
 
+def command(project_dir: str, args: list[str]) -> dict[str, Any]:
+    """Run `batchml --config PROJECT_DIR/batchml.toml ARGS` in this process: exit code, stdout, stderr."""
+    global _phase
+    out, err = io.StringIO(), io.StringIO()
+    _phase = "command"
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli_app(["--config", str(Path(project_dir) / "batchml.toml"), *args], prog_name="batchml")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    _phase = ""
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def commands(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per case: one uninterrupted run in its reference project, one killed child per point, then a rerun.
+
+    The reference run also counts the calls of every target, so `n` may be "last" (the last such call).
+    """
+    results = []
+    for case in plan["cases"]:
+        args = case["args"]
+
+        def counted(c: dict[str, Any] = case) -> dict[str, Any]:
+            _install(None)
+            result = command(c["reference_dir"], c["args"])
+            return {**result, "counts": {f"{p}|{t}": n for (p, t), n in _counts.items() if p == "command"}}
+
+        status, reference = _in_child(counted)
+        if status != "ok":
+            raise SystemExit(f"reference run of {args} failed: {status} {reference}")
+        points = []
+        for point in case["points"]:
+            total = reference["counts"].get(f"command|{point['target']}", 0)
+            n = {"last": total, "mid": max(1, total // 2)}.get(str(point["n"]), point["n"])
+            resolved = {**point, "n": n, "phase": "command"}
+
+            def killed(p: dict[str, Any] = resolved, a: list[str] = args) -> dict[str, Any]:
+                _install(p)
+                return command(p["dir"], a)
+
+            outcome, detail = _in_child(killed)
+            shutil.copytree(point["dir"], f"{point['dir']}-killed", symlinks=True)  # as the kill left it
+            rerun = _in_child(lambda p=resolved, a=args: command(p["dir"], a))
+            points.append({**resolved, "calls": total, "outcome": outcome, "detail": detail, "rerun": rerun})
+        results.append({"args": args, "reference": reference, "points": points})
+    return results
+
+
+def race(project_dir: str, barrier: str, args: list[str]) -> dict[str, Any]:
+    """Run `batchml ARGS` once, holding at the barrier until the other racer has read its state too.
+
+    The barrier sits right after the command has read the state it acts on (RACE_POINT), so both racers
+    decide on the same state whatever the scheduler does; then they proceed together.
+    """
+    owner, attr = RACE_POINT
+    original = getattr(owner, attr)
+    here = Path(barrier)
+
+    def wait_for_the_other(*a: Any, **kw: Any) -> Any:
+        result = original(*a, **kw)
+        setattr(owner, attr, original)  # only the first call waits
+        (here / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(here.iterdir())) < 2:
+            if time.monotonic() > deadline:
+                raise SystemExit("the other racer never arrived")
+            time.sleep(0.005)
+        return result
+
+    setattr(owner, attr, wait_for_the_other)
+    return command(project_dir, args)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "crash":
         print(json.dumps(crash(json.loads(Path(sys.argv[2]).read_text()))))
@@ -170,5 +259,9 @@ if __name__ == "__main__":
         print(json.dumps(recover(json.loads(Path(sys.argv[2]).read_text()))))
     elif sys.argv[1] == "work":
         print(json.dumps(work(sys.argv[2], float(sys.argv[3]))))
+    elif sys.argv[1] == "commands":
+        print(json.dumps(commands(json.loads(Path(sys.argv[2]).read_text()))))
+    elif sys.argv[1] == "race":
+        print(json.dumps(race(sys.argv[2], sys.argv[3], sys.argv[4:])))
     else:
-        raise SystemExit(f"unknown mode {sys.argv[1]!r}: use crash, recover or work")
+        raise SystemExit(f"unknown mode {sys.argv[1]!r}: use crash, recover, work, commands or race")

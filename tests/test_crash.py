@@ -13,7 +13,8 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,194 @@ def test_a_record_without_its_own_hash_is_refused(
         batchml.IntegrityError, match=rf"{relpath}: expected a record_sha256 field, found none"
     ):
         RegistryReader(project.storage).get(MODEL, 1)
+
+
+# -- mutating commands killed between their event and the serving rebuild, then run again ------------------
+
+#: command → (CLI arguments, how many events it appends). `{r1}` is the first published run.
+COMMANDS: dict[str, tuple[list[str], int]] = {
+    "models promote": (["models", "promote", MODEL, "4", "--reason", "crash test"], 1),
+    "models rollback": (["models", "rollback", MODEL, "--reason", "crash test"], 1),
+    "predictions rollback": (["predictions", "rollback", MODEL, "--reason", "crash test"], 1),
+    "predictions stage": (["predictions", "stage", MODEL, "{r1}", "--reason", "crash test"], 1),
+    "predictions promote": (["predictions", "promote", MODEL, "--reason", "crash test"], 3),
+}
+
+
+def _command_points(events: int) -> list[tuple[str, str, int | str]]:
+    """After each event is committed, as the rebuild starts, before the flip, and after the new link."""
+    return [
+        *(("os.link", "after", k) for k in range(1, events + 1)),
+        ("duckdb.connect", "before", "last"),
+        ("os.replace", "after", 1),
+        ("os.symlink", "after", 1),
+    ]
+
+
+@pytest.fixture
+def busy(project: batchml.Project, published: batchml.PredictionRun) -> dict[str, str]:
+    """champion v1 -> v2 -> v3, published r1 -> r2 -> r3 (runs of v1..v3), r4 (v4) staged.
+
+    Every mutating command has work to do, and a rollback done twice would still find a step to take.
+    """
+    runs = {"r1": published.run_id}
+    for number, leaves in ((2, 7), (3, 5), (4, 3)):
+        version = batchml.train(project, MODEL, params={"num_leaves": leaves}).version
+        assert version == number
+        run = batchml.score(project, MODEL, version=version)
+        runs[f"r{number}"] = run.run_id
+        if number < 4:
+            batchml.promote(project, MODEL, version, reason=f"v{number}")
+            batchml.publish(project, MODEL, run.run_id)
+    batchml.api.stage(project, MODEL, runs["r4"])
+    return runs
+
+
+def _moves(events: list[dict[str, Any]], keys: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    return [tuple(e.get(k) for k in keys) for e in events]
+
+
+def _served_state(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    def one(sql: str) -> Any:
+        row = con.execute(sql).fetchone()
+        assert row is not None
+        return row[0]
+
+    aliases = "SELECT alias, version, alias_at(model, alias, now()) FROM model_aliases ORDER BY alias"
+    return {
+        "predictions": one("SELECT list(DISTINCT run_id ORDER BY run_id) FROM predictions"),
+        "staging": one("SELECT list(DISTINCT run_id ORDER BY run_id) FROM predictions_staging"),
+        "aliases": con.execute(aliases).fetchall(),
+        "alias_events": one("SELECT count(*) FROM alias_events"),
+        "publications": one("SELECT count(*) FROM publications"),
+    }
+
+
+def _command_state(project: batchml.Project) -> dict[str, Any]:
+    """The logs, the holders they give, and what the serving file serves (batchml.connect = plain DuckDB)."""
+    storage = project.storage
+    reader = RegistryReader(storage)
+    published, staging = PublicationLog(storage), PublicationLog(storage, "staging")
+    con = batchml.connect(project)
+    try:
+        served = _served_state(con)
+    finally:
+        con.close()
+    plain = duckdb.connect(str(batchml.database_path(project)), read_only=True)
+    try:
+        assert _served_state(plain) == served
+    finally:
+        plain.close()
+    return {
+        "aliases": reader.aliases(MODEL),
+        "alias_moves": _moves(reader.events(MODEL), ("action", "alias", "from_version", "to_version")),
+        "published": _moves(published.events(MODEL), ("action", "run_id", "from_run_id")),
+        "staged": _moves(staging.events(MODEL), ("action", "run_id", "from_run_id")),
+        "served": served,
+    }
+
+
+def _run_commands(
+    tmp_path: Path, project: batchml.Project, runs: dict[str, str], *, all_points: bool = True
+) -> list[dict[str, Any]]:
+    """Kill every command of COMMANDS at its points (or only after its first event), rerun each."""
+    cases = []
+    for name, (args, events) in COMMANDS.items():
+        folder = tmp_path / name.replace(" ", "-")
+        points = _command_points(events) if all_points else _command_points(events)[:1]
+        dirs = []
+        for i in range(len(points) + 1):
+            shutil.copytree(project.base_dir, folder / f"p{i}", symlinks=True)
+            dirs.append(folder / f"p{i}")
+        cases.append(
+            {
+                "name": name,
+                "args": [a.format(**runs) for a in args],
+                "reference_dir": str(dirs[0]),
+                "points": [
+                    {"dir": str(d), "target": t, "when": w, "n": n}
+                    for d, (t, w, n) in zip(dirs[1:], points, strict=True)
+                ],
+            }
+        )
+    (tmp_path / "commands.json").write_text(json.dumps({"cases": cases}))
+    results: list[dict[str, Any]] = _driver("commands", tmp_path / "commands.json")
+    return [{**case, **result} for case, result in zip(cases, results, strict=True)]
+
+
+def _killed(cases: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any], str]]:
+    """Every (case, killed point, label) of `_run_commands`' result."""
+    for case in cases:
+        for point in case["points"]:
+            label = f"{case['name']} killed {point['when']} {point['target']} #{point['n']}"
+            assert point["calls"] >= point["n"] >= 1 and point["outcome"] == "killed", (label, point)
+            yield case, point, label
+
+
+def _rerun_failures(
+    cases: list[dict[str, Any]], before: dict[str, Any], open_project: Callable[[Path], batchml.Project]
+) -> list[str]:
+    """Each killed point whose rerun did not end as the case's one uninterrupted (reference) run."""
+    expected = {}
+    for case in cases:
+        assert case["reference"]["code"] == 0, (case["name"], case["reference"]["stderr"])
+        expected[case["name"]] = _command_state(open_project(Path(case["reference_dir"])))
+        assert expected[case["name"]] != before, case["name"]  # the command did change something
+    failures = []
+    for case, point, label in _killed(cases):
+        status, rerun = point["rerun"]
+        if status != "ok" or rerun["code"] != 0:
+            failures.append(f"{label}: rerun {status} {rerun}")
+            continue
+        got, want = _command_state(open_project(Path(point["dir"]))), expected[case["name"]]
+        if got != want:
+            diff = {k: (got[k], want[k]) for k in got if got[k] != want[k]}
+            failures.append(f"{label}: rerun ends in {diff} (got, one uninterrupted run)")
+    return failures
+
+
+@pytest.mark.slow
+def test_a_mutating_command_killed_anywhere_and_run_again_ends_as_one_uninterrupted_run(
+    tmp_path: Path,
+    project: batchml.Project,
+    busy: dict[str, str],
+    open_project: Callable[[Path], batchml.Project],
+) -> None:
+    before = _command_state(project)
+    failures = _rerun_failures(_run_commands(tmp_path, project, busy), before, open_project)
+    assert not failures, "\n".join(failures)
+
+
+def _caught_up(project: batchml.Project) -> bool:
+    """True if the serving file serves what a full rebuild from storage would (checked on a copy)."""
+    copy = Path(tempfile.mkdtemp(dir=project.base_dir.parent)) / "rebuilt"
+    shutil.copytree(project.base_dir, copy, symlinks=True)
+    rebuilt = batchml.Project.open(copy / "batchml.toml")
+    batchml.rebuild_catalog(rebuilt)
+    return _command_state(project)["served"] == _command_state(rebuilt)["served"]
+
+
+def test_a_killed_mutating_command_is_finished_by_its_rerun_or_caught_up_by_the_next_command(
+    tmp_path: Path,
+    project: batchml.Project,
+    busy: dict[str, str],
+    open_project: Callable[[Path], batchml.Project],
+) -> None:
+    """Killed right after its first event: the rerun ends as one run; a read command catches the file up."""
+    before = _command_state(project)
+    cases = _run_commands(tmp_path, project, busy, all_points=False)
+    failures = _rerun_failures(cases, before, open_project)
+    assert not failures, "\n".join(failures)
+    stale = 0
+    for _, point, label in _killed(cases):
+        killed = open_project(Path(f"{point['dir']}-killed"))
+        assert _command_state(killed)["served"] == before["served"], label  # the old file, intact
+        stale += not _caught_up(killed)
+        config = str(killed.base_dir / "batchml.toml")
+        listed = CliRunner().invoke(app, ["--config", config, "models", "list"])
+        assert listed.exit_code == 0, (label, listed.stderr)
+        assert listed.stderr.startswith("note: the serving file was behind the event logs ("), label
+        if not _caught_up(killed):
+            failures.append(f"{label}: still behind its logs after `batchml models list`")
+    assert stale > 0  # the kills did leave serving files behind their logs
+    assert not failures, f"{len(failures)} of {stale} stale:\n" + "\n".join(failures)

@@ -91,7 +91,7 @@ def test_two_rollbacks_that_race_step_back_once(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(EventLog, "append", append_after_the_other_rollback)
-    with pytest.raises(ConflictError, match=r"changed while rolling back.*nothing was rolled back"):
+    with pytest.raises(ConflictError, match=r"changed while this command was deciding.*nothing was done"):
         log.rollback(MODEL, "mine")
     assert raced[0]["run_id"] == runs[1].run_id
     assert log.current(MODEL) == runs[1].run_id and len(log.events(MODEL)) == 4

@@ -10,6 +10,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,6 +204,12 @@ def test_pipeline_publishes_predictions_and_leaves_artifacts(
     assert (count, runs) == (SAMPLE_ROWS, summary["run_id"])
     assert alias == (summary["model_version"],)
     assert result["database"] == str(batchml.database_path(project))
+    # Each event names its request within its flow run: a retried task would find it and append nothing.
+    [promotion] = RegistryReader(project.storage).events("default_risk")
+    assert re.fullmatch(r"prefect:[0-9a-f-]{36}:promote:default_risk:champion:1", promotion["operation"])
+    [publication] = PublicationLog(project.storage).events("default_risk")
+    expected = rf"prefect:[0-9a-f-]{{36}}:publish:default_risk:{summary['run_id']}"
+    assert re.fullmatch(expected, publication["operation"])
 
     artifacts = {a.key: a for a in _artifacts(state)}
     assert {"dataset-loans", "model-default-risk", "run-default-risk", "pipeline", "pipeline-table"} <= set(

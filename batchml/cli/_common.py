@@ -45,6 +45,7 @@ class State:
     storage: str | None = None
     debug: bool = False
     _project: Project | None = field(default=None, repr=False)
+    _caught_up: bool = field(default=False, repr=False)
 
     @property
     def project(self) -> Project:
@@ -60,9 +61,32 @@ def state(ctx: typer.Context) -> State:
     return found if found is not None else ctx.ensure_object(State)
 
 
-def project_of(ctx: typer.Context) -> Project:
-    """The project the global options select."""
-    return state(ctx).project
+def project_of(ctx: typer.Context, *, catch_up: bool = True) -> Project:
+    """The project the global options select, with its serving file brought up to date with the event logs.
+
+    Commands that append events pass `catch_up=False`: they must first read the state the serving file
+    shows (what their user acted on), and rebuild it themselves (see `batchml.operations`).
+    """
+    options = state(ctx)
+    project = options.project
+    if catch_up and not options._caught_up:
+        options._caught_up = True
+        _catch_up(project)
+    return project
+
+
+def _catch_up(project: Project) -> None:
+    from batchml.operations import catch_up
+
+    try:
+        behind = catch_up(project)
+    except PermissionError:  # a reader without write access to the serving folder reads what is there
+        return
+    if behind:
+        typer.echo(
+            f"note: the serving file was behind the event logs ({'; '.join(behind)}); brought it up to date",
+            err=True,
+        )
 
 
 class ErrorHandlingGroup(TyperGroup):

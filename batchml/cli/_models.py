@@ -267,7 +267,8 @@ def promote(
       batchml models promote default_risk 3 --reason "better AUC on March data"
       batchml models promote default_risk 4 --force --reason "slice gate: islands relabelled, reviewed"
     """
-    event = api.promote(project_of(ctx), model, version, alias=alias, reason=reason, force=force)
+    project = project_of(ctx, catch_up=False)
+    event = api.promote(project, model, version, alias=alias, reason=reason, force=force)
     emit(as_json, {"model": model, **event}, lambda c: _print_event(c, event))
 
 
@@ -284,7 +285,7 @@ def rollback(
     Example:
       batchml models rollback default_risk --reason "bad scores in production"
     """
-    event = api.rollback_model(project_of(ctx), model, alias=alias, reason=reason)
+    event = api.rollback_model(project_of(ctx, catch_up=False), model, alias=alias, reason=reason)
     emit(as_json, {"model": model, **event}, lambda c: _print_event(c, event))
 
 

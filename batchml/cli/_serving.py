@@ -188,7 +188,7 @@ def publish(
     as_json: JsonFlag = False,
 ) -> None:
     """Make RUN_ID the published predictions of MODEL (atomically swaps in a new serving file)."""
-    project = project_of(ctx)
+    project = project_of(ctx, catch_up=False)
     api.publish(project, model, run_id, reason=reason)
     _published(project, model, as_json)
 
@@ -201,7 +201,7 @@ def rollback(
     as_json: JsonFlag = False,
 ) -> None:
     """Return MODEL's published predictions to the run published before the current one."""
-    project = project_of(ctx)
+    project = project_of(ctx, catch_up=False)
     api.rollback_predictions(project, model, reason=reason)
     _published(project, model, as_json)
 
@@ -251,7 +251,7 @@ def rebuild(
       batchml catalog rebuild
       batchml catalog rebuild --incremental
     """
-    project = project_of(ctx)
+    project = project_of(ctx, catch_up=False)
     built = api.rebuild_catalog(project, full=full)
     data = {"serving_db": _serving_db(project), "file": str(built), "full": full}
     emit(as_json, data, lambda c: c.print(f"rebuilt {data['serving_db']} -> {built.name}"))

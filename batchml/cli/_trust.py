@@ -54,7 +54,7 @@ def stage(
     as_json: JsonFlag = False,
 ) -> None:
     """Serve RUN_ID as MODEL's `predictions_staging` table, beside the published one."""
-    path = api.stage(project_of(ctx), model, run_id, reason=reason)
+    path = api.stage(project_of(ctx, catch_up=False), model, run_id, reason=reason)
     emit(
         as_json,
         {"model": model, "staged_run": run_id, "serving_db": str(path)},
@@ -104,7 +104,8 @@ def promote(
     as_json: JsonFlag = False,
 ) -> None:
     """Promote the staged run's model version to ALIAS and publish the staged run, in one step."""
-    result = api.promote_staged(project_of(ctx), model, alias=alias, reason=reason, force=force)
+    project = project_of(ctx, catch_up=False)
+    result = api.promote_staged(project, model, alias=alias, reason=reason, force=force)
     emit(
         as_json,
         result,

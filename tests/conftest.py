@@ -38,6 +38,18 @@ num_leaves = 15
 """
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has selected: `-m "not slow"` keeps the quick variants
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop a `quick_variant_of(NAME)` test when NAME runs too: it checks a subset of NAME's cases, for fast
+    loops (`pytest -m "not slow"`), and would only repeat them in a full run."""
+    selected = {item.name for item in items}
+    markers = {item: item.get_closest_marker("quick_variant_of") for item in items}
+    repeats = [item for item, marker in markers.items() if marker and marker.args[0] in selected]
+    if repeats:
+        config.hook.pytest_deselected(items=repeats)
+        items[:] = [item for item in items if item not in repeats]
+
+
 @pytest.fixture(scope="session")
 def loans_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded CSV of SAMPLE_ROWS loans, written once per session (treat as read-only)."""

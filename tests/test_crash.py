@@ -209,6 +209,7 @@ def open_project() -> Callable[[Path], batchml.Project]:
     return lambda folder: batchml.Project.open(folder / "batchml.toml")
 
 
+@pytest.mark.quick_variant_of("test_kill_at_every_seeded_point_then_recover")
 def test_kill_at_a_few_points_then_recover(
     tmp_path: Path,
     project: batchml.Project,

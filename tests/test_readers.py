@@ -20,7 +20,7 @@ import pytest
 import batchml
 from batchml.testing import write_loans
 
-PUBLISHES = 100
+PUBLISHES = 50
 READER = r"""
 import json, sys, time
 from pathlib import Path

@@ -229,7 +229,14 @@ S3_QUICK = [S3_POINTS[i] for i in (1, 3, 5)]
 
 @pytest.mark.parametrize(
     "points",
-    [pytest.param(S3_QUICK, id="quick"), pytest.param(S3_POINTS, id="all", marks=pytest.mark.slow)],
+    [
+        pytest.param(
+            S3_QUICK,
+            id="quick",
+            marks=pytest.mark.quick_variant_of("test_kill_minus_9_on_s3_then_recover[all]"),
+        ),
+        pytest.param(S3_POINTS, id="all", marks=pytest.mark.slow),
+    ],
 )
 def test_kill_minus_9_on_s3_then_recover(
     tmp_path: Path, loans_csv: Path, moto: MotoS3, bucket: str, points: list[tuple[str, str, str, int | str]]

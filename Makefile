@@ -29,14 +29,16 @@ bench: $(STAMP)
 
 # `make serve`: a local Prefect server on 127.0.0.1 (UI at http://127.0.0.1:$(PREFECT_PORT)) and every
 # deployment in deployments/ served from this terminal against it; Ctrl-C stops both, the server last (`set -m`
-# keeps Ctrl-C away from it). Its database and log live in .prefect/server/ (git-ignored). Flows open
-# $BATCHML_CONFIG, else ./batchml.toml.
+# keeps Ctrl-C away from it). Its database and log live in .prefect/server/ (git-ignored; SERVE_HOME=DIR moves
+# them). The server is told its own host and port: the UI asks /ui-settings where the API is, and would
+# otherwise send the browser to port 4200. Flows open $BATCHML_CONFIG, else ./batchml.toml.
 PREFECT_PORT ?= 4200
 SERVE_HOME := $(CURDIR)/.prefect/server
 
 serve: $(STAMP)
 	mkdir -p $(SERVE_HOME)
-	set -m; export PREFECT_HOME=$(SERVE_HOME) PREFECT_SERVER_ANALYTICS_ENABLED=false; \
+	set -m; export PREFECT_HOME=$(SERVE_HOME) PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT); \
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) >$(SERVE_HOME)/server.log 2>&1 & \
 	server=$$!; trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (server log: $(SERVE_HOME)/server.log)"; \

@@ -137,36 +137,29 @@ def test_served_deployment_runs_with_parameters_set_through_the_api(
     batchml.promote(project, "default_risk", model.version, reason="test setup")
     batchml.promote(project, "default_risk", model.version, "challenger", reason="test setup")
 
-    port = _free_port()
+    port = _free_port()  # not 4200: the UI must be told where its API is
     api = f"http://127.0.0.1:{port}/api"
     home = tmp_path / "prefect-home"
-    server_env = _env(home, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
-    serve_env = _env(
-        home,
-        PREFECT_API_URL=api,
-        PREFECT_RUNNER_POLL_FREQUENCY="1",
-        BATCHML_CONFIG=str(project.base_dir / "batchml.toml"),
+    env = _env(
+        home, PREFECT_RUNNER_POLL_FREQUENCY="1", BATCHML_CONFIG=str(project.base_dir / "batchml.toml")
     )
-    assert not any(k.startswith("PREFECT_API") or "HARNESS" in k for k in server_env)
+    assert not any(k.startswith("PREFECT_API") or "HARNESS" in k for k in env)
     timings: dict[str, float] = {}
 
     with ExitStack() as stack:
         started = time.monotonic()
-        server = stack.enter_context(
-            _running(
-                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                server_env,
-                tmp_path / "server.log",
-            )
-        )
-        _wait_for("the server's /api/health", lambda: _healthy(api), [server], timeout=90)
+        # README's command: `make serve` starts the server and serves every deployment against it (`-o`: the
+        # virtualenv is the one running this test; never reinstall, tests are offline).
+        venv = Path(sys.executable).parent.parent
+        command = ["make", "--no-print-directory", "-o", f"{venv}/.installed-stamp", "serve", f"VENV={venv}"]
+        command += [f"PREFECT_PORT={port}", f"SERVE_HOME={home}"]
+        serving = stack.enter_context(_running(command, env, tmp_path / "make-serve.log"))
+        procs = [serving]
+        _wait_for("the server's /api/health", lambda: _healthy(api), procs, timeout=90)
         timings["server start"] = time.monotonic() - started
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200  # the UI is served
-
-        serving = stack.enter_context(
-            _running([sys.executable, "-m", "deployments.serve"], serve_env, tmp_path / "serve.log")
-        )
-        procs = [server, serving]
+        ui = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=5).json()
+        assert ui["api_url"] == api  # where the UI in a browser sends its requests
         stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api}))
         client = stack.enter_context(get_client(sync_client=True))
 

@@ -144,12 +144,13 @@ def refuse_promotion(
 ) -> list[str]:
     """Raise PromotionError if `ref` failed gates and is not forced with a reason; return what is forced."""
     if force and not reason.strip():
-        raise PromotionError(f"forcing {ref} to {alias!r} needs a reason: pass --reason '...' (reason=...)")
+        raise PromotionError(f"forcing {ref} to {alias!r} needs a reason: add --reason '...'")
     failed = [describe(c) for c in failed_checks(gate_report)]
     if failed and not force:
         raise PromotionError(
             f"{ref} failed {len(failed)} gate check(s), so it cannot become {alias!r}: "
             + "; ".join(failed)
-            + ". To promote anyway: --force --reason '...' (force=True, reason=...)"
+            + f". To promote anyway: batchml models promote {ref.replace('@', ' ')} --alias {alias} --force "
+            "--reason '...'"
         )
     return failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -367,3 +368,22 @@ num_iterations = 20
         "0" if row["prediction"] < 0.5 else "1",
     )
     assert 0.0 <= row["prediction"] <= 1.0
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for name, command in getattr(group, "commands", {}).items():
+        yield (*path, name), command
+        yield from _commands(command, (*path, name))
+
+
+def test_every_help_text_shows_what_its_docstring_says() -> None:
+    """Rich markup would swallow `[models.MODEL...]`: every bracketed part of a command's help is printed."""
+    import typer.main
+
+    commands = list(_commands(typer.main.get_command(app)))
+    assert len(commands) > 30
+    for path, command in commands:
+        shown = " ".join(runner.invoke(app, [*path, "--help"]).stdout.replace("│", " ").split())
+        texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+        for bracketed in re.findall(r"\[[^\]\n]*\]", "\n".join(texts).replace("\\[", "[")):
+            assert " ".join(bracketed.split()) in shown, f"`batchml {' '.join(path)} --help` lost {bracketed}"

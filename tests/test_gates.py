@@ -293,9 +293,12 @@ def test_refused_then_forced_promotion_is_recorded(
 
     refused = cli(project, "models", "promote", MODEL, "2", code=1).stderr
     assert "default_risk@2 failed 1 gate check(s), so it cannot become 'champion'" in refused
-    assert "metrics: auc min = 0." in refused and "--force --reason" in refused
+    assert "metrics: auc min = 0." in refused
+    hint = "To promote anyway: batchml models promote default_risk 2 --alias champion --force --reason"
+    assert hint in refused
     no_reason = cli(project, "models", "promote", MODEL, "2", "--force", code=1).stderr
     assert "needs a reason" in no_reason
+    assert "=True" not in refused + no_reason and "reason=" not in refused + no_reason  # no Python hints
     assert aliases(project) == {"champion": 1} and len(RegistryReader(project.storage).events(MODEL)) == 1
 
     why = "reviewed: the 0.99 bar is aspirational"

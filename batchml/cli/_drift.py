@@ -24,7 +24,7 @@ def drift(
     """Show the drift of a prediction run's inputs and predictions against the model's training data.
 
     Computes and records it (once, immutably) if it is not stored yet, then refreshes the serving DB
-    (tables drift_metrics and drift_runs). Thresholds come from [models.MODEL.monitoring.drift].
+    (tables drift_metrics and drift_runs). Thresholds come from \\[models.MODEL.monitoring.drift].
 
     Examples:
       batchml drift default_risk

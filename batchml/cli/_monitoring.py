@@ -27,7 +27,7 @@ _ALERT_COLUMNS = ["id", "model", "version", "run_id", "kind", "detail", "value",
 @labels_app.command("ingest")
 def ingest(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Labels dataset, as named in [models.M.monitoring.labels].")],
+    name: Annotated[str, typer.Argument(help="Labels dataset, as named in \\[models.M.monitoring.labels].")],
     source: Annotated[str, typer.Argument(help="File, folder, glob or URL of CSV/Parquet.")],
     as_json: JsonFlag = False,
 ) -> None:

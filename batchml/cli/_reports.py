@@ -23,7 +23,7 @@ def report(
     """Render (once) or find the Evidently report of a prediction run, and print where its HTML is.
 
     Data drift of the features and the prediction against the model's training data, and a data summary,
-    on a seeded sample of at most [models.MODEL.monitoring] report_sample_rows rows per side. Drift is
+    on a seeded sample of at most \\[models.MODEL.monitoring] report_sample_rows rows per side. Drift is
     judged with `batchml drift`'s methods (where Evidently has them) and thresholds; its verdict, the one
     alerts act on, heads the report. Saved under monitoring/MODEL/RUN_ID/ in storage and listed in the
     serving DB's `reports` table.

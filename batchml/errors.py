@@ -49,10 +49,13 @@ class InvalidNameError(BatchMLError, ValueError):
 class NotFoundError(BatchMLError, LookupError):
     """A named thing does not exist; the message lists what does."""
 
-    def __init__(self, kind: str, value: str, available: list[str] | None = None) -> None:
+    def __init__(
+        self, kind: str, value: str, available: list[str] | None = None, hint: str | None = None
+    ) -> None:
         shown = ", ".join(available[:20]) if available else "none"
         more = f" (+{len(available) - 20} more)" if available and len(available) > 20 else ""
-        super().__init__(f"{kind} {value!r} not found; available: {shown}{more}")
+        then = f". {hint}" if hint else ""
+        super().__init__(f"{kind} {value!r} not found; available: {shown}{more}{then}")
         self.kind = kind
         self.value = value
         self.available = list(available or [])

@@ -148,7 +148,14 @@ class RegistryReader:
         if alias not in current:
             check_name("alias", alias)  # an invalid alias says what is allowed, not just "not found"
             available = [f"{a} (v{v})" for a, v in current.items()]
-            raise NotFoundError(f"alias of model {name!r}", alias, available)
+            versions = [str(v.version) for v in self.list_versions(name)]
+            hint = (
+                f"Point it at a version first: batchml models promote {name} VERSION --alias {alias} "
+                f"(versions: {', '.join(versions[-10:])})"
+                if versions
+                else f"Train a version first: batchml train {name} --promote"
+            )
+            raise NotFoundError(f"alias of model {name!r}", alias, available, hint)
         return self.get(name, current[alias])
 
     def load_booster(self, model: ModelVersion) -> lgb.Booster:

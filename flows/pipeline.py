@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 import batchml
 from batchml.redact import redact_url
+from batchml.registry import RegistryReader
 from flows.common import artifact_key, config_ref, markdown_table, metrics_text, open_project, report
 from flows.ingest import snapshot_dataset
 from flows.score import score_and_publish
@@ -46,6 +47,11 @@ def pipeline(
         snap = snapshots[spec.dataset]
         dataset = snap["dataset"]
         trained = train_model(name, dataset=dataset, promote_to=alias, config=config)
+        if trained["held_back"]:
+            holder = RegistryReader(project.storage).aliases(name).get(alias)
+            if holder is None:
+                raise batchml.PromotionError(nothing_to_score(trained, alias))
+            logger.warning("%s held back; scoring %s v%s instead", trained["ref"], alias, holder)
         scored = score_and_publish(name, alias=alias, dataset=dataset, publish=publish, config=config)
         results.append(
             {
@@ -80,3 +86,14 @@ def pipeline(
         table=results,
     )
     return {"database": database, "models": results}
+
+
+def nothing_to_score(trained: dict[str, Any], alias: str) -> str:
+    """Why the pipeline stops: the new version was held back and no version holds `alias` to score with."""
+    ref, model, version = trained["ref"], trained["model"], trained["version"]
+    force = " --force --reason '...'" if not trained["gates"]["passed"] else ""
+    return (
+        f"{ref} was trained but not promoted to {alias!r} ({trained['held_back']}), and no version holds "
+        f"{alias!r}, so there is nothing to score. Review it with `batchml models show {ref}`; to promote "
+        f"it anyway: batchml models promote {model} {version} --alias {alias}{force}"
+    )

@@ -313,11 +313,23 @@ def test_train_flow_promotes_only_when_every_gate_passed(
     assert "**not promoted** to `champion`: gates failed" in markdown
     assert "## Gates: FAILED" in markdown and "| FAIL |" in markdown
 
+    # The pipeline cannot score without a champion: it says the version was trained, why it was held back
+    # and how to promote it anyway (it used to fail with "alias 'champion' not found; available: none").
+    state = pipeline(config=str(config), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(batchml.PromotionError) as stopped:
+        state.result()
+    message = str(stopped.value)
+    assert "default_risk@1 was trained but not promoted to 'champion' (gates failed: metrics: auc" in message
+    assert "batchml models promote default_risk 1 --alias champion --force --reason" in message
+
     config.write_text(config.read_text().replace("min = 0.99}}", "min = 0.6}}\nauto_promote = false"))
     result = train_model("default_risk", config=str(config))
     assert result["promotion"] is None and result["held_back"] == "gates.auto_promote is false"
     assert result["gates"]["passed"] and result["version"] == 2
     assert RegistryReader(project.storage).aliases("default_risk") == {}
+    with pytest.raises(batchml.PromotionError, match=r"auto_promote is false\), and no version holds"):
+        pipeline(config=str(config))
 
 
 # -- monitoring --------------------------------------------------------------------------------------------

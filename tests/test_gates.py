@@ -325,6 +325,34 @@ def test_refused_then_forced_promotion_is_recorded(
     assert rows == [(1, False, "fixture"), (2, True, why), (1, False, "back")]
 
 
+def test_train_promote_moves_the_alias_only_when_every_gate_passed(
+    make_project: MakeProject, loans_csv: Path
+) -> None:
+    project = configure(make_project, loans_csv, "metrics = {auc = {min = 0.99}}")
+    cli(project, "datasets", "snapshot", "loans")
+    # No champion yet: scoring says how to get one instead of only "available: none".
+    missing = cli(project, "score", MODEL, code=1).stderr
+    assert "alias of model 'default_risk' 'champion' not found; available: none" in missing
+    assert "Train a version first: batchml train default_risk --promote" in missing
+
+    refused = cli(project, "train", MODEL, "--promote", code=1)
+    assert "registered new version default_risk@1" in refused.stdout and "gates: FAILED" in refused.stdout
+    assert refused.stderr.count("\n") == 1 and "cannot become 'champion'" in refused.stderr
+    assert "batchml models promote default_risk 1 --alias champion --force --reason" in refused.stderr
+    assert aliases(project) == {}
+    missing = cli(project, "score", MODEL, code=1).stderr
+    assert "Point it at a version first: batchml models promote default_risk VERSION" in missing
+    assert "(versions: 1)" in missing
+
+    project = configure(make_project, loans_csv, "metrics = {auc = {min = 0.6}}")
+    promoted = json.loads(cli(project, "train", MODEL, "--promote", "--json").stdout)
+    assert promoted["promotion"] == {"alias": "champion", "from": None, "to": 2}
+    assert aliases(project) == {"champion": 2}
+    again = cli(project, "train", MODEL, "--promote").stdout  # the same version: nothing moves
+    assert "reused existing version default_risk@2" in again and "alias champion: already at v2" in again
+    assert len(RegistryReader(project.storage).events(MODEL)) == 1
+
+
 def test_gate_results_in_sql(
     make_project: MakeProject, loans_csv: Path, champion: batchml.ModelVersion
 ) -> None:

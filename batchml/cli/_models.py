@@ -21,6 +21,7 @@ from batchml.cli._common import (
     spinner,
     table,
 )
+from batchml.errors import PromotionError
 from batchml.names import parse_ref
 from batchml.registry import ModelVersion, RegistryReader
 
@@ -71,12 +72,19 @@ def train(
         list[str] | None,
         typer.Option("--param", metavar="KEY=VALUE", help="LightGBM parameter override (repeatable)."),
     ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Then point --alias at the version, if every gate passed.")
+    ] = False,
+    alias: Annotated[str, typer.Option("--alias", help="The alias --promote moves.")] = "champion",
     as_json: JsonFlag = False,
 ) -> None:
     """Train MODEL on a dataset version and register it (a no-op returning the same version if done before).
 
+    With --promote the version then becomes --alias (champion) if every promotion gate passed; if one
+    failed, the version stays registered, the failed checks are listed and the command exits 1.
+
     Examples:
-      batchml train default_risk
+      batchml train default_risk --promote
       batchml train default_risk --dataset loans@3f2a --param num_leaves=63 --param learning_rate=0.03
     """
     params = parse_params(param or [])
@@ -96,6 +104,19 @@ def train(
         "gates": card.get("gates"),
         "capped_categories": card.get("capped_categories", []),
     }
+    if promote:
+        holder = RegistryReader(project.storage).aliases(model).get(alias)
+        try:
+            api.promote(project, model, version.version, alias, reason="batchml train --promote")
+        except PromotionError:  # the version exists: show it, then the one-line refusal with its checks
+            _render_training(as_json, data, version)
+            raise
+        data["promotion"] = {"alias": alias, "from": holder, "to": version.version}
+    _render_training(as_json, data, version)
+
+
+def _render_training(as_json: bool, data: dict[str, Any], version: ModelVersion) -> None:
+    card = version.card
 
     def render(console: Console) -> None:
         verb = "reused existing" if version.reused else "registered new"
@@ -106,6 +127,11 @@ def train(
         _print_gates(console, card.get("gates"))
         features = ([f["feature"], f["importance"]] for f in data["top_features"])
         console.print(table(["feature", "importance (gain)"], features, "top features"))
+        if promotion := data.get("promotion"):
+            moved = promotion["from"] != promotion["to"]
+            before = f"v{promotion['from']}" if promotion["from"] is not None else "(none)"
+            change = f"{before} -> v{promotion['to']}" if moved else f"already at v{promotion['to']}"
+            console.print(f"alias {promotion['alias']}: {change}")
 
     emit(as_json, data, render)
 

@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchml.errors import ConflictError, DataError, NotFoundError
+from batchml.eventlog import EventLog
 from batchml.names import check_name, parse_ref
 from batchml.parts import write_parquet_parts
 from batchml.redact import redact_url
-from batchml.sources import SourceFormat, read_source, resolve_source
+from batchml.sources import Source, SourceFormat, read_source, resolve_source
 from batchml.stats import ColumnSummary, SummaryAccumulator
 from batchml.storage import FileEntry, Storage
 
@@ -111,14 +112,31 @@ def list_versions(storage: Storage, name: str) -> list[DatasetVersion]:
     return sorted(found, key=lambda v: (v.created_at, v.version))
 
 
+def _snapshot_log(storage: Storage, name: str) -> EventLog:
+    """Every snapshot of `name`, new or reused: `latest` is the version the newest one gave."""
+    return EventLog(storage, f"datasets/{name}/snapshots")
+
+
+def latest(storage: Storage, name: str, versions: list[DatasetVersion]) -> DatasetVersion:
+    """The most recently snapshotted of `versions` (all of `name`'s, oldest first).
+
+    Re-snapshotting a source that matches an older version makes that version the latest again, so the
+    next train or score uses the data the user just pointed at. Without a snapshot record (a version
+    committed by a run killed before recording it): the newest version.
+    """
+    newest = _snapshot_log(storage, name).newest()
+    wanted = newest["version"] if newest else None
+    return next((v for v in versions if v.version == wanted), versions[-1])
+
+
 def get_version(storage: Storage, ref: str) -> DatasetVersion:
-    """Resolve `name@version` (`latest`, a full id, or a unique id prefix) to its manifest."""
+    """Resolve `name@version` (`latest`: the most recently snapshotted, a full id, or a unique id prefix)."""
     name, wanted = parse_ref(ref, "dataset")
     versions = list_versions(storage, name)
     if not versions:
         raise NotFoundError("dataset", name, list_datasets(storage))
     if wanted == "latest":
-        return versions[-1]
+        return latest(storage, name, versions)
     matches = [v for v in versions if v.version.startswith(wanted)]
     if len(matches) != 1:
         raise NotFoundError(f"dataset version of {name!r}", wanted, [v.version for v in versions])
@@ -157,8 +175,35 @@ def snapshot(
     for version in existing:
         if version.source_fingerprint == fingerprint:
             log.info("dataset %s: source unchanged, reusing version %s", name, version.version)
-            return DatasetVersion.from_dict(version.to_dict(), reused=True)
+            reused = DatasetVersion.from_dict(version.to_dict(), reused=True)
+            return _recorded(storage, reused, existing, source, created_by)
+    created = _write_version(storage, name, source, resolved, fingerprint, existing, created_by, progress)
+    return _recorded(storage, created, existing, source, created_by)
 
+
+def _recorded(
+    storage: Storage, version: DatasetVersion, existing: list[DatasetVersion], source: str, actor: str | None
+) -> DatasetVersion:
+    """`version`, made the latest by a snapshot record (from `source`, by `actor`) unless it is already:
+    re-snapshotting the source of the latest version writes nothing at all."""
+    if version.reused and existing and latest(storage, version.name, existing).version == version.version:
+        return version
+    event = {"action": "snapshot", "version": version.version, "reused": version.reused}
+    _snapshot_log(storage, version.name).append({**event, "source": redact_url(source)}, actor)
+    return version
+
+
+def _write_version(
+    storage: Storage,
+    name: str,
+    source: str,
+    resolved: Source,
+    fingerprint: str,
+    existing: list[DatasetVersion],
+    created_by: str | None,
+    progress: Progress | None,
+) -> DatasetVersion:
+    """Read `resolved` into Parquet parts and commit them as a new version (or find identical data's)."""
     schema, batches = read_source(resolved)
     summary = SummaryAccumulator()
 
@@ -189,7 +234,7 @@ def snapshot(
         schema=schema_json,
         files=files,
         summary=summaries,
-        parent=existing[-1].version if existing else None,
+        parent=latest(storage, name, existing).version if existing else None,
     )
     try:
         storage.create_json(f"{_versions_dir(name)}/{version.version}.json", version.to_dict())

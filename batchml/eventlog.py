@@ -43,6 +43,11 @@ class EventLog:
         names = [n for n in self.storage.list_dir(self.folder) if n.endswith(".json")]
         return [self.storage.read_json(f"{self.folder}/{n}") for n in names]
 
+    def newest(self) -> dict[str, Any] | None:
+        """The newest event (None if none), reading one file."""
+        seq = self.last_seq()
+        return self.storage.read_json(f"{self.folder}/{seq:09d}.json") if seq else None
+
     def next_seq(self) -> int:
         """The sequence number the next event will take."""
         return self.last_seq() + 1

@@ -141,6 +141,13 @@ def test_datasets_snapshot_list_show_diff(project: batchml.Project, tmp_path: Pa
     assert "-3,700" in cli(project, "datasets", "diff", first["ref"], second["ref"]).stdout
     assert "loans" in cli(project, "datasets", "list").stdout
 
+    # Back to the first source: its version is the latest again, and training uses it.
+    back = cli_json(project, "datasets", "snapshot", "loans")
+    assert back["reused"] is True and back["version"] == first["version"]
+    assert cli_json(project, "datasets", "list")["datasets"][0]["latest"] == first["version"]
+    assert cli_json(project, "datasets", "show", "loans@latest")["version"] == first["version"]
+    assert cli_json(project, "train", "default_risk")["dataset_version"] == first["ref"]
+
 
 def test_snapshot_of_an_invalid_name_stores_nothing(project: batchml.Project, loans_csv: Path) -> None:
     batchml.snapshot_dataset(project, "loans")

@@ -60,6 +60,21 @@ def test_new_content_gets_new_version_with_parent_and_diff(storage: Storage, tmp
     assert diff["column_changes"]["x"]["max"] == {"old": 3.0, "new": 9.0}
 
 
+def test_latest_is_the_most_recently_snapshotted_version(storage: Storage, tmp_path: Path) -> None:
+    pl.DataFrame({"id": [1, 2], "x": [1.0, 2.0]}).write_parquet(tmp_path / "a.parquet")
+    pl.DataFrame({"id": [1, 2], "x": [5.0, 6.0]}).write_parquet(tmp_path / "b.parquet")
+    a = datasets.snapshot(storage, "d", str(tmp_path / "a.parquet"))
+    b = datasets.snapshot(storage, "d", str(tmp_path / "b.parquet"))
+    assert datasets.get_version(storage, "d@latest").version == b.version
+    # Back to the first source: no new version, but it is what the user points at now.
+    again = datasets.snapshot(storage, "d", str(tmp_path / "a.parquet"))
+    assert again.reused and again.version == a.version
+    assert datasets.get_version(storage, "d@latest").version == a.version
+    assert [v.version for v in datasets.list_versions(storage, "d")] == [a.version, b.version]
+    datasets.snapshot(storage, "d", str(tmp_path / "b.parquet"))
+    assert datasets.get_version(storage, "d@latest").version == b.version
+
+
 def test_folder_and_glob_sources(storage: Storage, tmp_path: Path) -> None:
     folder = tmp_path / "parts"
     folder.mkdir()

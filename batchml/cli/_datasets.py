@@ -137,7 +137,7 @@ def list_(
     listing: list[dict[str, Any]] = []
     for dataset in names:
         versions = datasets.list_versions(storage, dataset)
-        latest = versions[-1] if versions else None
+        latest = datasets.latest(storage, dataset, versions) if versions else None
         listing.append(
             {
                 "name": dataset,

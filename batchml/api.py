@@ -16,7 +16,7 @@ from batchml.drift_reference import training_reference
 from batchml.errors import BatchMLError, ConfigError, QueryTimeoutError, ReadOnlyError
 from batchml.eventlog import now
 from batchml.expectations import check_training_data
-from batchml.features import Feature
+from batchml.features import Feature, check_bindable, renamed
 from batchml.gc import GRACE_SECONDS, GcReport, collect
 from batchml.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
 from batchml.logstate import ALIASES, PUBLISHED, STAGING
@@ -159,19 +159,29 @@ def register_model(
     classes: list[str] | None = None,
     metrics: dict[str, float] | None = None,
     params: dict[str, Any] | None = None,
+    feature_names: list[str] | None = None,
 ) -> ModelVersion:
-    """Register a booster trained elsewhere (a notebook): features bind by its feature names."""
+    """Register a booster trained elsewhere (a notebook): features bind by its feature names.
+
+    A booster trained on a bare matrix has positional names (`Column_0`, ...): `feature_names` gives the
+    dataset column of each position. With `dataset`, every feature and the entity id must be a column of it.
+    """
     task = _booster_task(booster)
     num_class = booster.num_model_per_iteration() if task == "multiclass" else 2
     labels = classes or ([] if task == "regression" else [str(i) for i in range(num_class)])
     version = datasets.get_version(project.storage, dataset) if dataset else None
+    features = _booster_features(booster)
+    if feature_names is not None:
+        features = renamed(features, feature_names)
+    if version is not None:
+        check_bindable(features, entity_id, version.ref, version.columns)
     card = {
         "origin": "register_model",
         "task": task,
         "dataset_version": version.ref if version else None,
         "entity_id": entity_id,
         "target": target,
-        "features": [f.to_dict() for f in _booster_features(booster)],
+        "features": [f.to_dict() for f in features],
         "classes": labels,
         "positive_class": labels[1] if task == "binary" and len(labels) == 2 else None,
         "params": params if params is not None else dict(getattr(booster, "params", {}) or {}),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -168,3 +168,43 @@ def encode(batch: pa.RecordBatch | pa.Table, features: list[Feature]) -> np.ndar
         else:
             matrix[:, i] = category_codes(column, feature)
     return matrix
+
+
+_POSITIONAL = re.compile(r"Column_\d+")
+
+
+def renamed(features: list[Feature], names: list[str]) -> list[Feature]:
+    """`features` bound to the dataset columns `names`, one per position (a booster trained on a matrix)."""
+    if len(names) != len(features):
+        current = ", ".join(f.name for f in features[:5]) + (", ..." if len(features) > 5 else "")
+        raise SchemaError(
+            f"feature_names has {len(names)} names but the booster has {len(features)} features "
+            f"({current}): give one dataset column per position"
+        )
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if bad or repeated:
+        raise SchemaError(
+            f"feature_names must be distinct column names: {'empty or not text: ' if bad else 'repeated: '}"
+            f"{', '.join(map(repr, bad or repeated))}"
+        )
+    return [replace(f, name=name) for f, name in zip(features, names, strict=True)]
+
+
+def check_bindable(features: list[Feature], entity_id: str, where: str, columns: list[str]) -> None:
+    """Raise SchemaError naming every feature (and the entity id) that is not a column of `where`."""
+    missing = [f.name for f in features if f.name not in columns]
+    problems = [f"feature {name!r}: no such column" for name in missing]
+    if entity_id not in columns:
+        problems.insert(0, f"entity id {entity_id!r}: no such column")
+    if not problems:
+        return
+    positional = missing and all(_POSITIONAL.fullmatch(n) for n in missing)
+    hint = (
+        " (the booster was trained on a matrix: map each position to a column with "
+        "register_model(..., feature_names=[...]))"
+        if positional
+        else ""
+    )
+    shown = ", ".join(columns[:30]) + (", ..." if len(columns) > 30 else "")
+    raise SchemaError(f"the model cannot bind to {where} by name{hint}; its columns: {shown}", problems)

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import batchml
-from batchml.errors import DataError, IntegrityError, NotFoundError
-from batchml.registry import Registry
+from batchml.errors import DataError, IntegrityError, NotFoundError, SchemaError
+from batchml.registry import Registry, RegistryReader
 
 
 def test_train_records_a_complete_card(project: batchml.Project, champion: batchml.ModelVersion) -> None:
@@ -114,3 +114,37 @@ def test_register_a_notebook_model_with_pandas_categoricals(project: batchml.Pro
     expected = booster.predict(frame[features].astype(as_categories))  # remaps to the training categories
     order = published["entity_id"].map({k: i for i, k in enumerate(frame["loan_id"])})
     assert np.allclose(published["prediction"].to_numpy(), expected[order.to_numpy()])
+
+
+def test_a_booster_trained_on_a_matrix_binds_through_feature_names(project: batchml.Project) -> None:
+    batchml.snapshot_dataset(project, "loans")
+    dataset = batchml.datasets.get_version(project.storage, "loans@latest")
+    frame = batchml.datasets.read_frame(project.storage, dataset).to_pandas()
+    columns = ["amount", "credit_score", "age"]
+    booster = lgb.train(  # a bare numpy matrix: the booster only knows Column_0..Column_2
+        {"objective": "binary", "num_iterations": 10, "verbosity": -1},
+        lgb.Dataset(frame[columns].to_numpy(), frame["defaulted"].to_numpy()),
+    )
+    assert booster.feature_name() == ["Column_0", "Column_1", "Column_2"]
+    with pytest.raises(SchemaError, match=r"trained on a matrix: map each position to a column") as caught:
+        batchml.register_model(project, "matrix", booster, entity_id="loan_id", dataset=dataset.ref)
+    assert "feature 'Column_0': no such column" in str(caught.value)
+    for names, message in [
+        (["amount", "credit_score"], "feature_names has 2 names but the booster has 3 features"),
+        (["amount", "amount", "age"], "repeated: 'amount'"),
+        (["amount", "credit_score", "agee"], "feature 'agee': no such column"),
+    ]:
+        with pytest.raises(SchemaError, match=message):
+            batchml.register_model(
+                project, "matrix", booster, entity_id="loan_id", dataset=dataset.ref, feature_names=names
+            )
+    assert RegistryReader(project.storage).list_versions("matrix") == []  # nothing registered
+
+    model = batchml.register_model(
+        project, "matrix", booster, entity_id="loan_id", dataset=dataset.ref, feature_names=columns
+    )
+    assert [f.name for f in model.features] == columns
+    run = batchml.score(project, "matrix", alias=None, version=model.version)
+    scored = pd.read_parquet([Path(project.storage.root, f.path) for f in run.files]).set_index("entity_id")
+    expected = pd.Series(booster.predict(frame[columns].to_numpy()), index=frame["loan_id"])
+    assert np.array_equal(scored["prediction"].to_numpy(), expected[scored.index].to_numpy())

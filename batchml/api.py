@@ -13,7 +13,7 @@ import duckdb
 from batchml import datasets, gates
 from batchml.datasets import DatasetVersion
 from batchml.drift_reference import training_reference
-from batchml.errors import BatchMLError, ConfigError, QueryTimeoutError, ReadOnlyError
+from batchml.errors import BatchMLError, ConfigError, QueryTimeoutError, ReadOnlyError, SchemaError
 from batchml.eventlog import now
 from batchml.expectations import check_training_data
 from batchml.features import Feature, check_bindable, renamed
@@ -38,6 +38,7 @@ from batchml.serving import (
 
 if TYPE_CHECKING:  # lightgbm (and the sklearn it imports) costs seconds: load it only to train or score
     import lightgbm as lgb
+    import polars as pl
 
 
 def snapshot_dataset(
@@ -54,6 +55,19 @@ def snapshot_dataset(
         source = project.resolve_source(configured.source)
     file_format = configured.format if configured else None
     return datasets.snapshot(project.storage, name, source, file_format=file_format, progress=progress)
+
+
+def read_dataset(
+    ref: str, project: Project | None = None, *, columns: list[str] | None = None
+) -> pl.DataFrame:
+    """Dataset version `ref` (`NAME@VERSION`, `NAME@latest`) as a polars DataFrame, files hash-checked."""
+    project = project or Project.open()
+    version = datasets.get_version(project.storage, ref)
+    missing = [c for c in columns or [] if c not in version.columns]
+    if missing:
+        named = ", ".join(map(repr, missing))
+        raise SchemaError(f"dataset {version.ref} has no column(s) {named}; its columns:", version.columns)
+    return datasets.read_frame(project.storage, version, columns)
 
 
 def _training_key(dataset: DatasetVersion, spec_json: str, params: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from batchml.cli._common import (
 )
 from batchml.datasets import DatasetVersion
 from batchml.errors import NotFoundError
+from batchml.project import Project
 from batchml.testing import write_loans
 
 app = typer.Typer(
@@ -198,15 +199,32 @@ def diff(
     ctx: typer.Context,
     old: Annotated[str, typer.Argument(metavar="NAME@A", help="The older version.")],
     new: Annotated[str, typer.Argument(metavar="NAME@B", help="The newer version.")],
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            metavar="COLUMN",
+            help="Match rows by this id column for a row-level diff.",
+            show_default="the entity id of the models configured on the dataset",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare two versions: rows, added/removed/retyped columns and changed column summaries.
+    """Compare two versions: rows, added/removed/retyped columns and changed column summaries, and (by an
+    id column) which rows were added, removed and changed, with counts per column and example ids.
 
-    Example:
+    Examples:
       batchml datasets diff loans@3f2a loans@latest
+      batchml datasets diff loans@3f2a loans@latest --by loan_id --json
     """
-    storage = project_of(ctx).storage
-    result = datasets.diff_versions(datasets.get_version(storage, old), datasets.get_version(storage, new))
+    project = project_of(ctx)
+    a, b = datasets.get_version(project.storage, old), datasets.get_version(project.storage, new)
+    result = datasets.diff_versions(a, b)
+    key = by or _entity_id_of(project, b.name)
+    if key is not None:
+        from batchml.row_diff import row_diff
+
+        result["row_diff"] = row_diff(project.storage, a, b, key)
 
     def render(console: Console) -> None:
         rows, retyped = result["rows"], result["retyped_columns"]
@@ -231,5 +249,49 @@ def diff(
         ]
         if changes:
             console.print(table(["column", "stat", "old", "new"], changes, "column changes"))
+        if "row_diff" in result:
+            _print_row_diff(console, result["row_diff"])
+        else:
+            console.print("row-level diff: pass --by ID_COLUMN (no model configured on this dataset has one)")
 
     emit(as_json, result, render)
+
+
+def _entity_id_of(project: Project, dataset: str) -> str | None:
+    """The entity id the models configured on `dataset` share (None if none, or if they differ)."""
+    ids = {m.entity_id for m in project.config.models.values() if m.dataset == dataset}
+    return ids.pop() if len(ids) == 1 else None
+
+
+def _print_row_diff(console: Console, diff: dict[str, Any]) -> None:
+    rows, examples = diff["rows"], diff["examples"]
+    kinds = [[kind, rows[kind], ", ".join(examples[kind])] for kind in ("added", "removed", "changed")]
+    console.print(table(["rows", "count", "example ids"], kinds, f"rows by {diff['by']}"))
+    console.print(f"unchanged: {rows['unchanged']:,}; rows without an id: {rows['without_id']}")
+    columns = [[c, v["changed"], ", ".join(v["examples"])] for c, v in diff["changed_columns"].items()]
+    if columns:
+        console.print(table(["column", "rows changed", "example ids"], columns, "changed columns"))
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(metavar="NAME@VERSION", help="Version id, unique prefix or latest.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="File to write: .parquet or .csv (by suffix).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a dataset version to a Parquet or CSV file, every stored file hash-checked first.
+
+    Examples:
+      batchml datasets export loans@latest loans.parquet
+      batchml datasets export loans@3f2a exports/loans.csv --force
+    """
+    from batchml.dataset_export import export_version
+
+    storage = project_of(ctx).storage
+    version = datasets.get_version(storage, ref)
+    with spinner(f"exporting {version.ref}", as_json):
+        rows = export_version(storage, version, out, overwrite=force)
+    data = {"ref": version.ref, "file": str(out), "rows": rows}
+    emit(as_json, data, lambda c: c.print(f"wrote {rows:,} rows of {version.ref} to {out}"))

@@ -218,6 +218,9 @@ class ModelSpec(_Strict):
     #: 1 of 0/1, true of booleans, "good" of bad/good. Booleans are the classes 0 and 1.
     positive_class: str | None = None
     timestamp: str | None = None
+    #: How a text timestamp column is written, in strftime codes (e.g. "%b-%Y" for "Mar-2018"); ISO-8601 dates
+    #: and datetimes need none.
+    timestamp_format: str | None = None
     #: Explicit feature list; None means every column except entity id, timestamp, target and `exclude`.
     features: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
@@ -252,6 +255,11 @@ class ModelSpec(_Strict):
             raise ValueError(f"entity_id, target and timestamp must be different columns, got {roles}")
         if self.features is not None and set(self.features) & set(roles):
             raise ValueError(f"features must not include entity_id/target/timestamp: {sorted(set(roles))}")
+        if self.timestamp_format is not None and (self.timestamp is None or "%" not in self.timestamp_format):
+            raise ValueError(
+                f"timestamp_format {self.timestamp_format!r} needs a timestamp column and strftime codes "
+                "(e.g. \"%b-%Y\" for 'Mar-2018')"
+            )
         if self.positive_class is not None and self.task != "binary":
             raise ValueError(f"positive_class applies to binary models only; the task is {self.task!r}")
         return self

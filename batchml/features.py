@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from batchml.config import ModelSpec
 from batchml.errors import SchemaError
+from batchml.timestamps import date_format_of
 
 FeatureKind = Literal["numeric", "categorical"]
 
@@ -99,6 +100,12 @@ def infer_features(
         if is_numeric_type(kind) and name not in categorical:
             features.append(Feature(name, "numeric", str(kind)))
             continue
+        if name not in categorical and (written := date_format_of(column)) is not None:
+            raise SchemaError(
+                f"column {name!r} holds dates as text ({written}): as a category each date would be its "
+                "own value, unseen as soon as new dates arrive. Make it the model's timestamp (timestamp = "
+                f"{name!r}), exclude it (exclude = [{name!r}]), or list it in categorical to keep it so"
+            )
         counts = Counter(v for v in column.cast(pa.string()).to_pylist() if v is not None)
         ranked = [value for value, _ in sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))]
         top, rest = sorted(ranked[:max_categories]), sorted(ranked[max_categories:])

@@ -16,6 +16,7 @@ from sklearn import metrics as skm
 from batchml.config import ModelSpec, Task
 from batchml.errors import DataError, SchemaError
 from batchml.features import Feature, encode, infer_features, lightgbm_names, select_feature_columns
+from batchml.timestamps import timestamp_micros
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,7 @@ def _holdout_mask(table: pa.Table, spec: ModelSpec) -> np.ndarray:
     if spec.split_method == "time":
         if not spec.timestamp:
             raise SchemaError("split method 'time' needs a timestamp column in the model spec")
-        stamps = np.asarray(
-            table.column(spec.timestamp).cast(pa.timestamp("us")).cast(pa.int64()).fill_null(0)
-        )
+        stamps = timestamp_micros(table.column(spec.timestamp), spec.timestamp, spec.timestamp_format)
         cutoff = np.quantile(stamps, 1.0 - fraction, method="higher")
         return stamps >= cutoff
     ids = table.column(spec.entity_id).cast(pa.string()).to_pylist()

@@ -387,7 +387,7 @@ def test_monitor_alerts_on_drift_and_retrains_once(
 ) -> None:
     from flows.monitor import monitor
 
-    # Drifted data arrives at the configured source: the retrain re-snapshots it, so it trains on what drifted.
+    # Drifted data arrives at the configured source: the retrain re-snapshots it and trains on what drifted.
     drifted_csv = _drifted_source(loans_csv, tmp_path / "drifted.csv")
     toml = Path(_config(project))
     toml.write_text(toml.read_text().replace(str(loans_csv), drifted_csv))

@@ -7,7 +7,7 @@ report stored in the model card:
     {"passed": bool, "checks": [{"gate", "name", "value", "threshold", "passed", "detail"}, ...]}
 
 A check with `passed` None was skipped (a slice too small, a single class): it is reported, and it does not
-fail the gate. `refuse_promotion` is what `Registry.promote` asks before moving an alias.
+fail the gate. `Registry.promote` refuses a version whose report failed (`batchml.promotion`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchml.config import ModelSpec
-from batchml.errors import ConfigError, PromotionError
+from batchml.errors import ConfigError
 from batchml.features import select_feature_columns
 from batchml.gate_checks import GATES, METRICS, GateContext, report
 from batchml.names import check_name
@@ -125,32 +125,3 @@ def run(model: str, spec: ModelSpec, result: TrainResult, registry: RegistryRead
     outcome = report(checks)
     log.info("gates of %s: %s (%d checks)", model, "passed" if outcome["passed"] else "FAILED", len(checks))
     return outcome
-
-
-# -- promotion ----------------------------------------------------------------------------------------------
-def failed_checks(gate_report: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The checks that failed (none for a version without a gate report)."""
-    return [c for c in (gate_report or {}).get("checks", []) if c.get("passed") is False]
-
-
-def describe(c: dict[str, Any]) -> str:
-    """`slices: region=north auc = 0.61 (threshold 0.7)` for a message."""
-    value = "n/a" if c["value"] is None else f"{c['value']:.4g}"
-    return f"{c['gate']}: {c['name']} = {value} (threshold {c['threshold']})"
-
-
-def refuse_promotion(
-    ref: str, alias: str, gate_report: dict[str, Any] | None, force: bool, reason: str
-) -> list[str]:
-    """Raise PromotionError if `ref` failed gates and is not forced with a reason; return what is forced."""
-    if force and not reason.strip():
-        raise PromotionError(f"forcing {ref} to {alias!r} needs a reason: add --reason '...'")
-    failed = [describe(c) for c in failed_checks(gate_report)]
-    if failed and not force:
-        raise PromotionError(
-            f"{ref} failed {len(failed)} gate check(s), so it cannot become {alias!r}: "
-            + "; ".join(failed)
-            + f". To promote anyway: batchml models promote {ref.replace('@', ' ')} --alias {alias} --force "
-            "--reason '...'"
-        )
-    return failed

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from batchml.errors import ConflictError, DataError, IntegrityError, NotFoundError
 from batchml.eventlog import EventLog, Operation, append_decided, replay_stacks
 from batchml.features import Feature
-from batchml.gates import refuse_promotion
 from batchml.names import check_name
+from batchml.promotion import refuse_promotion
 from batchml.storage import FileEntry, Storage
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 import batchml
-from batchml.gates import describe, failed_checks
+from batchml.promotion import describe, failed_checks
 from batchml.registry import RegistryReader
 from flows.common import (
     artifact_key,

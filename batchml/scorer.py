@@ -32,8 +32,6 @@ from batchml.validation import QuarantineWriter, ScoringChecks
 if TYPE_CHECKING:
     import lightgbm as lgb
 
-    from batchml.scoring import ScoringOptions
-
 BATCH_ROWS = 131_072
 ROWS_PER_FILE = 4_000_000
 BINARY_THRESHOLD = 0.5
@@ -193,17 +191,17 @@ def score_batches(
     scoring: ScoringInput,
     checks: ScoringChecks,
     stamp: dict[str, Any],
-    options: ScoringOptions,
+    reason_codes: int,
     progress: Progress | None = None,
 ) -> ScoredParts:
     """Check, encode, predict and write `batches` as parts under `prefix`; on any error, nothing is left.
 
     `stamp` holds the run's constant columns (model, model_version, dataset_version, code_version, run_id,
-    scored_at).
+    scored_at); `reason_codes` is how many top features to store per prediction (0: none).
     """
     quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
     workers, threads = predict_plan()
-    scorer = _BatchScorer(booster, model, scoring.schema, stamp, options.reason_codes, threads)
+    scorer = _BatchScorer(booster, model, scoring.schema, stamp, reason_codes, threads)
     encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine))
     scored = ordered_map(scorer, encoded, workers)
     rows = 0

@@ -267,7 +267,7 @@ def score(
         scoring=scoring,
         checks=checks,
         stamp=new_stamp(model, dataset, key, scored_at),
-        options=options,
+        reason_codes=options.reason_codes,
         progress=progress,
     )
     if not parts.files:

@@ -21,7 +21,7 @@ from batchml.api import (
     train,
 )
 from batchml.config import Config, ModelSpec, load_config
-from batchml.datasets import DatasetVersion
+from batchml.data.datasets import DatasetVersion
 from batchml.errors import (
     BatchMLError,
     ConfigError,
@@ -36,9 +36,9 @@ from batchml.errors import (
     SchemaError,
     TransientError,
 )
+from batchml.models.registry import ModelVersion
 from batchml.project import Project
-from batchml.registry import ModelVersion
-from batchml.scoring import PredictionRun
+from batchml.scoring.runs import PredictionRun
 
 __version__ = "0.1.0"
 

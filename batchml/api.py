@@ -10,31 +10,32 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from batchml import datasets, gates
-from batchml.datasets import DatasetVersion
-from batchml.drift_reference import training_reference
+from batchml.checks import gates
+from batchml.checks.expectations import check_training_data
+from batchml.data import datasets
+from batchml.data.datasets import DatasetVersion
 from batchml.errors import BatchMLError, ConfigError, QueryTimeoutError, ReadOnlyError, SchemaError
-from batchml.eventlog import now
-from batchml.expectations import check_training_data
-from batchml.features import Feature, check_bindable, renamed
-from batchml.gc import GRACE_SECONDS, GcReport, collect
-from batchml.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
-from batchml.logstate import ALIASES, PUBLISHED, STAGING
+from batchml.models.features import Feature, check_bindable, renamed
+from batchml.models.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
+from batchml.models.profiles import training_profile
+from batchml.models.registry import ModelVersion, Registry
+from batchml.monitoring.drift_reference import training_reference
 from batchml.names import check_name
-from batchml.operations import Mutation, catch_up
-from batchml.profiles import training_profile
 from batchml.project import Project
-from batchml.publications import PublicationLog
-from batchml.registry import ModelVersion, Registry
-from batchml.scoring import PredictionRun, Progress, ScoringOptions, get_run
-from batchml.scoring import score as score_dataset
-from batchml.serving import (
+from batchml.scoring.publications import PublicationLog
+from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
+from batchml.scoring.runs import score as score_dataset
+from batchml.serving.database import (
     READER_MEMORY_LIMIT,
     READER_THREADS,
     build_serving_db,
     connect_serving,
     serving_path,
 )
+from batchml.serving.gc import GRACE_SECONDS, GcReport, collect
+from batchml.serving.logstate import ALIASES, PUBLISHED, STAGING
+from batchml.serving.operations import Mutation, catch_up
+from batchml.store.eventlog import now
 
 if TYPE_CHECKING:  # lightgbm (and the sklearn it imports) costs seconds: load it only to train or score
     import lightgbm as lgb
@@ -95,7 +96,7 @@ def train(
             return ModelVersion(model, existing.version, existing.card, reused=True)
     started = now()
     table = datasets.read_frame(project.storage, version).to_arrow()
-    from batchml import training
+    from batchml.models import training
 
     data_checks = check_training_data(table, spec, version.ref)  # hard expectations fail before the fit
     gates.validate(model, spec, table.schema)  # a bad gate config fails before the fit, naming the value
@@ -225,7 +226,7 @@ def promote(
 
     A version whose gates failed is refused (PromotionError) unless `force=True` with a `reason`. If the
     alias already holds the version, the event that made it so is returned and nothing is written. Exactly
-    once after a crash, refused on a log state the caller did not see: see `batchml.operations`.
+    once after a crash, refused on a log state the caller did not see: see `batchml.serving.operations`.
     """
     registry = Registry(project.storage)
     target = registry.get(model, version).version
@@ -246,7 +247,7 @@ def rollback_model(
     """Return `alias` of `model` to its previous holder, and refresh the serving catalog.
 
     Run again after a crash, it finishes the interrupted rollback instead of stepping back twice; run again
-    after it completed, it steps back again (see `batchml.operations`).
+    after it completed, it steps back again (see `batchml.serving.operations`).
     """
     with Mutation(project, f"rollback:{alias}", operation_key, [(model, ALIASES)]) as op:
         event = Registry(project.storage).rollback(model, alias, reason, operation=op.on(model, ALIASES))
@@ -439,7 +440,7 @@ def promote_staged(
     skips those already appended and finishes the rest. A change to any of the three logs the caller did
     not see refuses the request before anything is appended.
     """
-    from batchml.staging import staged_run
+    from batchml.serving.staging import staged_run
 
     logs = [(model, STAGING), (model, ALIASES), (model, PUBLISHED)]
     storage = project.storage

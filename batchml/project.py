@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchml.config import Config, load_config
-from batchml.storage import Storage
+from batchml.store.storage import Storage
 
 CONFIG_FILE = "batchml.toml"
 

@@ -9,8 +9,9 @@ same distributions. Each path runs in its own child process and reads the Parque
 - evidently: ``pandas.read_parquet`` of both tables, then ``Report([DataDriftPreset()]).run(cur, ref)`` with
   the columns declared numeric / categorical (its defaults at this size: normed Wasserstein distance, numeric
   columns, Jensen-Shannon distance for categorical ones, threshold 0.1).
-- batchml: ``batchml.drift.drift_between`` streaming record batches of both files (reference profiled into
-  decile bins and category shares, current counted into them; PSI + binned KS / PSI + JS, default thresholds).
+- batchml: ``batchml.monitoring.drift.drift_between`` streaming record batches of both files (reference
+  profiled into decile bins and category shares, current counted into them; PSI + binned KS / PSI + JS,
+  default thresholds).
 
 Wall time is measured inside the child around the work only (reading included, imports not). Peak RSS is the
 child's own ``VmHWM`` (whole process), not ``ru_maxrss`` (see benchmarks/_harness.py).
@@ -104,7 +105,7 @@ def child_evidently(reference: Path, current: Path) -> dict[str, Any]:
 
 def child_batchml(reference: Path, current: Path) -> dict[str, Any]:
     """batchml's drift_between, streaming record batches of both files."""
-    from batchml.drift import drift_between
+    from batchml.monitoring.drift import drift_between
 
     def batches(path: Path) -> Any:
         # pre_buffer=False: a local file needs no coalesced read-ahead (it halves Arrow's peak allocation)

@@ -95,7 +95,8 @@ def operation_key(*parts: str | int) -> str | None:
     """An operation key naming this request within the current flow run (None outside one).
 
     A retried task, or a retried flow run, gives the same key, so batchml carries the request out once; a
-    new flow run gives a new key and decides afresh on the logs as they are (see `batchml.operations`).
+    new flow run gives a new key and decides afresh on the logs as they are (see
+    `batchml.serving.operations`).
     """
     run_id = flow_run.id
     return ":".join(["prefect", str(run_id), *map(str, parts)]) if run_id else None

@@ -1,6 +1,7 @@
 """Monitor a published run: drift, an Evidently report, delayed-label performance, alerts, and retraining.
 
-monitor(model)  ->  drift (batchml.drift) -> report (batchml.reports) -> performance (labels, if any)
+monitor(model)  ->  drift (batchml.monitoring.drift) -> report (batchml.monitoring.reports)
+                ->  performance (labels, if any)
                 ->  alerts (stored, one Prefect event each) -> on breach: a debounced retrain
                     (snapshot -> train_model -> score_and_publish as subflows, every reason = trigger id)
 """
@@ -13,14 +14,15 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 import batchml
-from batchml import alerts, datasets
+from batchml.data import datasets
+from batchml.data.labels import latest_labels
 from batchml.errors import NotFoundError
-from batchml.labels import latest_labels
-from batchml.performance import compute
-from batchml.publications import PublicationLog
+from batchml.models.registry import RegistryReader
+from batchml.monitoring import alerts
+from batchml.monitoring.performance import compute
 from batchml.redact import redact
-from batchml.registry import RegistryReader
-from batchml.scoring import get_run
+from batchml.scoring.publications import PublicationLog
+from batchml.scoring.runs import get_run
 from flows.common import artifact_key, batch_task, config_ref, markdown_table, open_project, report
 from flows.ingest import snapshot_dataset
 from flows.score import score_and_publish
@@ -32,7 +34,7 @@ _TRIGGERS = {"drift": "on_drift", "prediction_drift": "on_drift", "performance":
 @batch_task
 def drift(model: str, run_id: str, config: str | None) -> dict[str, Any]:
     """Drift of run `run_id` against the model's training reference (computed once, then loaded)."""
-    from batchml.drift import monitor_run
+    from batchml.monitoring.drift import monitor_run
 
     project = open_project(config)
     result = monitor_run(project.storage, model, run_id, project.config.model(model).monitoring.drift)
@@ -42,7 +44,7 @@ def drift(model: str, run_id: str, config: str | None) -> dict[str, Any]:
 @batch_task
 def evidently_report(model: str, run_id: str, config: str | None) -> dict[str, Any]:
     """The Evidently report (HTML + JSON snapshot) of run `run_id`, judged as its drift was."""
-    from batchml.reports import render_run_report
+    from batchml.monitoring.reports import render_run_report
 
     project = open_project(config)
     monitoring = project.config.model(model).monitoring

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 import batchml
+from batchml.models.registry import RegistryReader
 from batchml.redact import redact_url
-from batchml.registry import RegistryReader
 from flows.common import artifact_key, config_ref, markdown_table, metrics_text, open_project, report
 from flows.ingest import snapshot_dataset
 from flows.score import score_and_publish

@@ -12,11 +12,11 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 import batchml
 from batchml.api import scoring_inputs
-from batchml.eventlog import now
-from batchml.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
-from batchml.publications import PublicationLog
-from batchml.registry import Registry
-from batchml.validation import describe_summary
+from batchml.checks.validation import describe_summary
+from batchml.models.registry import Registry
+from batchml.scoring.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
+from batchml.scoring.publications import PublicationLog
+from batchml.store.eventlog import now
 from flows.common import (
     artifact_key,
     batch_task,

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 import batchml
-from batchml.promotion import describe, failed_checks
-from batchml.registry import RegistryReader
+from batchml.models.promotion import describe, failed_checks
+from batchml.models.registry import RegistryReader
 from flows.common import (
     artifact_key,
     batch_task,

@@ -8,7 +8,7 @@
                                                      each one (see tests/test_crash.py)
     python tests/crash_driver.py race PROJECT_DIR BARRIER_DIR ARGS...
                                                      run `batchml ARGS` once both racers have read the state
-                                                     they act on (see tests/test_races.py)
+                                                     they act on (see tests/serving/test_races.py)
 
 Nothing in batchml knows about this: the hooks are wrappers this script installs around library and os
 functions in the child process, counting calls per phase and killing the process (`kill -9` on itself)
@@ -39,9 +39,9 @@ import duckdb
 import lightgbm  # noqa: F401  (imported before forking so children start warm)
 
 import batchml
-from batchml import storage as storage_module
 from batchml.cli import app as cli_app
-from batchml.operations import Mutation
+from batchml.serving.operations import Mutation
+from batchml.store import storage as storage_module
 
 MODEL = "default_risk"
 

@@ -23,12 +23,13 @@ import pytest
 from typer.testing import CliRunner
 
 import batchml
-from batchml import datasets, gc
 from batchml.cli import app
-from batchml.publications import PublicationLog
-from batchml.registry import RegistryReader
-from batchml.scoring import get_run, list_runs
-from batchml.storage import FileEntry, Storage
+from batchml.data import datasets
+from batchml.models.registry import RegistryReader
+from batchml.scoring.publications import PublicationLog
+from batchml.scoring.runs import get_run, list_runs
+from batchml.serving import gc
+from batchml.store.storage import FileEntry, Storage
 from batchml.testing import write_loans
 
 DRIVER = Path(__file__).with_name("crash_driver.py")
@@ -246,7 +247,7 @@ def _damage(path: Path, how: str) -> None:
 def test_a_damaged_run_file_stops_publish_rebuild_and_explain(
     project: batchml.Project, published: batchml.PredictionRun, how: str
 ) -> None:
-    from batchml.audit import explain
+    from batchml.monitoring.audit import explain
 
     served_before = batchml.database_path(project).resolve()
     entry = published.files[0]

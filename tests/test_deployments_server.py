@@ -36,7 +36,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import batchml
-from batchml.publications import PublicationLog
+from batchml.scoring.publications import PublicationLog
 from deployments import DEPLOYMENTS
 from tests.conftest import SAMPLE_ROWS
 

@@ -46,8 +46,8 @@ from prefect.states import State  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 import batchml  # noqa: E402
-from batchml.publications import PublicationLog  # noqa: E402
-from batchml.registry import RegistryReader  # noqa: E402
+from batchml.models.registry import RegistryReader  # noqa: E402
+from batchml.scoring.publications import PublicationLog  # noqa: E402
 from deployments import DEPLOYMENTS  # noqa: E402
 from flows.common import RETRY, is_transient  # noqa: E402
 from flows.ingest import snapshot_dataset  # noqa: E402

@@ -16,8 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 import batchml
-from batchml import api, audit, datasets, labels
+from batchml import api
 from batchml.cli import app
+from batchml.data import datasets, labels
 from batchml.errors import (
     BatchMLError,
     ConfigError,
@@ -27,10 +28,11 @@ from batchml.errors import (
     QueryTimeoutError,
     ReadOnlyError,
 )
+from batchml.models.registry import Registry
+from batchml.monitoring import audit
 from batchml.redact import redact, redact_options, redact_url
-from batchml.registry import Registry
-from batchml.scoring import get_run
-from batchml.storage import Storage, check_relpath
+from batchml.scoring.runs import get_run
+from batchml.store.storage import Storage, check_relpath
 from tests.conftest import PROJECT_TOML
 
 runner = CliRunner()
@@ -60,7 +62,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, loans_csv: Path) -> Iter
 def test_a_storage_root_with_a_quote_publishes_and_stages(published: tuple[Any, Any]) -> None:
     project, run = published
     api.stage(project, "default_risk", run.run_id)
-    from batchml.staging import compare
+    from batchml.serving.staging import compare
 
     assert compare(project.storage, "default_risk")["common_entities"] == run.rows
     with batchml.connect(project) as con:
@@ -267,7 +269,13 @@ def test_redact_masks_credentials_and_keeps_the_rest() -> None:
 
 def test_log_lines_are_redacted_on_every_batchml_logger(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    for name in ["batchml", "batchml.serving", "batchml.gc", "batchml.cli._serving", "batchml.training"]:
+    for name in [
+        "batchml",
+        "batchml.serving.database",
+        "batchml.serving.gc",
+        "batchml.cli._serving",
+        "batchml.models.training",
+    ]:
         logging.getLogger(name).warning("store %s options %s", f"s3://k:{URL_SECRET}@b/x", {"token": "tk-1"})
     assert len(caplog.records) == 5
     assert URL_SECRET not in caplog.text and "tk-1" not in caplog.text

@@ -65,7 +65,7 @@ def project_of(ctx: typer.Context, *, catch_up: bool = True) -> Project:
     """The project the global options select, with its serving file brought up to date with the event logs.
 
     Commands that append events pass `catch_up=False`: they must first read the state the serving file
-    shows (what their user acted on), and rebuild it themselves (see `batchml.operations`).
+    shows (what their user acted on), and rebuild it themselves (see `batchml.serving.operations`).
     """
     options = state(ctx)
     project = options.project
@@ -76,7 +76,7 @@ def project_of(ctx: typer.Context, *, catch_up: bool = True) -> Project:
 
 
 def _catch_up(project: Project) -> None:
-    from batchml.operations import catch_up
+    from batchml.serving.operations import catch_up
 
     try:
         behind = catch_up(project)
@@ -246,8 +246,8 @@ def require(condition: bool, message: str) -> None:
 
 def run_or_published(project: Project, model: str, run: str | None) -> str:
     """`run` if given, else the run currently published for `model` (NotFoundError listing its runs)."""
-    from batchml.publications import PublicationLog
-    from batchml.scoring import list_runs
+    from batchml.scoring.publications import PublicationLog
+    from batchml.scoring.runs import list_runs
 
     run_id = run or PublicationLog(project.storage).current(model)
     if run_id is None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batchml import api, datasets
+from batchml import api
 from batchml.cli._common import (
     ErrorHandlingGroup,
     JsonFlag,
@@ -21,7 +21,8 @@ from batchml.cli._common import (
     spinner,
     table,
 )
-from batchml.datasets import DatasetVersion
+from batchml.data import datasets
+from batchml.data.datasets import DatasetVersion
 from batchml.errors import NotFoundError
 from batchml.project import Project
 from batchml.testing import write_loans
@@ -222,7 +223,7 @@ def diff(
     result = datasets.diff_versions(a, b)
     key = by or _entity_id_of(project, b.name)
     if key is not None:
-        from batchml.row_diff import row_diff
+        from batchml.data.row_diff import row_diff
 
         result["row_diff"] = row_diff(project.storage, a, b, key)
 
@@ -287,7 +288,7 @@ def export(
       batchml datasets export loans@latest loans.parquet
       batchml datasets export loans@3f2a exports/loans.csv --force
     """
-    from batchml.dataset_export import export_version
+    from batchml.data.dataset_export import export_version
 
     storage = project_of(ctx).storage
     version = datasets.get_version(storage, ref)

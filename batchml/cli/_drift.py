@@ -10,7 +10,7 @@ from rich.console import Console
 from batchml import api
 from batchml.cli._common import JsonFlag, RunOption, emit, project_of, run_or_published, spinner, table
 from batchml.config import DriftConfig
-from batchml.drift import load_drift, monitor_run
+from batchml.monitoring.drift import load_drift, monitor_run
 
 _COLUMNS = ["feature", "statistic", "value", "threshold", "drifted"]
 

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from batchml import api
 from batchml.cli._common import JsonFlag, emit, project_of
-from batchml.gc import GRACE_SECONDS
+from batchml.serving.gc import GRACE_SECONDS
 
 
 def gc(

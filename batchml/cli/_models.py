@@ -22,8 +22,8 @@ from batchml.cli._common import (
     table,
 )
 from batchml.errors import PromotionError
+from batchml.models.registry import ModelVersion, RegistryReader
 from batchml.names import parse_ref
-from batchml.registry import ModelVersion, RegistryReader
 
 TOP_FEATURES = 10
 

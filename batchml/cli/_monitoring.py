@@ -7,11 +7,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batchml import alerts as alert_records
-from batchml import api, labels
-from batchml import performance as perf
+from batchml import api
 from batchml.cli._common import ErrorHandlingGroup, JsonFlag, emit, project_of, short_time, spinner, table
+from batchml.data import labels
 from batchml.errors import ConfigError, NotFoundError
+from batchml.monitoring import alerts as alert_records
+from batchml.monitoring import performance as perf
 
 labels_app = typer.Typer(
     cls=ErrorHandlingGroup,

@@ -11,7 +11,7 @@ from rich.console import Console
 from batchml import api
 from batchml.cli._common import JsonFlag, RunOption, emit, project_of, properties, run_or_published, spinner
 from batchml.config import MonitoringConfig
-from batchml.reports import load_report, render_run_report
+from batchml.monitoring.reports import load_report, render_run_report
 
 
 def report(

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 
 import batchml
-from batchml import api, datasets
+from batchml import api
+from batchml.checks.validation import describe_summary
 from batchml.cli._common import (
     ErrorHandlingGroup,
     JsonFlag,
@@ -22,13 +23,13 @@ from batchml.cli._common import (
     state,
     table,
 )
+from batchml.data import datasets
 from batchml.errors import BatchMLError, NotFoundError
+from batchml.models.registry import RegistryReader
 from batchml.project import CONFIG_FILE, Project
-from batchml.publications import PublicationLog
 from batchml.redact import redact_url
-from batchml.registry import RegistryReader
-from batchml.scoring import list_runs
-from batchml.validation import describe_summary
+from batchml.scoring.publications import PublicationLog
+from batchml.scoring.runs import list_runs
 
 #: `batchml query` interrupts a statement still running after this many seconds (`--timeout` changes it).
 QUERY_TIMEOUT_SECONDS = 60.0

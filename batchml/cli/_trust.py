@@ -7,10 +7,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batchml import api, audit, staging
+from batchml import api
 from batchml.cli._common import JsonFlag, emit, project_of, properties, table
 from batchml.cli._models import app as models_app
 from batchml.cli._serving import predictions_app
+from batchml.monitoring import audit
+from batchml.serving import staging
 
 
 @predictions_app.command("explain")

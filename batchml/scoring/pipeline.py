@@ -1,0 +1,231 @@
+"""The scoring pipeline shared by a whole run and by one partition of a run.
+
+    read ──▶ check + encode (1 thread) ──▶ predict + receipts (several threads) ──▶ write parts (caller)
+
+Batches are checked against the expectations (bad rows to quarantine), encoded into the model's input
+matrix, predicted with their receipts (input hash, reason codes, flags) and written as Parquet parts that
+no manifest references yet. Memory is bounded by a few batches per stage, whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchml.checks.entity_ids import find_duplicates
+from batchml.checks.validation import QuarantineWriter, ScoringChecks
+from batchml.data.datasets import DatasetVersion
+from batchml.errors import SchemaError
+from batchml.models.features import check_input_schema, encode
+from batchml.models.registry import ModelVersion
+from batchml.scoring.prefetch import ordered_map, prefetch
+from batchml.scoring.receipts import contributions, input_hashes, reason_codes
+from batchml.store.parts import write_parquet_parts
+from batchml.store.storage import FileEntry, Storage
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+BATCH_ROWS = 131_072
+ROWS_PER_FILE = 4_000_000
+BINARY_THRESHOLD = 0.5
+#: Batches predicted at once. Several single-threaded calls keep every core busy while the reading and
+#: writing stages take turns on them; one call spread over all cores waits for its slowest thread.
+MAX_PREDICT_WORKERS = 4
+Progress = Callable[[int], None]
+
+
+def output_schema(entity_type: pa.DataType) -> pa.Schema:
+    """Columns of every prediction file."""
+    return pa.schema(
+        [
+            ("entity_id", entity_type),
+            ("prediction", pa.float64()),
+            ("predicted_class", pa.string()),
+            ("model", pa.string()),
+            ("model_version", pa.int64()),
+            ("dataset_version", pa.string()),
+            ("code_version", pa.string()),
+            ("run_id", pa.string()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+            ("input_hash", pa.uint64()),
+            ("reasons", pa.list_(pa.string())),
+            ("flags", pa.list_(pa.string())),  # unseen:<col>, other:<col>, out_of_range:<col>
+        ]
+    )
+
+
+_STAMP_COLUMNS = ("model", "model_version", "dataset_version", "code_version", "run_id", "scored_at")
+#: Columns with few distinct values; ids, predictions and input hashes are (nearly) unique, so dictionary
+#: encoding them is work the writer throws away (writing a run ~40% faster, and smaller, without it).
+_DICTIONARY_COLUMNS = ["predicted_class", *_STAMP_COLUMNS, "reasons", "flags"]
+
+
+def predict_rows(
+    booster: lgb.Booster, model: ModelVersion, matrix: np.ndarray, threads: int = 0
+) -> tuple[np.ndarray, pa.Array]:
+    """Prediction value and predicted class label per row (the one place that turns raw output into both).
+
+    `threads` is LightGBM's `num_threads` for this call (0: its default, all cores).
+    """
+    raw = np.asarray(booster.predict(matrix, num_threads=threads))
+    classes = pa.array(model.classes, pa.string())
+    if model.task == "binary":
+        return raw, classes.take(pa.array((raw >= BINARY_THRESHOLD).astype(np.int64)))
+    if model.task == "multiclass":
+        best = raw.argmax(axis=1)
+        return raw[np.arange(len(best)), best], classes.take(pa.array(best))
+    return raw, pa.nulls(len(raw), pa.string())
+
+
+def predict_plan() -> tuple[int, int]:
+    """(batches predicted at once, LightGBM threads per call) for the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(cores, MAX_PREDICT_WORKERS))
+    return workers, max(1, cores // workers)
+
+
+@dataclass(frozen=True)
+class ScoringInput:
+    """What scoring reads from a dataset version, after its schema was checked against the model."""
+
+    entity_id: str
+    columns: list[str]
+    schema: pa.Schema  # of the prediction files
+
+
+def check_input(
+    storage: Storage, model: ModelVersion, dataset: DatasetVersion, entry: FileEntry, checks: ScoringChecks
+) -> ScoringInput:
+    """Check the schema of `entry` (a file of `dataset`) before any output: entity id, features, rules; and
+    find the entity ids that repeat anywhere in `dataset` (all their copies will be quarantined)."""
+    entity_id = str(model.card["entity_id"])
+    storage.verify(entry)  # a damaged file fails with IntegrityError, not a Parquet error
+    with storage.open_read(entry.path) as f:
+        input_schema = pq.read_schema(f)
+    if entity_id not in input_schema.names:
+        raise SchemaError(f"dataset {dataset.ref} has no entity id column {entity_id!r}", input_schema.names)
+    check_input_schema(input_schema, model.features)
+    checks.check_schema(input_schema, f"dataset {dataset.ref}")
+    checks.quarantine_duplicates(find_duplicates(storage, dataset, entity_id))
+    columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features), *checks.columns]))
+    return ScoringInput(entity_id, columns, output_schema(input_schema.field(entity_id).type))
+
+
+def _encoded_batches(
+    batches: Iterator[pa.RecordBatch],
+    model: ModelVersion,
+    entity_id: str,
+    checks: ScoringChecks,
+    quarantine: QuarantineWriter,
+) -> Iterator[tuple[pa.Array, np.ndarray, pa.Array]]:
+    """Entity ids, the model's input matrix and each row's flags, batch by batch; bad rows to quarantine."""
+    features = model.features
+    for batch in batches:
+        batch, records = checks.split(batch, entity_id)
+        if records is not None:
+            quarantine.add(records)
+        if batch.num_rows:
+            matrix = encode(batch, features)
+            yield batch.column(entity_id), matrix, checks.flags(batch, matrix)
+
+
+class _BatchScorer:
+    """Turns one encoded batch into an output batch; safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        booster: lgb.Booster,
+        model: ModelVersion,
+        schema: pa.Schema,
+        stamp: dict[str, Any],
+        reason_codes: int,
+        threads: int,
+    ) -> None:
+        self.booster, self.model, self.schema = booster, model, schema
+        self.reason_codes, self.threads = reason_codes, threads
+        self.names = [f.name for f in model.features]
+        # Built once and sliced per batch: repeating a string per row costs more than predicting it.
+        self.stamp = [
+            pa.repeat(pa.scalar(stamp[c], schema.field(c).type), BATCH_ROWS) for c in _STAMP_COLUMNS
+        ]
+
+    def __call__(self, encoded: tuple[pa.Array, np.ndarray, pa.Array]) -> pa.RecordBatch:
+        ids, matrix, flags = encoded
+        n = len(ids)
+        values, labels = predict_rows(self.booster, self.model, matrix, self.threads)
+        columns = [ids, pa.array(values, pa.float64()), labels]
+        columns += [c.slice(0, n) if n <= len(c) else pa.repeat(c[0], n) for c in self.stamp]
+        columns.append(pa.array(input_hashes(matrix), pa.uint64()))
+        if self.reason_codes:
+            contrib = contributions(self.booster, matrix, len(self.model.classes), self.threads)[:, :-1]
+            columns.append(reason_codes(contrib, self.names, self.reason_codes))
+        else:
+            columns.append(pa.nulls(n, pa.list_(pa.string())))
+        columns.append(flags)
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+
+@dataclass(frozen=True)
+class ScoredParts:
+    """Prediction and quarantine parts written for a run (or one partition of it), not yet committed."""
+
+    files: list[FileEntry]
+    quarantine_files: list[FileEntry]
+    rows: int
+
+
+def score_batches(
+    storage: Storage,
+    prefix: str,
+    batches: Iterator[pa.RecordBatch],
+    *,
+    model: ModelVersion,
+    booster: lgb.Booster,
+    scoring: ScoringInput,
+    checks: ScoringChecks,
+    stamp: dict[str, Any],
+    reason_codes: int,
+    progress: Progress | None = None,
+) -> ScoredParts:
+    """Check, encode, predict and write `batches` as parts under `prefix`; on any error, nothing is left.
+
+    `stamp` holds the run's constant columns (model, model_version, dataset_version, code_version, run_id,
+    scored_at); `reason_codes` is how many top features to store per prediction (0: none).
+    """
+    quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
+    workers, threads = predict_plan()
+    scorer = _BatchScorer(booster, model, scoring.schema, stamp, reason_codes, threads)
+    encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine))
+    scored = ordered_map(scorer, encoded, workers)
+    rows = 0
+
+    def count(n: int) -> None:
+        nonlocal rows
+        rows += n
+        if progress:
+            progress(n)
+
+    try:
+        files = write_parquet_parts(
+            storage,
+            prefix,
+            scored,
+            scoring.schema,
+            rows_per_file=ROWS_PER_FILE,
+            dictionary_columns=_DICTIONARY_COLUMNS,
+            progress=count,
+        )
+        quarantine.flush()
+    except BaseException:
+        for stage in (scored, encoded):  # stop the stages (joining their threads) before removing files
+            getattr(stage, "close", lambda: None)()
+        quarantine.delete()  # the prediction parts were removed by write_parquet_parts
+        raise
+    return ScoredParts(files, quarantine.files, rows)

@@ -1,0 +1,90 @@
+"""The content checksum of a prediction run: an order-independent aggregate of its stored rows, by DuckDB.
+
+It is computed over the run's Parquet files when the run is committed, and stored in the run's manifest
+(`content_checksum`). A serving build that copies the run from the previous serving file, instead of
+re-reading its files, runs the same SQL over the copied table: a row edited, added or removed in a serving
+file changes the checksum even when the row count stays the same, and the build reads the run files instead.
+
+    {"function": "...", "engine": "duckdb 2.0.0", "probe": "<16 hex>", "rows": 2000000, "value": "<16 hex>"}
+
+DuckDB's `hash` is not a stable format across versions: `probe` is the same aggregate over fixed rows, so a
+build whose engine hashes differently sees it cannot compare, and reads the run files (slower, never wrong).
+This is a 64-bit checksum of a non-cryptographic hash: it catches edits, not someone who crafts collisions.
+The run files' sha256s, in a manifest that carries its own hash, remain the record.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from batchml.store.storage import FileEntry, Storage
+
+#: The columns a run stores per row, with the types every serving table gives them.
+STORED_TYPES = {
+    "entity_id": "VARCHAR", "prediction": "DOUBLE", "predicted_class": "VARCHAR", "input_hash": "UBIGINT",
+    "reasons": "VARCHAR[]", "flags": "VARCHAR[]",
+}  # fmt: skip
+_ROW_HASH = "hash(" + ", ".join(f"CAST({n} AS {t})" for n, t in STORED_TYPES.items()) + ")"
+#: The aggregate, as SQL; recorded with each checksum.
+FUNCTION = f"count(*), bit_xor({_ROW_HASH})"
+_PROBE_ROWS = """(VALUES
+    ('L1', 0.25, 'yes', 42, ['a', 'b'], NULL),
+    (NULL, -1e300, NULL, 18446744073709551615, [], ['unseen:x', NULL]))
+    AS probe(entity_id, prediction, predicted_class, input_hash, reasons, flags)"""
+
+
+def _aggregate(con: duckdb.DuckDBPyConnection, source: str, params: Sequence[Any] = ()) -> tuple[int, str]:
+    found = con.execute(f"SELECT {FUNCTION} FROM {source}", list(params)).fetchone()
+    rows, value = found if found else (0, None)
+    return int(rows), f"{int(value or 0):016x}"
+
+
+@functools.cache
+def _probe() -> str:
+    """The aggregate over fixed rows, as this process's DuckDB computes it."""
+    with duckdb.connect() as con:
+        return _aggregate(con, _PROBE_ROWS)[1]
+
+
+def _method() -> dict[str, Any]:
+    """What says how a checksum was computed: the function, the engine and the engine's probe value."""
+    return {"function": FUNCTION, "engine": f"duckdb {duckdb.__version__}", "probe": _probe()}
+
+
+def table_checksum(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]:
+    """The content checksum of the rows of `table` (a quoted, possibly qualified name)."""
+    rows, value = _aggregate(con, table)
+    return {**_method(), "rows": rows, "value": value}
+
+
+def files_checksum(storage: Storage, files: list[FileEntry]) -> dict[str, Any]:
+    """The content checksum of the rows of a run's Parquet `files` (what its manifest records)."""
+    with duckdb.connect() as con:
+        if not storage.is_local:
+            con.register_filesystem(storage.fs)
+        uris = [storage.uri(entry.path) for entry in files]
+        rows, value = _aggregate(con, "read_parquet(?, union_by_name = true)", [uris])
+    return {**_method(), "rows": rows, "value": value}
+
+
+def incomparable(recorded: dict[str, Any]) -> str | None:
+    """Why a checksum computed here cannot be compared with `recorded` (from a manifest), or None."""
+    if not recorded:
+        return "its manifest records no content checksum"
+    if (recorded.get("function"), recorded.get("probe")) != (FUNCTION, _probe()):
+        return f"its content checksum was computed by {recorded.get('engine')}, which hashes differently"
+    return None
+
+
+def mismatch(recorded: dict[str, Any], found: dict[str, Any]) -> str | None:
+    """How `found` differs from the `recorded` checksum, or None if they agree."""
+    if (found["rows"], found["value"]) == (recorded["rows"], recorded["value"]):
+        return None
+    return (
+        f"content checksum {found['value']} over {found['rows']} rows, "
+        f"its manifest records {recorded['value']} over {recorded['rows']} rows"
+    )

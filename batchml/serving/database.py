@@ -1,0 +1,190 @@
+"""The serving DuckDB file that downstream apps read, built from storage and swapped in atomically.
+
+Every publish builds a brand-new file (`serving-<time>-<id>.duckdb`) from the records in storage, then flips
+the symlink `batchml.duckdb` to it with one `os.replace`. Readers open the link read-only and keep the file
+they opened; no writer ever touches a file a reader may hold (DESIGN.md invariant 3). Old files are removed
+after a grace period. Runs the current file already holds are copied from it (see `prediction_tables`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from batchml.checks.validation import EMPTY_QUARANTINE, quarantine_sql
+from batchml.errors import ConfigError, NotFoundError
+from batchml.redact import redact_url
+from batchml.scoring.publications import PublicationLog
+from batchml.scoring.runs import get_run
+from batchml.serving.catalog import build_tables
+from batchml.serving.logstate import LogState, log_state, read_state, write_state
+from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
+from batchml.store.storage import Storage
+
+log = logging.getLogger(__name__)
+
+SERVING_FILE = "batchml.duckdb"
+GRACE_SECONDS = 3600.0
+#: Read-only for everyone: opening a serving file read-write takes a deliberate chmod (root ignores modes;
+#: an edit is then caught when the next build copies the run). The folder's own mode lets old files go.
+SERVING_FILE_MODE = 0o444
+#: DuckDB's own cap while building (it spills the sort to disk beyond it), so publishing a table of any size
+#: stays within bounded memory instead of DuckDB's default of 80% of RAM.
+BUILD_MEMORY_LIMIT = "256MB"
+#: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
+#: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
+READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+#: Default caps of a reader connection: one runaway query must not take the memory or every core of the host
+#: that serves predictions (DuckDB's own defaults are 80% of RAM and all cores).
+READER_MEMORY_LIMIT = "2GB"
+READER_THREADS = 2
+#: The version an alias held at a time: the same replay as `RegistryReader.aliases(at=...)`, i.e. the holder
+#: after the longest prefix of the model's log stamped no later than `at_time` (`version_after` is replayed).
+_ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
+    SELECT version_after FROM alias_events
+    WHERE model = model_name AND alias = alias_name AND seq < coalesce((
+        SELECT min(seq) FROM alias_events
+        WHERE model = model_name AND "at" > CAST(at_time AS TIMESTAMPTZ)), 9223372036854775807)
+    ORDER BY seq DESC LIMIT 1)"""
+
+
+@contextlib.contextmanager
+def _build_lock(serving_dir: Path) -> Iterator[None]:
+    """One builder at a time per serving folder, so the last flip always reflects the latest records."""
+    serving_dir.mkdir(parents=True, exist_ok=True)
+    with open(serving_dir / ".build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create_quarantine_table(con: duckdb.DuckDBPyConnection, storage: Storage, log: PublicationLog) -> None:
+    """`quarantine` = the rows each model's published run did not score (entity id, column, rule, value)."""
+    uris = []
+    for model in log.models():
+        run_id = log.current(model)
+        for entry in get_run(storage, model, run_id).quarantine_files if run_id else []:
+            storage.verify(entry)
+            uris.append(literal(storage.uri(entry.path)))
+    select = quarantine_sql(uris)
+    sql = f"CREATE TABLE quarantine AS {select} ORDER BY model, entity_id" if select else EMPTY_QUARANTINE
+    con.execute(sql)
+
+
+def _write_database(storage: Storage, path: Path, previous_path: Path | None) -> None:
+    """Write every serving table into the new file `path`, copying runs from `previous_path` where it can."""
+    state = log_state(storage)  # before reading any log: the file reflects at least this state
+    publications = PublicationLog(storage)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(f"SET memory_limit = {literal(BUILD_MEMORY_LIMIT)}")
+        con.execute(f"SET temp_directory = {literal(str(path.parent / '.spill'))}")
+        if not storage.is_local:
+            con.register_filesystem(storage.fs)
+        for name, table in build_tables(storage).items():
+            con.register("_records", table)
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM _records")
+            con.unregister("_records")
+        previous = PreviousFile.attach(con, previous_path)
+        try:  # tables inside this file, not views over the run files: readers need no file access at all
+            create_prediction_tables(con, storage, previous)
+        finally:
+            previous.detach()
+        _create_quarantine_table(con, storage, publications)
+        con.execute(_ALIAS_AT)
+        con.execute(
+            "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",
+            [redact_url(storage.url), datetime.now(UTC), path.name],
+        )
+        write_state(con, state)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def _collect_old_files(serving_dir: Path, keep: Path, grace_seconds: float) -> None:
+    cutoff = time.time() - grace_seconds
+    for old in serving_dir.glob("serving-*.duckdb*"):
+        if old.name.startswith(keep.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+
+
+def build_serving_db(
+    storage: Storage, serving_dir: Path, grace_seconds: float = GRACE_SECONDS, *, full: bool = False
+) -> Path:
+    """Build a new serving file from storage and atomically make it the current one; return its path.
+
+    Runs the current serving file already holds are copied from it (checked against the content checksums
+    in their manifests) instead of re-read from their Parquet files; `full=True` reads everything from
+    storage. The new file is read-only on disk before it becomes current.
+    """
+    with _build_lock(serving_dir):
+        link = serving_dir / SERVING_FILE
+        previous = None if full or not link.exists() else link.resolve()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        final = serving_dir / f"serving-{stamp}-{uuid.uuid4().hex[:8]}.duckdb"
+        building = serving_dir / f".building-{final.name}"
+        try:
+            _write_database(storage, building, previous)
+            building.chmod(SERVING_FILE_MODE)
+            os.replace(building, final)
+        finally:
+            building.unlink(missing_ok=True)
+        link_tmp = serving_dir / f".link-{uuid.uuid4().hex}"
+        os.symlink(final.name, link_tmp)
+        os.replace(link_tmp, serving_dir / SERVING_FILE)  # the atomic flip readers see
+        _collect_old_files(serving_dir, final, grace_seconds)
+    log.info("serving database now %s", final)
+    return final
+
+
+def served_state(serving_dir: Path) -> LogState | None:
+    """The log state the current serving file reflects; None if there is none or it does not record it."""
+    link = serving_path(serving_dir)
+    return read_state(link.resolve()) if link.exists() else None
+
+
+def serving_path(serving_dir: Path) -> Path:
+    """The documented path readers open: a symlink to the current serving file."""
+    return serving_dir / SERVING_FILE
+
+
+def connect_serving(
+    serving_dir: Path,
+    storage: Storage | None = None,
+    *,
+    memory_limit: str = READER_MEMORY_LIMIT,
+    threads: int = READER_THREADS,
+) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the current serving file (open it once and reuse it: ~15 ms to open).
+
+    Its queries may use at most `memory_limit` (DuckDB spills or fails beyond it) and `threads` cores; the
+    connection cannot change either.
+    """
+    link = serving_path(serving_dir)
+    if not link.exists():
+        raise NotFoundError("serving database", str(link), ["none yet: publish a prediction run first"])
+    del storage  # every table is inside the file: readers need no access to the store
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"reader threads {threads!r} is invalid: use a whole number >= 1")
+    caps: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
+    try:
+        return duckdb.connect(str(link.resolve()), read_only=True, config={**READER_CONFIG, **caps})
+    except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
+        raise ConfigError(
+            f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
+        ) from None

@@ -1,0 +1,84 @@
+"""Which state of the event logs a serving file reflects, and whether storage has moved past it.
+
+Three logs per model decide what is served: `aliases` (models/<m>/events), `published`
+(publications/<m>/events) and `staging` (publications/<m>/staging). A log's state is the seq of its newest
+event, known from a folder listing alone. Every serving file records the state it was built from in its
+`serving_logs` table (model, log, seq); a file is behind when a log has a newer event than it records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from batchml.store.eventlog import EventLog
+from batchml.store.storage import Storage
+
+#: (model, log) → seq of its newest event.
+LogState = dict[tuple[str, str], int]
+
+ALIASES, PUBLISHED, STAGING = "aliases", "published", "staging"
+LOGS: dict[str, str] = {
+    ALIASES: "models/{model}/events",
+    PUBLISHED: "publications/{model}/events",
+    STAGING: "publications/{model}/staging",
+}
+TABLE = "serving_logs"
+_PARENTS = {"models": (ALIASES,), "publications": (PUBLISHED, STAGING)}
+
+
+def event_log(storage: Storage, model: str, log: str) -> EventLog:
+    """The event log `log` (aliases, published or staging) of `model`."""
+    return EventLog(storage, LOGS[log].format(model=model))
+
+
+def log_state(storage: Storage) -> LogState:
+    """The newest seq of every non-empty log, from folder listings (no record is read)."""
+    state: LogState = {}
+    for parent, logs in _PARENTS.items():
+        for model in storage.list_dir(parent):
+            for log in logs:
+                seq = event_log(storage, model, log).last_seq()
+                if seq:
+                    state[(model, log)] = seq
+    return state
+
+
+def write_state(con: duckdb.DuckDBPyConnection, state: LogState) -> None:
+    """Record `state` in the serving file being built on `con`."""
+    con.execute(f"CREATE TABLE {TABLE} (model VARCHAR, log VARCHAR, seq BIGINT)")
+    rows = [(model, log, seq) for (model, log), seq in sorted(state.items())]
+    if rows:
+        con.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?)", rows)
+
+
+def read_state(path: Path) -> LogState | None:
+    """The state the serving file `path` records; None if it records none (missing, or an older file)."""
+    if not path.is_file():
+        return None
+    # A fresh in-memory database attaching the file: works while this process holds reader connections
+    # to it with other settings (a second direct connect with different settings is refused).
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH '{_quoted(str(path))}' AS served (READ_ONLY)")
+        rows = con.execute(f"SELECT model, log, seq FROM served.{TABLE}").fetchall()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    return {(str(model), str(log)): int(seq) for model, log, seq in rows}
+
+
+def lagging(recorded: LogState | None, current: LogState) -> list[str]:
+    """Each log `current` has moved past `recorded`, as `model log: served up to event N of M`."""
+    seen = recorded or {}
+    return [
+        f"{model} {log}: served up to event {seen.get((model, log), 0)} of {seq}"
+        for (model, log), seq in sorted(current.items())
+        if seq > seen.get((model, log), 0) or recorded is None
+    ]
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "''")

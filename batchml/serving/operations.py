@@ -1,0 +1,135 @@
+"""Mutating requests on a project's event logs: exactly once after a crash, never on a state unseen.
+
+Every mutating verb (promote, rollback, publish, stage, promote-staged, predictions rollback) runs as one
+`Mutation`:
+
+1. When the request starts it reads the log state the current serving file reflects (`serving_logs`): that
+   is the state the caller acted on (what it was shown). No serving file, or one that records no state: the
+   logs as they are now.
+2. Its operation key is the caller's (e.g. derived from a Prefect flow run id) or derived from the request
+   and that state: `auto:rollback:champion@aliases:7` = "roll back champion as of alias event 7".
+3. Under the project's operation lock it decides on the logs as read (`Operation.recorded`): an event that
+   carries its key was appended by an interrupted run of this very request, and is only finished; an event
+   the caller did not see refuses the request (ConflictError, nothing appended); else the decision is
+   appended with compare-and-append.
+4. Still under the lock, the serving file is rebuilt if it is behind the logs.
+
+So a rerun after a crash (the serving file still shows the old state) maps to the same key and completes the
+request once, while a second rollback after a completed one acts on the newer state and steps back again.
+Explicit keys name the request alone: a retry with the same key finds its event wherever it is in the log,
+and decisions are made on the log as read.
+
+The lock is local to the serving folder: it orders requests of one host, so that of two identical requests
+started together the second sees the first's completed result and is refused instead of resuming it.
+Across hosts, compare-and-append still lets exactly one of two racing appends land.
+
+`catch_up` brings a serving file that is behind the logs up to date (a crash between an event and the
+rebuild leaves it so); commands that touch the project call it, readers (`batchml.connect`) never do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from batchml.errors import BatchMLError
+from batchml.project import Project
+from batchml.serving.database import build_serving_db, served_state, serving_path
+from batchml.serving.logstate import LogState, event_log, lagging, log_state
+from batchml.store.eventlog import DERIVED_PREFIX, Operation, check_operation_key
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _operation_lock(serving_dir: Path) -> Iterator[None]:
+    """One mutating request at a time per serving folder, from its decision to its rebuild."""
+    serving_dir.mkdir(parents=True, exist_ok=True)
+    with open(serving_dir / ".operations.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Mutation:
+    """One mutating request on the logs `logs` ((model, log) pairs) of `project`; see the module docstring.
+
+    Use as a context manager: `on(model, log)` gives the `Operation` to pass to the log writer, `finish()`
+    rebuilds the serving file if it is behind. A BatchMLError inside (e.g. a refusal) still brings the
+    serving file up to date before it propagates.
+    """
+
+    def __init__(
+        self, project: Project, request: str, key: str | None, logs: Sequence[tuple[str, str]]
+    ) -> None:
+        self.project = project
+        if key is not None:
+            self.key, self.observed = check_operation_key(key), None
+        else:
+            recorded = served_state(project.serving_dir)
+            self.observed = {
+                (model, name): recorded.get((model, name), 0)
+                if recorded is not None
+                else event_log(project.storage, model, name).last_seq()
+                for model, name in logs
+            }
+            state = ",".join(f"{name}:{seq}" for (_, name), seq in self.observed.items())
+            self.key = f"{DERIVED_PREFIX}{request}@{state}"
+        self._served: LogState | None = None
+        self._lock: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> Mutation:
+        stack = contextlib.ExitStack()
+        stack.enter_context(_operation_lock(self.project.serving_dir))
+        self._lock = stack
+        self._served = served_state(self.project.serving_dir)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        assert self._lock is not None
+        with self._lock:
+            if isinstance(error, BatchMLError):
+                try:
+                    self.finish()
+                except BatchMLError as exc:  # the refusal is the news; a failed catch-up is logged
+                    log.warning("could not bring the serving file up to date: %s", exc)
+
+    def on(self, model: str, name: str) -> Operation:
+        """This request as log `name` (aliases, published, staging) of `model` sees it."""
+        observed = None if self.observed is None else self.observed[(model, name)]
+        return Operation(self.key, observed, (self._served or {}).get((model, name), 0))
+
+    def finish(self) -> Path:
+        """Rebuild the serving file if the logs moved past it; return the current serving file.
+
+        It compares with the state read when the lock was taken (the lock keeps other mutations out; a
+        reader's catch-up in between would at worst make this a second, harmless build).
+        """
+        current = log_state(self.project.storage)
+        if _rebuild_if_behind(self.project, self._served, current):
+            self._served = current
+        return serving_path(self.project.serving_dir).resolve()
+
+
+def catch_up(project: Project) -> list[str]:
+    """Bring the serving file up to date with the logs; return what was behind (empty: it was current).
+
+    Cheap when current: one folder listing per event log and one read of the file's `serving_logs`.
+    """
+    return _rebuild_if_behind(project, served_state(project.serving_dir), log_state(project.storage))
+
+
+def _rebuild_if_behind(project: Project, recorded: LogState | None, current: LogState) -> list[str]:
+    behind = lagging(recorded, current)
+    if behind:
+        log.info("serving file behind the event logs (%s): rebuilding", "; ".join(behind))
+        build_serving_db(project.storage, project.serving_dir)
+    return behind

@@ -3,6 +3,8 @@
 Every command takes `--json` for machine-readable output on stdout. Every failure prints one line,
 `error: <message>`, on stderr (credentials redacted) and exits with code 1; `--debug` adds the traceback,
 redacted too. Usage errors keep typer's exit code 2.
+
+The top stage: it may import any package below it, and nothing in batchml imports it but `python -m batchml`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,8 @@
+"""Datasets: immutable, content-hashed versions, and what they are made from.
+
+`sources` reads files, folders, globs and URLs of Parquet or CSV as record batches; `datasets` snapshots them
+into versions, with `stats` summarising each column while streaming (for the manifest and for diffs);
+`labels` ingests delayed labels as one more dataset per model. May import: `store`, `batchml.config`,
+`batchml.project` and the vocabulary. Never `models`: the two are independent siblings, joined only above
+them (checks, scoring, the api).
+"""

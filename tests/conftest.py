@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # LightGBM's OpenMP threads spin while waiting; on a busy 2-core box that makes tiny fits 20x slower.
 # Must be set before lightgbm loads libgomp, i.e. before batchml is imported below.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from collections.abc import Callable
+# Prefect keeps its home out of ~/.prefect and sends nothing anywhere. Set here, before any test module
+# imports prefect, whatever order they are collected in. This file runs a second time as `tests.conftest`
+# (test modules import its constants): that run keeps the first run's home.
+if "BATCHML_TEST_PREFECT_HOME" not in os.environ:
+    os.environ["BATCHML_TEST_PREFECT_HOME"] = tempfile.mkdtemp(prefix="batchml-test-prefect-")
+    atexit.register(shutil.rmtree, os.environ["BATCHML_TEST_PREFECT_HOME"], ignore_errors=True)
+os.environ["PREFECT_HOME"] = os.environ["BATCHML_TEST_PREFECT_HOME"]
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +60,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if repeats:
         config.hook.pytest_deselected(items=repeats)
         items[:] = [item for item in items if item not in repeats]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One temporary Prefect server (SQLite) for the whole session, whichever test module asks first.
+
+    Defined here, not in a test module: a fixture imported into another module is a second fixture, and two
+    servers alive at once leave the flows of the second waiting on the first one's concurrency slots.
+    """
+    from prefect.testing.utilities import prefect_test_harness  # prefect loads only where a test needs it
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,12 @@ classification tests need no server.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zoneinfo
 from collections.abc import Iterator
@@ -22,50 +19,36 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-# Before prefect is imported: keep its home out of ~/.prefect and send nothing anywhere.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="batchml-test-prefect-")
-atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
-os.environ["PREFECT_HOME"] = _PREFECT_HOME
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-
-import fsspec  # noqa: E402
-import pytest  # noqa: E402
-from fsspec.implementations.local import LocalFileSystem  # noqa: E402
-from prefect import flow, get_client, get_run_logger  # noqa: E402
-from prefect.client.schemas.filters import (  # noqa: E402
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
 )
-from prefect.client.schemas.objects import Artifact, TaskRun  # noqa: E402
-from prefect.client.schemas.schedules import CronSchedule  # noqa: E402
-from prefect.settings import PREFECT_API_URL  # noqa: E402
-from prefect.states import State  # noqa: E402
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+from prefect.client.schemas.objects import Artifact, TaskRun
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.settings import PREFECT_API_URL
+from prefect.states import State
 
-import batchml  # noqa: E402
-from batchml.models.registry import RegistryReader  # noqa: E402
-from batchml.scoring.publications import PublicationLog  # noqa: E402
-from deployments import DEPLOYMENTS  # noqa: E402
-from flows.common import RETRY, is_transient  # noqa: E402
-from flows.ingest import snapshot_dataset  # noqa: E402
-from flows.pipeline import pipeline  # noqa: E402
-from flows.score import score_and_publish  # noqa: E402
-from flows.train import train_model  # noqa: E402
-from tests.conftest import PROJECT_TOML, SAMPLE_ROWS  # noqa: E402
+import batchml
+from batchml.models.registry import RegistryReader
+from batchml.scoring.publications import PublicationLog
+from deployments import DEPLOYMENTS
+from flows.common import RETRY, is_transient
+from flows.ingest import snapshot_dataset
+from flows.pipeline import pipeline
+from flows.score import score_and_publish
+from flows.train import train_model
+from tests.conftest import PROJECT_TOML, SAMPLE_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # -- fixtures ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """One temporary Prefect server (SQLite) for the whole session."""
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 class FlakyFileSystem(LocalFileSystem):

@@ -20,7 +20,6 @@ from batchml.scoring.runs import get_run
 from flows.score import score_and_publish_on_dask
 from tests.checks.test_expectations import AGE, REGION, ROW, scoring_limit, snapshot_variant
 from tests.conftest import PROJECT_TOML
-from tests.test_flows import prefect_api  # noqa: F401 - the session's Prefect test server
 
 WARN = '\n[models.default_risk.expectations.open_accounts]\nmax = 3\nseverity = "warn"\n'
 

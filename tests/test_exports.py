@@ -37,6 +37,7 @@ PUBLIC_API = [
     "promote",
     "publish",
     "query",
+    "read_dataset",
     "rebuild_catalog",
     "register_model",
     "rollback_model",

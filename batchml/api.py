@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import duckdb
 
 from batchml.checks import gates
 from batchml.checks.expectations import check_training_data
 from batchml.data import datasets
 from batchml.data.datasets import DatasetVersion
-from batchml.errors import BatchMLError, ConfigError, QueryTimeoutError, ReadOnlyError, SchemaError
+from batchml.errors import ConfigError, SchemaError
 from batchml.models.features import Feature, check_bindable, renamed
 from batchml.models.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
 from batchml.models.profiles import training_profile
@@ -25,16 +22,13 @@ from batchml.project import Project
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring.runs import score as score_dataset
-from batchml.serving.database import (
-    READER_MEMORY_LIMIT,
-    READER_THREADS,
-    build_serving_db,
-    connect_serving,
-    serving_path,
-)
+from batchml.serving.database import build_serving_db
 from batchml.serving.gc import GRACE_SECONDS, GcReport, collect
 from batchml.serving.logstate import ALIASES, PUBLISHED, STAGING
 from batchml.serving.operations import Mutation, catch_up
+from batchml.serving.readers import connect as connect  # re-exported: the verbs apps call
+from batchml.serving.readers import database_path as database_path
+from batchml.serving.readers import query as query
 from batchml.store.eventlog import now
 
 if TYPE_CHECKING:  # lightgbm (and the sklearn it imports) costs seconds: load it only to train or score
@@ -347,69 +341,6 @@ def _verified_run(project: Project, model: str, run_id: str) -> None:
     """Check every file of the run against its manifest: a damaged run is never published or staged."""
     for entry in get_run(project.storage, model, run_id).files:
         project.storage.verify(entry)
-
-
-def connect(
-    project: Project | None = None,
-    *,
-    memory_limit: str = READER_MEMORY_LIMIT,
-    threads: int = READER_THREADS,
-) -> duckdb.DuckDBPyConnection:
-    """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...).
-
-    Queries on it may use at most `memory_limit` and `threads` cores (the connection cannot raise them).
-    """
-    project = project or Project.open()
-    return connect_serving(project.serving_dir, project.storage, memory_limit=memory_limit, threads=threads)
-
-
-def database_path(project: Project) -> Path:
-    """The documented path of the serving DuckDB file (a symlink to the current build)."""
-    return serving_path(project.serving_dir)
-
-
-_READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
-
-
-def query(
-    con: duckdb.DuckDBPyConnection, sql: str, *, timeout: float | None = None
-) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one read-only SQL statement (SELECT/EXPLAIN); anything that could write is refused.
-
-    With `timeout` (seconds), a statement still running then is interrupted and QueryTimeoutError raised.
-    """
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise BatchMLError(f"SQL does not parse: {exc}") from None
-    kinds = [str(s.type).rsplit(".", 1)[-1] for s in statements]
-    if len(statements) != 1 or kinds[0] not in _READ_ONLY_STATEMENTS:
-        raise ReadOnlyError(f"only one SELECT or EXPLAIN statement is allowed, got {kinds or 'nothing'}")
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(f"query timeout {timeout!r} is invalid: use a number of seconds > 0")
-    timer = threading.Timer(timeout, con.interrupt) if timeout else None
-    try:
-        if timer:
-            timer.start()
-        result = con.execute(sql)
-        columns = [d[0] for d in result.description or []]
-        return columns, result.fetchall()  # inside the timer: a large result is computed while fetched
-    except duckdb.InterruptException:
-        raise QueryTimeoutError(
-            f"query interrupted after {timeout:g} s, its time limit: narrow it (WHERE, LIMIT) or allow "
-            "more time (batchml query --timeout SECONDS)"
-        ) from None
-    except duckdb.PermissionException as exc:
-        raise ReadOnlyError(
-            f"query may read only the serving database's tables; files, ATTACH and extensions are off: {exc}"
-        ) from None
-    except duckdb.OutOfMemoryException as exc:
-        raise BatchMLError(f"query needs more memory than the reader's limit allows: {exc}") from None
-    except duckdb.Error as exc:
-        raise BatchMLError(f"query failed: {exc}") from None
-    finally:
-        if timer:
-            timer.cancel()
 
 
 def stage(

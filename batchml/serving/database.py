@@ -21,18 +21,17 @@ from pathlib import Path
 import duckdb
 
 from batchml.checks.validation import EMPTY_QUARANTINE, quarantine_sql
-from batchml.errors import ConfigError, NotFoundError
 from batchml.redact import redact_url
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
 from batchml.serving.catalog import build_tables
-from batchml.serving.logstate import LogState, log_state, read_state, write_state
+from batchml.serving.logstate import log_state, write_state
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
+from batchml.serving.readers import SERVING_FILE
 from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
 
-SERVING_FILE = "batchml.duckdb"
 GRACE_SECONDS = 3600.0
 #: Read-only for everyone: opening a serving file read-write takes a deliberate chmod (root ignores modes;
 #: an edit is then caught when the next build copies the run). The folder's own mode lets old files go.
@@ -40,13 +39,6 @@ SERVING_FILE_MODE = 0o444
 #: DuckDB's own cap while building (it spills the sort to disk beyond it), so publishing a table of any size
 #: stays within bounded memory instead of DuckDB's default of 80% of RAM.
 BUILD_MEMORY_LIMIT = "256MB"
-#: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
-#: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
-READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
-#: Default caps of a reader connection: one runaway query must not take the memory or every core of the host
-#: that serves predictions (DuckDB's own defaults are 80% of RAM and all cores).
-READER_MEMORY_LIMIT = "2GB"
-READER_THREADS = 2
 #: The version an alias held at a time: the same replay as `RegistryReader.aliases(at=...)`, i.e. the holder
 #: after the longest prefix of the model's log stamped no later than `at_time` (`version_after` is replayed).
 _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
@@ -150,41 +142,3 @@ def build_serving_db(
         _collect_old_files(serving_dir, final, grace_seconds)
     log.info("serving database now %s", final)
     return final
-
-
-def served_state(serving_dir: Path) -> LogState | None:
-    """The log state the current serving file reflects; None if there is none or it does not record it."""
-    link = serving_path(serving_dir)
-    return read_state(link.resolve()) if link.exists() else None
-
-
-def serving_path(serving_dir: Path) -> Path:
-    """The documented path readers open: a symlink to the current serving file."""
-    return serving_dir / SERVING_FILE
-
-
-def connect_serving(
-    serving_dir: Path,
-    storage: Storage | None = None,
-    *,
-    memory_limit: str = READER_MEMORY_LIMIT,
-    threads: int = READER_THREADS,
-) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the current serving file (open it once and reuse it: ~15 ms to open).
-
-    Its queries may use at most `memory_limit` (DuckDB spills or fails beyond it) and `threads` cores; the
-    connection cannot change either.
-    """
-    link = serving_path(serving_dir)
-    if not link.exists():
-        raise NotFoundError("serving database", str(link), ["none yet: publish a prediction run first"])
-    del storage  # every table is inside the file: readers need no access to the store
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"reader threads {threads!r} is invalid: use a whole number >= 1")
-    caps: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
-    try:
-        return duckdb.connect(str(link.resolve()), read_only=True, config={**READER_CONFIG, **caps})
-    except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
-        raise ConfigError(
-            f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
-        ) from None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 
+from batchml.serving.readers import serving_path
 from batchml.store.eventlog import EventLog
 from batchml.store.storage import Storage
 
@@ -68,6 +69,12 @@ def read_state(path: Path) -> LogState | None:
     finally:
         con.close()
     return {(str(model), str(log)): int(seq) for model, log, seq in rows}
+
+
+def served_state(serving_dir: Path) -> LogState | None:
+    """The log state the current serving file reflects; None if there is none or it does not record it."""
+    link = serving_path(serving_dir)
+    return read_state(link.resolve()) if link.exists() else None
 
 
 def lagging(recorded: LogState | None, current: LogState) -> list[str]:

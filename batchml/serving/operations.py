@@ -38,8 +38,8 @@ from types import TracebackType
 
 from batchml.errors import BatchMLError
 from batchml.project import Project
-from batchml.serving.database import build_serving_db, served_state, serving_path
-from batchml.serving.logstate import LogState, event_log, lagging, log_state
+from batchml.serving.logstate import LogState, event_log, lagging, log_state, served_state
+from batchml.serving.readers import serving_path
 from batchml.store.eventlog import DERIVED_PREFIX, Operation, check_operation_key
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,9 @@ def catch_up(project: Project) -> list[str]:
 def _rebuild_if_behind(project: Project, recorded: LogState | None, current: LogState) -> list[str]:
     behind = lagging(recorded, current)
     if behind:
+        # Imported here: building needs pyarrow and the run files, and every command checks (cheaply) first.
+        from batchml.serving.database import build_serving_db
+
         log.info("serving file behind the event logs (%s): rebuilding", "; ".join(behind))
         build_serving_db(project.storage, project.serving_dir)
     return behind

@@ -1,0 +1,121 @@
+"""Reading the serving DuckDB file: the path apps open, read-only connections with caps, one-statement SQL.
+
+This is what downstream apps (and `batchml query`) load, so it imports DuckDB and nothing heavy: building a
+serving file (`database`) needs pyarrow, polars and the run files; reading one needs only the file.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from batchml.errors import BatchMLError, ConfigError, NotFoundError, QueryTimeoutError, ReadOnlyError
+
+if TYPE_CHECKING:
+    from batchml.project import Project
+
+SERVING_FILE = "batchml.duckdb"
+#: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
+#: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
+READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+#: Default caps of a reader connection: one runaway query must not take the memory or every core of the host
+#: that serves predictions (DuckDB's own defaults are 80% of RAM and all cores).
+READER_MEMORY_LIMIT = "2GB"
+READER_THREADS = 2
+_READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+
+def serving_path(serving_dir: Path) -> Path:
+    """The documented path readers open: a symlink to the current serving file."""
+    return serving_dir / SERVING_FILE
+
+
+def connect_serving(
+    serving_dir: Path,
+    *,
+    memory_limit: str = READER_MEMORY_LIMIT,
+    threads: int = READER_THREADS,
+) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the current serving file (open it once and reuse it: ~15 ms to open).
+
+    Its queries may use at most `memory_limit` (DuckDB spills or fails beyond it) and `threads` cores; the
+    connection cannot change either. Every table is inside the file: readers need no access to the store.
+    """
+    link = serving_path(serving_dir)
+    if not link.exists():
+        raise NotFoundError("serving database", str(link), ["none yet: publish a prediction run first"])
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"reader threads {threads!r} is invalid: use a whole number >= 1")
+    caps: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
+    try:
+        return duckdb.connect(str(link.resolve()), read_only=True, config={**READER_CONFIG, **caps})
+    except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
+        raise ConfigError(
+            f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
+        ) from None
+
+
+def connect(
+    project: Project | None = None,
+    *,
+    memory_limit: str = READER_MEMORY_LIMIT,
+    threads: int = READER_THREADS,
+) -> duckdb.DuckDBPyConnection:
+    """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...).
+
+    Queries on it may use at most `memory_limit` and `threads` cores (the connection cannot raise them).
+    """
+    if project is None:
+        from batchml.project import Project
+
+        project = Project.open()
+    return connect_serving(project.serving_dir, memory_limit=memory_limit, threads=threads)
+
+
+def database_path(project: Project) -> Path:
+    """The documented path of the serving DuckDB file (a symlink to the current build)."""
+    return serving_path(project.serving_dir)
+
+
+def query(
+    con: duckdb.DuckDBPyConnection, sql: str, *, timeout: float | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only SQL statement (SELECT/EXPLAIN); anything that could write is refused.
+
+    With `timeout` (seconds), a statement still running then is interrupted and QueryTimeoutError raised.
+    """
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise BatchMLError(f"SQL does not parse: {exc}") from None
+    kinds = [str(s.type).rsplit(".", 1)[-1] for s in statements]
+    if len(statements) != 1 or kinds[0] not in _READ_ONLY_STATEMENTS:
+        raise ReadOnlyError(f"only one SELECT or EXPLAIN statement is allowed, got {kinds or 'nothing'}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"query timeout {timeout!r} is invalid: use a number of seconds > 0")
+    timer = threading.Timer(timeout, con.interrupt) if timeout else None
+    try:
+        if timer:
+            timer.start()
+        result = con.execute(sql)
+        columns = [d[0] for d in result.description or []]
+        return columns, result.fetchall()  # inside the timer: a large result is computed while fetched
+    except duckdb.InterruptException:
+        raise QueryTimeoutError(
+            f"query interrupted after {timeout:g} s, its time limit: narrow it (WHERE, LIMIT) or allow "
+            "more time (batchml query --timeout SECONDS)"
+        ) from None
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyError(
+            f"query may read only the serving database's tables; files, ATTACH and extensions are off: {exc}"
+        ) from None
+    except duckdb.OutOfMemoryException as exc:
+        raise BatchMLError(f"query needs more memory than the reader's limit allows: {exc}") from None
+    except duckdb.Error as exc:
+        raise BatchMLError(f"query failed: {exc}") from None
+    finally:
+        if timer:
+            timer.cancel()

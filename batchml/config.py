@@ -18,7 +18,7 @@ Task = Literal["binary", "regression", "multiclass"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class StorageConfig(_Strict):

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from batchml.errors import ConflictError, DataError, IntegrityError, NotFoundError
-from batchml.models.features import Feature
+from batchml.models.inputs import Feature
 from batchml.models.promotion import refuse_promotion
 from batchml.names import check_name
 from batchml.store.eventlog import EventLog, Operation, append_decided, replay_stacks

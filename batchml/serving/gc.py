@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from batchml.store.storage import Storage
+if TYPE_CHECKING:  # `batchml gc --help` shows GRACE_SECONDS: importing this module stays cheap
+    from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,18 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
 from batchml.errors import ConflictError, IntegrityError, InvalidNameError, NotFoundError
 from batchml.names import refuse_credentials_in_url
 from batchml.redact import install_dependency_log_filters, redact_url
 from batchml.store.records import seal, unseal
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@=+-]{0,199}")  # fullmatch: no trailing newline
 _CHUNK = 1 << 20
@@ -125,6 +127,8 @@ class Storage:
     @property
     def arrow_filesystem(self) -> pafs.FileSystem:
         """A pyarrow filesystem over this store (native for local disk, fsspec-backed otherwise)."""
+        import pyarrow.fs as pafs  # here: pyarrow costs ~0.4 s to import, and most commands never need it
+
         if self.is_local:
             return pafs.LocalFileSystem()
         return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))

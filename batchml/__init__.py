@@ -10,41 +10,46 @@ an import-linter contract in pyproject.toml). At the top stand the public surfac
 not in `store`, because every error message passes through it and `store` raises errors.
 """
 
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING, Any
+
 from batchml import redact as _redact
-from batchml.api import (
-    connect,
-    database_path,
-    promote,
-    publish,
-    query,
-    read_dataset,
-    rebuild_catalog,
-    register_model,
-    rollback_model,
-    rollback_predictions,
-    score,
-    snapshot_dataset,
-    train,
-)
-from batchml.config import Config, ModelSpec, load_config
-from batchml.data.datasets import DatasetVersion
-from batchml.errors import (
-    BatchMLError,
-    ConfigError,
-    ConflictError,
-    DataError,
-    IntegrityError,
-    InvalidNameError,
-    NotFoundError,
-    PromotionError,
-    QueryTimeoutError,
-    ReadOnlyError,
-    SchemaError,
-    TransientError,
-)
-from batchml.models.registry import ModelVersion
-from batchml.project import Project
-from batchml.scoring.runs import PredictionRun
+
+if TYPE_CHECKING:
+    from batchml.api import (
+        promote,
+        publish,
+        read_dataset,
+        rebuild_catalog,
+        register_model,
+        rollback_model,
+        rollback_predictions,
+        score,
+        snapshot_dataset,
+        train,
+    )
+    from batchml.config import Config, ModelSpec, load_config
+    from batchml.data.datasets import DatasetVersion
+    from batchml.errors import (
+        BatchMLError,
+        ConfigError,
+        ConflictError,
+        DataError,
+        IntegrityError,
+        InvalidNameError,
+        NotFoundError,
+        PromotionError,
+        QueryTimeoutError,
+        ReadOnlyError,
+        SchemaError,
+        TransientError,
+    )
+    from batchml.models.registry import ModelVersion
+    from batchml.project import Project
+    from batchml.scoring.runs import PredictionRun
+    from batchml.serving.readers import connect, database_path, query
 
 __version__ = "0.1.0"
 
@@ -82,5 +87,51 @@ __all__ = [
     "snapshot_dataset",
     "train",
 ]
+
+#: Where each public name lives. Importing `batchml` loads none of them: the library's dependencies (pyarrow,
+#: polars, LightGBM, scipy, Evidently) cost seconds to import, and `batchml --help` or a query needs none of
+#: them. A name is imported from its module the first time it is used (PEP 562).
+_HOMES = {
+    **dict.fromkeys(
+        [
+            "promote",
+            "publish",
+            "read_dataset",
+            "rebuild_catalog",
+            "register_model",
+            "rollback_model",
+            "rollback_predictions",
+            "score",
+            "snapshot_dataset",
+            "train",
+        ],
+        "batchml.api",
+    ),
+    # Readers (apps, `batchml query`) load DuckDB and nothing heavy.
+    **dict.fromkeys(["connect", "database_path", "query"], "batchml.serving.readers"),
+    **dict.fromkeys(["Config", "ModelSpec", "load_config"], "batchml.config"),
+    "DatasetVersion": "batchml.data.datasets",
+    **dict.fromkeys(
+        [name for name in __all__ if name[0].isupper() and name.endswith("Error")], "batchml.errors"
+    ),
+    "ModelVersion": "batchml.models.registry",
+    "Project": "batchml.project",
+    "PredictionRun": "batchml.scoring.runs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'batchml' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(home), name)
+    globals()[name] = value  # once found, a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    loaded = [name for name, value in globals().items() if isinstance(value, type(_redact))]
+    return sorted({*__all__, *loaded, "__version__"})
+
 
 _redact.install_log_filter(__name__, list(__path__))

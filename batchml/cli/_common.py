@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,8 +24,10 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from batchml.errors import BatchMLError, NotFoundError
-from batchml.project import Project
 from batchml.redact import redact
+
+if TYPE_CHECKING:
+    from batchml.project import Project
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")
@@ -51,6 +53,8 @@ class State:
     def project(self) -> Project:
         """The project of `--config` (or $BATCHML_CONFIG, else ./batchml.toml), opened once."""
         if self._project is None:
+            from batchml.project import Project
+
             self._project = Project.open(self.config, storage=self.storage)
         return self._project
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from batchml import api
 from batchml.cli._common import (
     ErrorHandlingGroup,
     JsonFlag,
@@ -21,11 +20,11 @@ from batchml.cli._common import (
     spinner,
     table,
 )
-from batchml.data import datasets
-from batchml.data.datasets import DatasetVersion
 from batchml.errors import NotFoundError
-from batchml.project import Project
-from batchml.testing import write_loans
+
+if TYPE_CHECKING:
+    from batchml.data.datasets import DatasetVersion
+    from batchml.project import Project
 
 app = typer.Typer(
     cls=ErrorHandlingGroup,
@@ -46,6 +45,8 @@ def sample_data(
       batchml sample-data data/raw/loans.csv --rows 100000
       batchml sample-data /tmp/loans.parquet --seed 11
     """
+    from batchml.testing import write_loans
+
     try:
         with spinner(f"writing {rows:,} rows to {out}", as_json):
             path = write_loans(out, rows=rows, seed=seed)
@@ -93,6 +94,8 @@ def snapshot(
       batchml datasets snapshot loans 'data/raw/2026-*.parquet'
       batchml datasets snapshot loans s3://bucket/exports/loans/
     """
+    from batchml import api
+
     project = project_of(ctx)
     with progress_bar(f"snapshotting {name}", None, as_json) as progress:
         version = api.snapshot_dataset(
@@ -120,6 +123,8 @@ def list_(
       batchml datasets list
       batchml datasets list loans --json
     """
+    from batchml.data import datasets
+
     project = project_of(ctx)
     storage = project.storage
     if name is not None:
@@ -166,6 +171,8 @@ def show(
       batchml datasets show loans@latest
       batchml datasets show loans@3f2a --json
     """
+    from batchml.data import datasets
+
     version = datasets.get_version(project_of(ctx).storage, ref)
     data = {"ref": version.ref, **version.to_dict()}
 
@@ -218,6 +225,8 @@ def diff(
       batchml datasets diff loans@3f2a loans@latest
       batchml datasets diff loans@3f2a loans@latest --by loan_id --json
     """
+    from batchml.data import datasets
+
     project = project_of(ctx)
     a, b = datasets.get_version(project.storage, old), datasets.get_version(project.storage, new)
     result = datasets.diff_versions(a, b)
@@ -288,6 +297,7 @@ def export(
       batchml datasets export loans@latest loans.parquet
       batchml datasets export loans@3f2a exports/loans.csv --force
     """
+    from batchml.data import datasets
     from batchml.data.dataset_export import export_version
 
     storage = project_of(ctx).storage

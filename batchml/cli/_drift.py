@@ -7,10 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from batchml import api
 from batchml.cli._common import JsonFlag, RunOption, emit, project_of, run_or_published, spinner, table
-from batchml.config import DriftConfig
-from batchml.monitoring.drift import load_drift, monitor_run
 
 _COLUMNS = ["feature", "statistic", "value", "threshold", "drifted"]
 
@@ -30,6 +27,10 @@ def drift(
       batchml drift default_risk
       batchml drift default_risk --run 3f2a9c0d1e2b4a5f --json
     """
+    from batchml import api
+    from batchml.config import DriftConfig
+    from batchml.monitoring.drift import load_drift, monitor_run
+
     project = project_of(ctx)
     run_id = run_or_published(project, model, run)
     spec = project.config.models.get(model)

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from batchml import api
 from batchml.cli._common import JsonFlag, emit, project_of
 from batchml.serving.gc import GRACE_SECONDS
 
@@ -29,6 +28,8 @@ def gc(
       batchml gc --dry-run
       batchml gc --grace-seconds 600
     """
+    from batchml import api
+
     report = api.gc(project_of(ctx), grace_seconds=grace_seconds, dry_run=dry_run)
 
     def render(console: Console) -> None:

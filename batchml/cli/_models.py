@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from batchml import api
 from batchml.cli._common import (
     ErrorHandlingGroup,
     JsonFlag,
@@ -22,8 +21,10 @@ from batchml.cli._common import (
     table,
 )
 from batchml.errors import PromotionError
-from batchml.models.registry import ModelVersion, RegistryReader
 from batchml.names import parse_ref
+
+if TYPE_CHECKING:
+    from batchml.models.registry import ModelVersion, RegistryReader
 
 TOP_FEATURES = 10
 
@@ -87,6 +88,9 @@ def train(
       batchml train default_risk --promote
       batchml train default_risk --dataset loans@3f2a --param num_leaves=63 --param learning_rate=0.03
     """
+    from batchml import api
+    from batchml.models.registry import RegistryReader
+
     params = parse_params(param or [])
     project = project_of(ctx)
     with spinner(f"training {model}", as_json):
@@ -137,12 +141,16 @@ def _render_training(as_json: bool, data: dict[str, Any], version: ModelVersion)
 
 
 def _reader(ctx: typer.Context) -> RegistryReader:
+    from batchml.models.registry import RegistryReader
+
     return RegistryReader(project_of(ctx).storage)
 
 
 @app.command("list")
 def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List models with their version count, latest version and aliases."""
+    from batchml.models.registry import RegistryReader
+
     project = project_of(ctx)
     reader = RegistryReader(project.storage)
     rows = []
@@ -293,6 +301,8 @@ def promote(
       batchml models promote default_risk 3 --reason "better AUC on March data"
       batchml models promote default_risk 4 --force --reason "slice gate: islands relabelled, reviewed"
     """
+    from batchml import api
+
     project = project_of(ctx, catch_up=False)
     event = api.promote(project, model, version, alias=alias, reason=reason, force=force)
     emit(as_json, {"model": model, **event}, lambda c: _print_event(c, event))
@@ -311,6 +321,8 @@ def rollback(
     Example:
       batchml models rollback default_risk --reason "bad scores in production"
     """
+    from batchml import api
+
     event = api.rollback_model(project_of(ctx, catch_up=False), model, alias=alias, reason=reason)
     emit(as_json, {"model": model, **event}, lambda c: _print_event(c, event))
 

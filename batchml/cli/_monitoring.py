@@ -7,12 +7,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batchml import api
 from batchml.cli._common import ErrorHandlingGroup, JsonFlag, emit, project_of, short_time, spinner, table
-from batchml.data import labels
 from batchml.errors import ConfigError, NotFoundError
-from batchml.monitoring import alerts as alert_records
-from batchml.monitoring import performance as perf
 
 labels_app = typer.Typer(
     cls=ErrorHandlingGroup,
@@ -37,6 +33,8 @@ def ingest(
     Examples:
       batchml labels ingest loan_labels data/raw/loan_labels.csv
     """
+    from batchml.data import labels
+
     with spinner(f"ingesting labels {name}", as_json):
         version = labels.ingest(project_of(ctx), name, source)
     data = {
@@ -61,6 +59,10 @@ def performance(
     Examples:
       batchml performance default_risk --json
     """
+    from batchml import api
+    from batchml.data import labels
+    from batchml.monitoring import performance as perf
+
     project = project_of(ctx)
     spec = project.config.model(model)
     if spec.monitoring.labels is None:
@@ -94,6 +96,8 @@ def alerts(
     as_json: JsonFlag = False,
 ) -> None:
     """Alerts the monitor recorded (drift, prediction drift, performance drop, model age), oldest first."""
+    from batchml.monitoring import alerts as alert_records
+
     found = alert_records.list_alerts(project_of(ctx).storage, model)
 
     def render(console: Console) -> None:

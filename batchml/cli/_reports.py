@@ -8,10 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from batchml import api
 from batchml.cli._common import JsonFlag, RunOption, emit, project_of, properties, run_or_published, spinner
-from batchml.config import MonitoringConfig
-from batchml.monitoring.reports import load_report, render_run_report
 
 
 def report(
@@ -32,6 +29,10 @@ def report(
       batchml report default_risk
       batchml report default_risk --run 3f2a9c0d1e2b4a5f --json
     """
+    from batchml import api
+    from batchml.config import MonitoringConfig
+    from batchml.monitoring.reports import load_report, render_run_report
+
     project = project_of(ctx)
     run_id = run_or_published(project, model, run)
     spec = project.config.models.get(model)

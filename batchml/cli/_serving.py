@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-import batchml
-from batchml import api
-from batchml.checks.validation import describe_summary
 from batchml.cli._common import (
     ErrorHandlingGroup,
     JsonFlag,
@@ -23,13 +20,11 @@ from batchml.cli._common import (
     state,
     table,
 )
-from batchml.data import datasets
 from batchml.errors import BatchMLError, NotFoundError
-from batchml.models.registry import RegistryReader
-from batchml.project import CONFIG_FILE, Project
 from batchml.redact import redact_url
-from batchml.scoring.publications import PublicationLog
-from batchml.scoring.runs import list_runs
+
+if TYPE_CHECKING:
+    from batchml.project import Project
 
 #: `batchml query` interrupts a statement still running after this many seconds (`--timeout` changes it).
 QUERY_TIMEOUT_SECONDS = 60.0
@@ -47,11 +42,15 @@ catalog_app = typer.Typer(
 
 
 def _serving_db(project: Project) -> str:
-    return str(api.database_path(project))
+    from batchml.serving.readers import database_path
+
+    return str(database_path(project))
 
 
 def _rows_to_score(project: Project, model: str, dataset: str | None) -> int | None:
     """The progress bar's total: rows of the dataset version to score, when it is easy to tell."""
+    from batchml.data import datasets
+
     spec = project.config.models.get(model)
     ref = dataset or (f"{spec.dataset}@latest" if spec else None)
     if ref is None:
@@ -91,6 +90,9 @@ def score(
       batchml score default_risk --alias challenger --stage
       batchml score default_risk --version 3 --dataset loans@3f2a
     """
+    from batchml import api
+    from batchml.checks.validation import describe_summary
+
     require(alias is None or version is None, "give --alias or --version, not both")
     project = project_of(ctx)
     total = _rows_to_score(project, model, dataset) if not as_json else None
@@ -144,6 +146,10 @@ def list_(
       batchml predictions list
       batchml predictions list default_risk --json
     """
+    from batchml.models.registry import RegistryReader
+    from batchml.scoring.publications import PublicationLog
+    from batchml.scoring.runs import list_runs
+
     storage = project_of(ctx).storage
     reader = RegistryReader(storage)
     models = reader.list_models()
@@ -172,6 +178,8 @@ def list_(
 
 
 def _published(project: Project, model: str, as_json: bool) -> None:
+    from batchml.scoring.publications import PublicationLog
+
     data = {
         "model": model,
         "run_id": PublicationLog(project.storage).current(model),
@@ -189,6 +197,8 @@ def publish(
     as_json: JsonFlag = False,
 ) -> None:
     """Make RUN_ID the published predictions of MODEL (atomically swaps in a new serving file)."""
+    from batchml import api
+
     project = project_of(ctx, catch_up=False)
     api.publish(project, model, run_id, reason=reason)
     _published(project, model, as_json)
@@ -202,6 +212,8 @@ def rollback(
     as_json: JsonFlag = False,
 ) -> None:
     """Return MODEL's published predictions to the run published before the current one."""
+    from batchml import api
+
     project = project_of(ctx, catch_up=False)
     api.rollback_predictions(project, model, reason=reason)
     _published(project, model, as_json)
@@ -225,9 +237,11 @@ def query(
       batchml query "SELECT model, alias, version FROM model_aliases" --json
       batchml query "SELECT model, avg(prediction) FROM prediction_history GROUP BY ALL" --timeout 300
     """
-    con = batchml.connect(project_of(ctx))
+    from batchml.serving.readers import connect, query
+
+    con = connect(project_of(ctx))
     try:
-        columns, rows = batchml.query(con, sql, timeout=timeout)
+        columns, rows = query(con, sql, timeout=timeout)
     finally:
         con.close()
     data = {"columns": columns, "rows": [dict(zip(columns, row, strict=True)) for row in rows]}
@@ -252,6 +266,8 @@ def rebuild(
       batchml catalog rebuild
       batchml catalog rebuild --incremental
     """
+    from batchml import api
+
     project = project_of(ctx, catch_up=False)
     built = api.rebuild_catalog(project, full=full)
     data = {"serving_db": _serving_db(project), "file": str(built), "full": full}
@@ -260,10 +276,14 @@ def rebuild(
 
 def info(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show the project: config file, storage URL, serving DB path, configured datasets and models."""
+    import batchml
+    from batchml.project import CONFIG_FILE
+    from batchml.serving.readers import database_path
+
     options = state(ctx)
     project = options.project
     config = options.config or project.base_dir / CONFIG_FILE
-    link = api.database_path(project)
+    link = database_path(project)
     sources = {name: d.source for name, d in project.config.datasets.items()}
     spec: dict[str, Any] = {
         name: {"dataset": m.dataset, "task": m.task, "entity_id": m.entity_id, "target": m.target}

@@ -7,12 +7,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batchml import api
 from batchml.cli._common import JsonFlag, emit, project_of, properties, table
 from batchml.cli._models import app as models_app
 from batchml.cli._serving import predictions_app
-from batchml.monitoring import audit
-from batchml.serving import staging
 
 
 @predictions_app.command("explain")
@@ -29,6 +26,8 @@ def explain(
     Examples:
       batchml predictions explain default_risk L000000042
     """
+    from batchml.monitoring import audit
+
     result = audit.explain(project_of(ctx).storage, model, entity_id, run_id=run, top=top)
 
     def render(console: Console) -> None:
@@ -56,6 +55,8 @@ def stage(
     as_json: JsonFlag = False,
 ) -> None:
     """Serve RUN_ID as MODEL's `predictions_staging` table, beside the published one."""
+    from batchml import api
+
     path = api.stage(project_of(ctx, catch_up=False), model, run_id, reason=reason)
     emit(
         as_json,
@@ -76,6 +77,8 @@ def compare(
     as_json: JsonFlag = False,
 ) -> None:
     """Compare MODEL's staged run with its published run: score shift (PSI, KS), flip rate, top-k overlap."""
+    from batchml.serving import staging
+
     report = staging.compare(project_of(ctx).storage, model, top=top)
 
     def render(console: Console) -> None:
@@ -106,6 +109,8 @@ def promote(
     as_json: JsonFlag = False,
 ) -> None:
     """Promote the staged run's model version to ALIAS and publish the staged run, in one step."""
+    from batchml import api
+
     project = project_of(ctx, catch_up=False)
     result = api.promote_staged(project, model, alias=alias, reason=reason, force=force)
     emit(
@@ -127,6 +132,8 @@ def reproduce(
 
     Exits with 1 when the retrained model differs.
     """
+    from batchml.monitoring import audit
+
     model, _, version = ref.partition("@")
     result = audit.reproduce(project_of(ctx).storage, model, version or "latest")
 

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(PY) -m uv pip install --quiet --python $(PY) -c constraints.txt -e '.[dev,dask]'
+	$(PY) -m uv pip install --quiet --python $(PY) -c constraints.txt --compile-bytecode -e '.[dev,dask]'
 	touch $(STAMP)
 
 demo: $(STAMP)

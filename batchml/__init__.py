@@ -92,36 +92,24 @@ __all__ = [
 #: polars, LightGBM, scipy, Evidently) cost seconds to import, and `batchml --help` or a query needs none of
 #: them. A name is imported from its module the first time it is used (PEP 562).
 _HOMES = {
-    **dict.fromkeys(
-        [
-            "promote",
-            "publish",
-            "read_dataset",
-            "rebuild_catalog",
-            "register_model",
-            "rollback_model",
-            "rollback_predictions",
-            "score",
-            "snapshot_dataset",
-            "train",
-        ],
-        "batchml.api",
-    ),
-    # Readers (apps, `batchml query`) load DuckDB and nothing heavy.
-    **dict.fromkeys(["connect", "database_path", "query"], "batchml.serving.readers"),
-    **dict.fromkeys(["Config", "ModelSpec", "load_config"], "batchml.config"),
-    "DatasetVersion": "batchml.data.datasets",
-    **dict.fromkeys(
-        [name for name in __all__ if name[0].isupper() and name.endswith("Error")], "batchml.errors"
-    ),
-    "ModelVersion": "batchml.models.registry",
-    "Project": "batchml.project",
-    "PredictionRun": "batchml.scoring.runs",
+    "batchml.api": [
+        *("promote", "publish", "read_dataset", "rebuild_catalog", "register_model", "rollback_model"),
+        *("rollback_predictions", "score", "snapshot_dataset", "train"),
+    ],
+    # What apps and `batchml query` use: DuckDB and nothing heavy.
+    "batchml.serving.readers": ["connect", "database_path", "query"],
+    "batchml.config": ["Config", "ModelSpec", "load_config"],
+    "batchml.errors": [name for name in __all__ if name.endswith("Error")],
+    "batchml.data.datasets": ["DatasetVersion"],
+    "batchml.models.registry": ["ModelVersion"],
+    "batchml.project": ["Project"],
+    "batchml.scoring.runs": ["PredictionRun"],
 }
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
+    home = _HOME_OF.get(name)
     if home is None:
         raise AttributeError(f"module 'batchml' has no attribute {name!r}")
     value = getattr(_importlib.import_module(home), name)

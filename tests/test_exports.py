@@ -52,6 +52,16 @@ def test_all_is_pinned() -> None:
     assert batchml.__all__ == PUBLIC_API
 
 
+def test_every_public_name_has_one_home_and_importing_batchml_loads_none() -> None:
+    code = (
+        "import sys, batchml; loaded = sorted(m for m in sys.modules if m.startswith('batchml.')); "
+        "homes = sorted(batchml._HOME_OF); [getattr(batchml, n) for n in batchml.__all__]; "
+        "print(loaded, homes)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"{['batchml.redact']} {sorted(PUBLIC_API)}"
+
+
 def test_all_is_sorted_and_complete() -> None:
     assert batchml.__all__ == sorted(batchml.__all__)
     public = {name for name in dir(batchml) if not name.startswith("_")}

@@ -25,8 +25,8 @@ from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.scoring import run_checksum
 from batchml.serving import prediction_tables
 from batchml.serving.database import build_serving_db
-from batchml.serving.readers import connect_serving
 from batchml.serving.prediction_tables import PREDICTION_SCHEMA
+from batchml.serving.readers import connect_serving
 from batchml.store.storage import Storage
 from tests.conftest import PROJECT_TOML
 

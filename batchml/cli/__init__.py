@@ -26,6 +26,7 @@ from batchml.cli import (  # noqa: F401  (_trust: sub-commands)
     _models,
     _monitoring,
     _reports,
+    _run,
     _serving,
     _trust,
 )
@@ -104,6 +105,7 @@ app.add_typer(_monitoring.labels_app, name="labels")
 app.command("performance")(_monitoring.performance)
 app.command("alerts")(_monitoring.alerts)
 app.command("gc")(_gc.gc)
+app.command("run")(_run.run)
 
 
 def main() -> None:

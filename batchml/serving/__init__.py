@@ -1,10 +1,11 @@
 """Serving: the DuckDB file downstream apps read, derived from storage and swapped in atomically.
 
-`database` builds a new file, flips the pointer to it and opens read-only, capped connections;
-`prediction_tables` holds one table per run and the views over them; `catalog` derives the tables about
-everything else from the records in storage, monitoring's included, which is why this stage is the top one;
-`staging` serves a candidate run beside the published one and compares them; `logstate` tells which state of
-the event logs a file reflects, and `operations` carries out each mutating request once, on the state its
-caller saw, then catches the file up; `gc` removes what no record references. May import: every stage below
-and `batchml.project`; above it stand only `batchml.api` and the CLI.
+`readers` opens the current file read-only with capped connections and runs one statement (what apps load:
+DuckDB and nothing heavy); `database` builds a new file and flips the pointer to it; `prediction_tables` holds
+one table per run and the views over them; `catalog` derives the tables about everything else from the records
+in storage, monitoring's included, which is why this stage is the top one; `staging` serves a candidate run
+beside the published one and compares them; `logstate` tells which state of the event logs a file reflects,
+and `operations` carries out each mutating request once, on the state its caller saw, then catches the file
+up; `gc` removes what no record references. May import: every stage below and `batchml.project`; above it
+stand only `batchml.api` and the CLI.
 """

@@ -18,7 +18,7 @@ from batchml import api
 from batchml.errors import ConflictError, InvalidNameError
 from batchml.models.registry import Registry, RegistryReader
 from batchml.scoring.publications import PublicationLog
-from batchml.serving import operations
+from batchml.serving import database
 from batchml.store.eventlog import EventLog
 
 MODEL = "default_risk"
@@ -222,7 +222,7 @@ def test_a_rerun_of_a_promote_staged_that_finished_its_events_only_rebuilds(
     run = batchml.score(project, MODEL, version=v2)
     api.stage(project, MODEL, run.run_id)
     served = batchml.database_path(project).resolve()
-    monkeypatch.setattr(operations, "build_serving_db", _interrupted)
+    monkeypatch.setattr(database, "build_serving_db", _interrupted)  # operations imports it when it builds
     with pytest.raises(_Interrupted):
         api.promote_staged(project, MODEL)
     monkeypatch.undo()

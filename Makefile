@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m compileall -q batchml flows
 	$(PY) -m flows.demo
 
+# Bytecode is compiled first: these machines may set PYTHONDONTWRITEBYTECODE, and then every process the
+# tests start (CLI runs, crash drivers, workers) would compile batchml again. Two workers (pytest-xdist) share
+# the cores: most slow tests wait on subprocesses and servers. `pytest -n 0` runs in one process.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m compileall -q batchml flows tests
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check batchml flows tests benchmarks deployments

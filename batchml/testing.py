@@ -3,7 +3,8 @@
 ``generate_loans`` returns one in-memory frame; ``write_loans`` streams chunks of it to a single CSV or
 Parquet file so that large tables (10M rows) never sit in memory at once. Everything is vectorised with
 numpy and fully determined by the arguments. The data drifts over time: later applications ask for larger
-amounts, have lower credit scores and a different purpose mix, and default more often.
+amounts, have lower credit scores and a different purpose mix, and default more often. ``shift_loans`` moves
+most features far beyond that, for a batch that drift monitoring must flag.
 
 Nothing else in ``batchml`` may assume these column names; they exist only for examples.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-__all__ = ["generate_loans", "write_loans"]
+__all__ = ["generate_loans", "shift_loans", "write_loans"]
 
 REGIONS = ("north", "south", "east", "west", "central", "islands")
 _REGION_P = (0.22, 0.20, 0.19, 0.19, 0.15, 0.05)
@@ -143,6 +144,24 @@ def generate_loans(
             "employment_type": _strings(EMPLOYMENT_TYPES, employment, employment_null),
             "defaulted": pl.Series(defaulted, dtype=pl.Int8),
         }
+    )
+
+
+def shift_loans(loans: pl.DataFrame) -> pl.DataFrame:
+    """Return ``loans`` with most numeric features shifted well beyond the generator's distribution.
+
+    Larger amounts, lower scores and incomes, older applicants, higher debt: a batch from a different
+    population, which drift monitoring must flag. Ids, dates, categories and the target are kept, so the
+    result can also be trained on.
+    """
+    return loans.with_columns(
+        pl.col("amount") * 4,
+        (pl.col("credit_score") - 150).clip(300, 850),
+        pl.col("debt_to_income") * 1.6,
+        pl.col("age") + 15,
+        pl.col("annual_income") * 0.4,
+        pl.col("open_accounts") + 4,
+        pl.col("months_employed") * 3,
     )
 
 

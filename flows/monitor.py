@@ -115,16 +115,15 @@ def retrain(model: str, trigger: dict[str, Any], config: str | None) -> dict[str
             "status": "held_back",
             "detail": trained["held_back"],
         }
-        if trained["promotion"] is not None:
+        if trained["promotion"] is not None and not trained["promotion"]["changed"]:
+            # The newest data is what the champion was trained on. Scoring it again and publishing that run
+            # would replace newer predictions (the batch that breached) with ones of the training data.
+            outcome |= {"status": "unchanged", "detail": f"no newer data: v{trained['version']} is champion"}
+        elif trained["promotion"] is not None:
             scored = score_and_publish(model, dataset=dataset, config=config, reason=reason)
             published = bool(scored["published"])
             outcome |= {"status": "promoted", "run_id": scored["run_id"], "published": published}
             outcome["detail"] = f"v{trained['version']} promoted and run {scored['run_id']} published"
-            if not trained["promotion"]["changed"] and not (scored["published"] or {}).get("changed"):
-                outcome |= {
-                    "status": "unchanged",
-                    "detail": f"no newer data: v{trained['version']} is champion",
-                }
     except Exception as exc:  # the trigger stays debounced; its outcome says why nothing came of it
         failed = {**outcome, "status": "failed", "detail": redact(repr(exc))}  # no credentials in the record
         alerts.record_outcome(project.storage, trigger, failed)

@@ -1,14 +1,23 @@
-"""The whole path on data batchml has never seen: awkward names, integer ids, a regression target."""
+"""The whole path: on data batchml has never seen (awkward names, integer ids, a regression target), and
+`make demo` as a new user runs it, on a busy machine."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
+import pytest
 
 import batchml
+
+REPO = Path(__file__).resolve().parents[1]
 
 AWKWARD_TOML = """
 [storage]
@@ -72,3 +81,51 @@ def test_any_tabular_dataset_works_with_only_a_config(
     lookup = "SELECT prediction, predicted_class FROM predictions WHERE model = ? AND entity_id = ?"
     row = con.execute(lookup, ["house-prices", "10042"]).fetchone()
     assert row is not None and row[0] > 0 and row[1] is None
+
+
+@pytest.mark.slow
+def test_make_demo_on_a_busy_machine_publishes_and_monitors_a_shifted_batch(tmp_path: Path) -> None:
+    """`make demo`'s command (`python -m flows.demo`, smaller data) in a copy of the demo's files, while two
+    busy loops keep both CPUs of a small machine busy. On such a machine Prefect's ephemeral API took longer
+    than its 20 s default to start and the demo failed before doing anything; the flows allow 180 s. The
+    demo then runs its own ephemeral API (no PREFECT_* settings inherited from the tests' server), and its
+    monitoring output is checked in the serving file, opened read-only as an app would."""
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "flows", copy / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "batchml.toml", copy / "batchml.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        demo = subprocess.run(
+            [sys.executable, "-m", "flows.demo", "--rows", "20000"],
+            cwd=copy, env=env, capture_output=True, text=True, timeout=500,
+        )  # fmt: skip
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
+    assert "Timed out while attempting to connect" not in demo.stderr
+
+    project = batchml.Project.open(copy / "batchml.toml")
+    con = duckdb.connect(str(batchml.database_path(project)), read_only=True)
+    try:
+        published = "SELECT DISTINCT run_id, dataset_version FROM predictions"
+        [(run_id, dataset)] = con.execute(published).fetchall()
+        drifted = con.execute(
+            "SELECT count(*) FILTER (drifted), count(*) FROM drift_metrics WHERE run_id = ?", [run_id]
+        ).fetchone()
+        kinds = {k for (k,) in con.execute("SELECT kind FROM alerts WHERE run_id = ?", [run_id]).fetchall()}
+        [(html_uri,)] = con.execute("SELECT html_uri FROM reports WHERE run_id = ?", [run_id]).fetchall()
+        [(status,)] = con.execute("SELECT status FROM retrains").fetchall()
+    finally:
+        con.close()
+    assert dataset.startswith("new_applications@")  # the shifted batch is what apps now read
+    assert drifted is not None and 0 < drifted[0] < drifted[1]
+    assert {"drift", "prediction_drift"} <= kinds
+    assert status == "unchanged"  # no outcomes for the new batch yet: nothing newer to retrain on
+    report = Path(html_uri.removeprefix("file://"))
+    assert report.is_file() and report.stat().st_size > 0
+    assert str(report.relative_to(report.parents[3])) in demo.stdout  # the summary says where to open it
+    for what in ("FROM drift_metrics", "FROM alerts", "make serve"):
+        assert what in demo.stdout

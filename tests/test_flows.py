@@ -332,16 +332,9 @@ def _drifted_source(loans_csv: Path, path: Path) -> str:
     """The sample loans with most features shifted well beyond the training distribution."""
     import polars as pl
 
-    frame = pl.read_csv(loans_csv).with_columns(
-        pl.col("amount") * 4,
-        (pl.col("credit_score") - 150).clip(300, 850),
-        pl.col("debt_to_income") * 1.6,
-        pl.col("age") + 15,
-        pl.col("annual_income") * 0.4,
-        pl.col("open_accounts") + 4,
-        pl.col("months_employed") * 3,
-    )
-    frame.write_csv(path)
+    from batchml.testing import shift_loans
+
+    shift_loans(pl.read_csv(loans_csv)).write_csv(path)
     return str(path)
 
 

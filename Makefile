@@ -22,7 +22,7 @@ demo: $(STAMP)
 # the cores: most slow tests wait on subprocesses and servers. `pytest -n 0` runs in one process.
 test: $(STAMP)
 	$(PY) -m compileall -q batchml flows tests
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check batchml flows tests benchmarks deployments

@@ -82,7 +82,7 @@ class ScoringConfig(_Strict):
     #: flags, "all" - every row. Contributions cost ~100x a prediction per row, so "all" is slow.
     reason_rows: Literal["top", "flagged", "all"] = "top"
     #: For "top": the share of the model's reference predictions that lie at or above the threshold.
-    reason_share: float = Field(default=0.01, gt=0.0, le=1.0)
+    reason_share: float = Field(default=0.005, gt=0.0, le=1.0)
 
 
 class MetricGate(_Strict):

@@ -55,7 +55,7 @@ class ScoringOptions:
     #: Which rows get them ("top", "flagged", "all") and, for "top", the share and the score threshold it
     #: gives (see `batchml.scoring.reason_rows`; `batchml.api.scoring_inputs` derives it from the model).
     reason_rows: ReasonRows = "top"
-    reason_share: float = 0.01
+    reason_share: float = 0.005
     reason_threshold: float | None = None
     #: Column rules: rows breaking a hard one are quarantined, warn ones are counted.
     expectations: Mapping[str, Expectation] = field(default_factory=dict)

@@ -131,7 +131,7 @@ def test_the_default_is_the_top_half_percent() -> None:
         "scoring": {"reason_codes": 3},
     }
     scoring = parse_config({"models": {"m": spec}}).models["m"].scoring
-    assert (scoring.reason_rows, scoring.reason_share) == ("top", 0.005)  # chosen by benchmarks/reason_codes.py
+    assert (scoring.reason_rows, scoring.reason_share) == ("top", 0.005)  # by benchmarks/reason_codes.py
 
 
 @pytest.mark.parametrize(

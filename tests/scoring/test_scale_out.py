@@ -48,7 +48,7 @@ def twins(
 ) -> tuple[batchml.Project, batchml.Project, str]:
     """Two projects holding the same champion and the same dataset version (with some bad rows)."""
     # Reasons for the top fifth by score: a row's selection must not depend on its partition.
-    reasons = "reason_codes = 3\nreason_rows = \"top\"\nreason_share = 0.2\n"
+    reasons = 'reason_codes = 3\nreason_rows = "top"\nreason_share = 0.2\n'
     toml = PROJECT_TOML.format(source=loans_csv) + AGE + REGION + WARN + scoring_limit(0.05) + reasons
     first = make_project(toml, folder="sequential")
     batchml.snapshot_dataset(first, "loans")

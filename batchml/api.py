@@ -16,10 +16,11 @@ from batchml.models.features import Feature, check_bindable, renamed
 from batchml.models.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
 from batchml.models.profiles import training_profile
 from batchml.models.registry import ModelVersion, Registry
-from batchml.monitoring.drift_reference import training_reference
+from batchml.monitoring.drift_reference import reference_profile, training_reference
 from batchml.names import check_name
 from batchml.project import Project
 from batchml.scoring.publications import PublicationLog
+from batchml.scoring.reason_rows import top_threshold
 from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring.runs import score as score_dataset
 from batchml.serving.database import build_serving_db
@@ -288,14 +289,20 @@ def scoring_inputs(
         dataset = f"{name}@latest"
     version_ = datasets.get_version(project.storage, dataset)
     spec = project.config.models.get(model)
-    options = (
-        ScoringOptions(
-            reason_codes=spec.scoring.reason_codes,
-            expectations=spec.expectations,
-            max_quarantine_share=spec.scoring.max_quarantine_share,
-        )
-        if spec
-        else ScoringOptions()
+    if spec is None:
+        return chosen, version_, ScoringOptions()
+    scoring = spec.scoring
+    threshold = None
+    if scoring.reason_codes and scoring.reason_rows == "top":  # fixed by the model, not by the batch
+        predictions = reference_profile(project.storage, chosen).get("predictions")
+        threshold = top_threshold(predictions, scoring.reason_share, chosen.ref)
+    options = ScoringOptions(
+        reason_codes=scoring.reason_codes,
+        reason_rows=scoring.reason_rows,
+        reason_share=scoring.reason_share,
+        reason_threshold=threshold,
+        expectations=spec.expectations,
+        max_quarantine_share=scoring.max_quarantine_share,
     )
     return chosen, version_, options
 

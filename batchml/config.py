@@ -74,8 +74,15 @@ class ScoringConfig(_Strict):
 
     #: A run whose quarantined share of rows exceeds this fails and publishes nothing.
     max_quarantine_share: float = Field(default=0.01, ge=0.0, le=1.0)
-    #: Store the top-k features by contribution (LightGBM pred_contrib) per prediction; 0 = off.
+    #: Store the top-k features by |contribution| (LightGBM pred_contrib), each with its signed
+    #: contribution, per prediction; 0 = off.
     reason_codes: int = Field(default=0, ge=0, le=20)
+    #: Which rows get reasons (the others get NULL): "top" - rows scoring at or above the model's fixed
+    #: threshold for `reason_share` (see `batchml.scoring.reason_rows`), "flagged" - rows with input-check
+    #: flags, "all" - every row. Contributions cost ~100x a prediction per row, so "all" is slow.
+    reason_rows: Literal["top", "flagged", "all"] = "top"
+    #: For "top": the share of the model's reference predictions that lie at or above the threshold.
+    reason_share: float = Field(default=0.005, gt=0.0, le=1.0)
 
 
 class MetricGate(_Strict):
@@ -304,12 +311,18 @@ def load_config(path: Path) -> Config:
     return parse_config(data, source=str(path))
 
 
+def _problem(err: Any) -> str:
+    """One validation error as `field: what is allowed (got value)`; containers are not echoed."""
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    value = err.get("input")
+    got = "" if err["type"] == "missing" or isinstance(value, dict | list) else f" (got {value!r})"
+    return f"{where}: {err['msg']}{got}"
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a config mapping (as read from TOML)."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"invalid config {source!r}: {problems}") from None

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 
 import batchml
+from batchml.serving import prediction_tables
+from batchml.store.storage import Storage
 from batchml.testing import write_loans
 
 SAMPLE_ROWS = 4000
@@ -115,3 +117,17 @@ def published(project: batchml.Project, champion: batchml.ModelVersion) -> batch
     run = batchml.score(project, "default_risk")
     batchml.publish(project, "default_risk", run.run_id)
     return run
+
+
+@pytest.fixture
+def run_file_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Run ids whose Parquet files a build reads (the rest were copied from the previous serving file)."""
+    reads: list[str] = []
+    original = prediction_tables.run_files_sql
+
+    def spy(storage: Storage, runs: list[batchml.PredictionRun], verify: bool) -> str | None:
+        reads.extend(run.run_id for run in runs)
+        return original(storage, runs, verify)
+
+    monkeypatch.setattr(prediction_tables, "run_files_sql", spy)
+    return reads

@@ -12,6 +12,18 @@ from batchml.cli._models import app as models_app
 from batchml.cli._serving import predictions_app
 
 
+def _with_reasons(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with its reasons as `feature +0.123` text (signed: + raises the raw score, - lowers it)."""
+    reasons = fields.get("reasons")
+    if reasons is None:
+        return {**fields, "reasons": "none stored for this row"}
+    shown = (
+        f"{r['feature']} {'?' if r['contribution'] is None else format(r['contribution'], '+.6f')}"
+        for r in reasons
+    )
+    return {**fields, "reasons": ", ".join(shown)}
+
+
 @predictions_app.command("explain")
 def explain(
     ctx: typer.Context,
@@ -32,11 +44,11 @@ def explain(
 
     def render(console: Console) -> None:
         console.print(f"receipt of {model} / {entity_id}")
-        console.print(properties(result["receipt"].items()))
+        console.print(properties(_with_reasons(result["receipt"]).items()))
         again = result["rederived"]
         verdict = "[green]matches[/]" if again["matches"] else "[red]DOES NOT MATCH[/]"
         console.print(f"re-derived from the stored dataset and model: {again['prediction']!r} ({verdict})")
-        console.print(properties(again.items()))
+        console.print(properties(_with_reasons(again).items()))
         rows = [(c["feature"], c["value"], f"{c['contribution']:+.6f}") for c in result["contributions"]]
         console.print(table(["feature", "value", "contribution"], rows, title="top contributions"))
         console.print(f"base value: {result['base_value']:+.6f} (raw score units)")

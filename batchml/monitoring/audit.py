@@ -27,6 +27,9 @@ from batchml.scoring.receipts import contributions, input_hashes
 from batchml.scoring.runs import get_run
 from batchml.store.storage import FileEntry, Storage
 
+#: Reason codes as (feature, signed contribution); None where the run stored none for the row.
+Reasons = list[tuple[str, float | None]] | None
+
 
 def _rows_for_entity(storage: Storage, files: list[FileEntry], column: str, entity_id: str) -> pa.Table:
     """Rows whose `column` (as text) equals `entity_id`, from hash-checked Parquet files."""
@@ -64,8 +67,15 @@ def explain(
     value = float(raw[0].max() if raw.ndim == 2 else raw[0])
     row = contributions(booster, matrix, len(version.classes))[0]
     contrib, bias = row[:-1], row[-1]
-    order = np.argsort(-np.abs(contrib), kind="stable")[:top]
+    ranked = np.argsort(-np.abs(contrib), kind="stable")  # the order scoring ranks reasons in
+    order = ranked[:top]
     input_hash = int(input_hashes(matrix)[0])
+    stored = _stored_reasons(receipt["reasons"])
+    names = [f.name for f in version.features]
+    again: Reasons = (
+        None if stored is None else [(names[i], float(contrib[i])) for i in ranked[: len(stored)]]
+    )
+    value_matches = value == receipt["prediction"] and input_hash == receipt["input_hash"]
     return {
         "model": model,
         "entity_id": entity_id,
@@ -75,12 +85,14 @@ def explain(
             "predicted_class": receipt["predicted_class"],
             "input_hash": f"{receipt['input_hash']:016x}",
             "scored_at": receipt["scored_at"].isoformat(),
+            "reasons": _reasons_json(stored),
         },
         "rederived": {
             "prediction": value,
             "input_hash": f"{input_hash:016x}",
             "model_sha256": version.model_file.sha256,
-            "matches": value == receipt["prediction"] and input_hash == receipt["input_hash"],
+            "reasons": _reasons_json(again),
+            "matches": value_matches and _reasons_agree(stored, again),
         },
         "contributions": [
             {
@@ -92,6 +104,24 @@ def explain(
         ],
         "base_value": float(bias),
     }
+
+
+def _stored_reasons(found: list[Any] | None) -> Reasons:
+    """A receipt's reasons as (feature, contribution); runs from before contributions stored names only."""
+    if found is None:  # reasons off, or the row was not selected for them
+        return None
+    return [(r, None) if isinstance(r, str) else (r["feature"], r["contribution"]) for r in found]
+
+
+def _reasons_json(reasons: Reasons) -> list[dict[str, Any]] | None:
+    return None if reasons is None else [{"feature": f, "contribution": c} for f, c in reasons]
+
+
+def _reasons_agree(stored: Reasons, again: Reasons) -> bool:
+    """Same features in the same order, and the same contributions where the run stored them."""
+    if stored is None or again is None:
+        return stored is again
+    return all(f == g and (c is None or c == d) for (f, c), (g, d) in zip(stored, again, strict=True))
 
 
 def reproduce(storage: Storage, model: str, version: int | str) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def score_partition(
         scoring=scoring,
         checks=checks,
         stamp=new_stamp(model, dataset, key, datetime.fromisoformat(scored_at)),
-        reason_codes=options.reason_codes,
+        reasons=options.reasons,
     )
     tallies: dict[str, Any] = {c: [[k, n] for k, n in getattr(checks, c).items()] for c in _COUNTERS}
     tallies.update(

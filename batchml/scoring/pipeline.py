@@ -25,7 +25,8 @@ from batchml.errors import SchemaError
 from batchml.models.features import check_input_schema, encode
 from batchml.models.registry import ModelVersion
 from batchml.scoring.prefetch import ordered_map, prefetch
-from batchml.scoring.receipts import contributions, input_hashes, reason_codes
+from batchml.scoring.reason_rows import ReasonPlan
+from batchml.scoring.receipts import REASONS, contributions, input_hashes, reason_codes
 from batchml.store.parts import write_parquet_parts
 from batchml.store.storage import FileEntry, Storage
 
@@ -55,7 +56,7 @@ def output_schema(entity_type: pa.DataType) -> pa.Schema:
             ("run_id", pa.string()),
             ("scored_at", pa.timestamp("us", tz="UTC")),
             ("input_hash", pa.uint64()),
-            ("reasons", pa.list_(pa.string())),
+            ("reasons", REASONS),  # [{feature, contribution}], largest |contribution| first
             ("flags", pa.list_(pa.string())),  # unseen:<col>, other:<col>, out_of_range:<col>
         ]
     )
@@ -64,7 +65,7 @@ def output_schema(entity_type: pa.DataType) -> pa.Schema:
 _STAMP_COLUMNS = ("model", "model_version", "dataset_version", "code_version", "run_id", "scored_at")
 #: Columns with few distinct values; ids, predictions and input hashes are (nearly) unique, so dictionary
 #: encoding them is work the writer throws away (writing a run ~40% faster, and smaller, without it).
-_DICTIONARY_COLUMNS = ["predicted_class", *_STAMP_COLUMNS, "reasons", "flags"]
+_DICTIONARY_COLUMNS = ["predicted_class", *_STAMP_COLUMNS, "reasons.list.element.feature", "flags"]
 
 
 def predict_rows(
@@ -145,11 +146,11 @@ class _BatchScorer:
         model: ModelVersion,
         schema: pa.Schema,
         stamp: dict[str, Any],
-        reason_codes: int,
+        reasons: ReasonPlan,
         threads: int,
     ) -> None:
         self.booster, self.model, self.schema = booster, model, schema
-        self.reason_codes, self.threads = reason_codes, threads
+        self.reasons, self.threads = reasons, threads
         self.names = [f.name for f in model.features]
         # Built once and sliced per batch: repeating a string per row costs more than predicting it.
         self.stamp = [
@@ -163,11 +164,13 @@ class _BatchScorer:
         columns = [ids, pa.array(values, pa.float64()), labels]
         columns += [c.slice(0, n) if n <= len(c) else pa.repeat(c[0], n) for c in self.stamp]
         columns.append(pa.array(input_hashes(matrix), pa.uint64()))
-        if self.reason_codes:
-            contrib = contributions(self.booster, matrix, len(self.model.classes), self.threads)[:, :-1]
-            columns.append(reason_codes(contrib, self.names, self.reason_codes))
+        selected = self.reasons.selected(values, flags) if self.reasons.top else None
+        if selected is not None and selected.any():  # contributions only for the rows that get reasons
+            rows = matrix if selected.all() else matrix[selected]
+            contrib = contributions(self.booster, rows, len(self.model.classes), self.threads)[:, :-1]
+            columns.append(reason_codes(contrib, self.names, self.reasons.top, selected))
         else:
-            columns.append(pa.nulls(n, pa.list_(pa.string())))
+            columns.append(pa.nulls(n, REASONS))
         columns.append(flags)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
@@ -191,17 +194,17 @@ def score_batches(
     scoring: ScoringInput,
     checks: ScoringChecks,
     stamp: dict[str, Any],
-    reason_codes: int,
+    reasons: ReasonPlan,
     progress: Progress | None = None,
 ) -> ScoredParts:
     """Check, encode, predict and write `batches` as parts under `prefix`; on any error, nothing is left.
 
     `stamp` holds the run's constant columns (model, model_version, dataset_version, code_version, run_id,
-    scored_at); `reason_codes` is how many top features to store per prediction (0: none).
+    scored_at); `reasons` says how many top features to store for which rows.
     """
     quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
     workers, threads = predict_plan()
-    scorer = _BatchScorer(booster, model, scoring.schema, stamp, reason_codes, threads)
+    scorer = _BatchScorer(booster, model, scoring.schema, stamp, reasons, threads)
     encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine))
     scored = ordered_map(scorer, encoded, workers)
     rows = 0

@@ -1,4 +1,4 @@
-"""Per-prediction receipts: a stable hash of the model's input row, and top-k reason codes.
+"""Per-prediction receipts: a stable hash of the model's input row, and signed top-k reason codes.
 
 The input hash is a 64-bit FNV-1a-style fold over the float64 bits of the encoded feature row (NaN made
 canonical), vectorised with numpy so it costs a few passes over the batch. It depends only on the values
@@ -46,10 +46,26 @@ def contributions(booster: lgb.Booster, matrix: np.ndarray, num_class: int, thre
     return per_class[np.arange(len(matrix)), scores.argmax(axis=1), :]
 
 
-def reason_codes(contrib: np.ndarray, names: list[str], top: int) -> pa.Array:
-    """For each row, the `top` feature names ordered by |contribution|, largest first."""
+#: One reason: a feature and its signed contribution to the raw score (log-odds for binary, the predicted
+#: class's raw score for multiclass, the prediction itself for regression). Positive raises the score.
+REASON = pa.struct([("feature", pa.string()), ("contribution", pa.float64())])
+REASONS = pa.list_(REASON)
+
+
+def reason_codes(contrib: np.ndarray, names: list[str], top: int, selected: np.ndarray) -> pa.Array:
+    """Per row, the `top` features by |contribution| (largest first, ties by feature order) with their
+    signed contributions; NULL for rows not `selected`.
+
+    `contrib` holds the feature contributions (no bias column) of the selected rows only, in row order;
+    `selected` is a boolean mask over every row of the batch.
+    """
     top = min(top, contrib.shape[1])
     order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
-    labels = np.asarray(names, dtype=object)[order]
-    offsets = pa.array(np.arange(0, labels.size + 1, top, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(labels.ravel(), pa.string()))
+    features = pa.array(names, pa.string()).take(pa.array(order.ravel()))
+    values = pa.array(np.take_along_axis(contrib, order, axis=1).ravel(), pa.float64())
+    items = pa.StructArray.from_arrays([features, values], fields=list(REASON))
+    offsets = np.zeros(len(selected) + 1, dtype=np.int32)
+    np.cumsum(np.where(selected, top, 0), out=offsets[1:])
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), items, type=REASONS, mask=pa.array(~np.asarray(selected, dtype=bool))
+    )

@@ -23,42 +23,72 @@ import duckdb
 
 from batchml.store.storage import FileEntry, Storage
 
+#: The type of `reasons`: the top features with their signed contributions.
+REASONS_TYPE = "STRUCT(feature VARCHAR, contribution DOUBLE)[]"
 #: The columns a run stores per row, with the types every serving table gives them.
 STORED_TYPES = {
     "entity_id": "VARCHAR", "prediction": "DOUBLE", "predicted_class": "VARCHAR", "input_hash": "UBIGINT",
-    "reasons": "VARCHAR[]", "flags": "VARCHAR[]",
+    "reasons": REASONS_TYPE, "flags": "VARCHAR[]",
 }  # fmt: skip
-_ROW_HASH = "hash(" + ", ".join(f"CAST({n} AS {t})" for n, t in STORED_TYPES.items()) + ")"
+#: Runs committed before reasons carried contributions stored them as names (VARCHAR[]); their manifests
+#: record checksums of that form, which a serving table (reasons converted, contribution NULL) still meets
+#: through `_LEGACY_SOURCE`, so those runs keep being copied rather than re-read on every build.
+_LEGACY_TYPES = {**STORED_TYPES, "reasons": "VARCHAR[]"}
+
+
+def _function(types: dict[str, str]) -> str:
+    return "count(*), bit_xor(hash(" + ", ".join(f"CAST({n} AS {t})" for n, t in types.items()) + "))"
+
+
 #: The aggregate, as SQL; recorded with each checksum.
-FUNCTION = f"count(*), bit_xor({_ROW_HASH})"
+FUNCTION = _function(STORED_TYPES)
+LEGACY_FUNCTION = _function(_LEGACY_TYPES)
 _PROBE_ROWS = """(VALUES
+    ('L1', 0.25, 'yes', 42, [{'feature': 'a', 'contribution': -0.5}, {'feature': 'b', 'contribution': NULL}],
+     NULL),
+    (NULL, -1e300, NULL, 18446744073709551615, [], ['unseen:x', NULL]))
+    AS probe(entity_id, prediction, predicted_class, input_hash, reasons, flags)"""
+_LEGACY_PROBE_ROWS = """(VALUES
     ('L1', 0.25, 'yes', 42, ['a', 'b'], NULL),
     (NULL, -1e300, NULL, 18446744073709551615, [], ['unseen:x', NULL]))
     AS probe(entity_id, prediction, predicted_class, input_hash, reasons, flags)"""
+#: Today's reasons as a legacy run stored them; a contribution set where none was stored is an edit.
+_LEGACY_REASONS = """CASE WHEN list_bool_or(list_transform(reasons, lambda r: r.contribution IS NOT NULL))
+    THEN ['<edited: has contributions>'] ELSE list_transform(reasons, lambda r: r.feature) END"""
 
 
-def _aggregate(con: duckdb.DuckDBPyConnection, source: str, params: Sequence[Any] = ()) -> tuple[int, str]:
-    found = con.execute(f"SELECT {FUNCTION} FROM {source}", list(params)).fetchone()
+def _legacy_source(table: str) -> str:
+    columns = ", ".join(_LEGACY_REASONS + " AS reasons" if n == "reasons" else n for n in STORED_TYPES)
+    return f"(SELECT {columns} FROM {table})"
+
+
+def _aggregate(
+    con: duckdb.DuckDBPyConnection, source: str, params: Sequence[Any] = (), function: str = FUNCTION
+) -> tuple[int, str]:
+    found = con.execute(f"SELECT {function} FROM {source}", list(params)).fetchone()
     rows, value = found if found else (0, None)
     return int(rows), f"{int(value or 0):016x}"
 
 
 @functools.cache
-def _probe() -> str:
-    """The aggregate over fixed rows, as this process's DuckDB computes it."""
+def _probe(function: str = FUNCTION) -> str:
+    """The aggregate `function` over fixed rows, as this process's DuckDB computes it."""
+    rows = _LEGACY_PROBE_ROWS if function == LEGACY_FUNCTION else _PROBE_ROWS
     with duckdb.connect() as con:
-        return _aggregate(con, _PROBE_ROWS)[1]
+        return _aggregate(con, rows, function=function)[1]
 
 
-def _method() -> dict[str, Any]:
+def _method(function: str = FUNCTION) -> dict[str, Any]:
     """What says how a checksum was computed: the function, the engine and the engine's probe value."""
-    return {"function": FUNCTION, "engine": f"duckdb {duckdb.__version__}", "probe": _probe()}
+    return {"function": function, "engine": f"duckdb {duckdb.__version__}", "probe": _probe(function)}
 
 
-def table_checksum(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]:
-    """The content checksum of the rows of `table` (a quoted, possibly qualified name)."""
-    rows, value = _aggregate(con, table)
-    return {**_method(), "rows": rows, "value": value}
+def table_checksum(con: duckdb.DuckDBPyConnection, table: str, function: str = FUNCTION) -> dict[str, Any]:
+    """The content checksum of the rows of `table` (a quoted, possibly qualified name) by `function`
+    (`FUNCTION`, or `LEGACY_FUNCTION` to compare with a run committed when reasons were names only)."""
+    source = _legacy_source(table) if function == LEGACY_FUNCTION else table
+    rows, value = _aggregate(con, source, function=function)
+    return {**_method(function), "rows": rows, "value": value}
 
 
 def files_checksum(storage: Storage, files: list[FileEntry]) -> dict[str, Any]:
@@ -75,7 +105,8 @@ def incomparable(recorded: dict[str, Any]) -> str | None:
     """Why a checksum computed here cannot be compared with `recorded` (from a manifest), or None."""
     if not recorded:
         return "its manifest records no content checksum"
-    if (recorded.get("function"), recorded.get("probe")) != (FUNCTION, _probe()):
+    function = recorded.get("function")
+    if function not in (FUNCTION, LEGACY_FUNCTION) or recorded.get("probe") != _probe(str(function)):
         return f"its content checksum was computed by {recorded.get('engine')}, which hashes differently"
     return None
 

@@ -35,6 +35,7 @@ from batchml.scoring.pipeline import (
     check_input,
     score_batches,
 )
+from batchml.scoring.reason_rows import ReasonPlan, ReasonRows
 from batchml.scoring.run_checksum import files_checksum
 from batchml.store.eventlog import now
 from batchml.store.storage import FileEntry, Storage
@@ -49,12 +50,22 @@ log = logging.getLogger(__name__)
 class ScoringOptions:
     """What the project config adds to scoring; part of the run's content key (it changes the output)."""
 
-    #: Top-k feature names by |contribution| stored per prediction; 0 = off.
+    #: Top-k features by |contribution|, with their signed contributions, stored per prediction; 0 = off.
     reason_codes: int = 0
+    #: Which rows get them ("top", "flagged", "all") and, for "top", the share and the score threshold it
+    #: gives (see `batchml.scoring.reason_rows`; `batchml.api.scoring_inputs` derives it from the model).
+    reason_rows: ReasonRows = "top"
+    reason_share: float = 0.005
+    reason_threshold: float | None = None
     #: Column rules: rows breaking a hard one are quarantined, warn ones are counted.
     expectations: Mapping[str, Expectation] = field(default_factory=dict)
     #: The run fails (nothing committed) when more than this share of its rows is quarantined.
     max_quarantine_share: float = 0.01
+
+    @property
+    def reasons(self) -> ReasonPlan:
+        """The reason codes plan of the run (checks the mode, and the threshold when it needs one)."""
+        return ReasonPlan(self.reason_codes, self.reason_rows, self.reason_threshold)
 
     def key(self) -> dict[str, Any]:
         """The JSON form that enters the run key."""
@@ -64,6 +75,11 @@ class ScoringOptions:
             "reason_codes": self.reason_codes,
             "max_quarantine_share": self.max_quarantine_share,
         }
+        if self.reason_codes:  # with reasons off, which rows would get them changes nothing
+            key["reason_rows"] = self.reason_rows
+            if self.reason_rows == "top":
+                key["reason_share"] = self.reason_share
+                key["reason_threshold"] = self.reason_threshold
         if self.expectations:
             key["expectations"] = {
                 c: e.model_dump(mode="json", by_alias=True) for c, e in sorted(self.expectations.items())
@@ -267,7 +283,7 @@ def score(
         scoring=scoring,
         checks=checks,
         stamp=new_stamp(model, dataset, key, scored_at),
-        reason_codes=options.reason_codes,
+        reasons=options.reasons,
         progress=progress,
     )
     if not parts.files:

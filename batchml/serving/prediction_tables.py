@@ -9,13 +9,14 @@
     past_predictions        VIEW: every other run ever published on the published channel
     prediction_history      VIEW: predictions UNION ALL past_predictions
 
-Everything readers query is inside the file (they have no file access). A run is immutable, so while
-building, the previous serving file is attached read-only and a run table found there with today's columns
-is copied, and kept only if the copy has the content checksum the run's manifest records (`run_checksum`:
-row count and a hash over every stored value). Anything else (no previous file, an older layout, an attach
-error, a checksum that differs or cannot be compared) reads the run's Parquet files, as a full build
-(`full=True`) always does. Storage stays the truth: the previous file only saves reading and sorting, and
-never fails a publish; an edit made to it does not survive the next build.
+Everything readers query is inside the file (they have no file access). A run is immutable, so while building,
+the previous serving file is attached read-only and a run table found there with today's columns is copied,
+and kept only if the copy has the content checksum the run's manifest records (`run_checksum`: row count and a
+hash over every stored value). Runs committed before reasons carried contributions stored `reasons` as names
+only (VARCHAR[]); their tables hold them converted, each contribution NULL. Anything else (no previous file,
+an older layout, an attach error, a checksum that differs or cannot be compared) reads the run's Parquet
+files, as a full build (`full=True`) always does. Storage stays the truth: the previous file only saves
+reading and sorting, and never fails a publish; an edit made to it does not survive the next build.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from batchml.scoring.publications import PublicationLog
-from batchml.scoring.run_checksum import STORED_TYPES, incomparable, mismatch, table_checksum
+from batchml.scoring.run_checksum import REASONS_TYPE, STORED_TYPES, incomparable, mismatch, table_checksum
 from batchml.scoring.runs import PredictionRun, get_run
 from batchml.store.storage import Storage
 
@@ -37,11 +38,17 @@ PREDICTION_SCHEMA = [
     ("model", "VARCHAR"), ("model_version", "BIGINT"), ("entity_id", "VARCHAR"), ("prediction", "DOUBLE"),
     ("predicted_class", "VARCHAR"), ("dataset_version", "VARCHAR"), ("code_version", "VARCHAR"),
     ("run_id", "VARCHAR"), ("scored_at", "TIMESTAMP WITH TIME ZONE"), ("input_hash", "UBIGINT"),
-    ("reasons", "VARCHAR[]"), ("flags", "VARCHAR[]"),
+    ("reasons", REASONS_TYPE), ("flags", "VARCHAR[]"),
 ]  # fmt: skip
 #: The columns stored per row (the others are the run's constants) and how they are read from run files.
 STORED = tuple(STORED_TYPES)
 _READ = "CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, input_hash, reasons, flags"
+#: Runs committed before reasons carried contributions stored names only (VARCHAR[]): same order, the
+#: contribution NULL (unknown, not zero).
+_LEGACY_REASONS = (
+    "list_transform(reasons, lambda r: {'feature': r, 'contribution': NULL::DOUBLE})"
+    f"::{REASONS_TYPE} AS reasons"
+)
 _EMPTY = "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in PREDICTION_SCHEMA) + " WHERE false"
 _PREVIOUS = "previous"
 
@@ -128,7 +135,7 @@ class PreviousFile:
         self.con.begin()
         try:
             self.con.execute(f"INSERT INTO {table} ({stored}) SELECT {stored} FROM {_PREVIOUS}.{table}")
-            why = mismatch(recorded, table_checksum(self.con, table))
+            why = mismatch(recorded, table_checksum(self.con, table, str(recorded["function"])))
         except duckdb.Error as exc:
             why = f"could not copy it: {exc}"
         if why:  # rolled back whole: the run files fill the table instead
@@ -145,6 +152,12 @@ class PreviousFile:
             self.attached, self.tables = False, set()
 
 
+def _stores_names_only(con: duckdb.DuckDBPyConnection, select: str) -> bool:
+    """Whether the run files `select` reads store reasons as names only (runs from before contributions)."""
+    described = con.execute(f"DESCRIBE SELECT reasons FROM ({select})").fetchone()
+    return described is not None and str(described[1]) == "VARCHAR[]"
+
+
 def _place_run(
     con: duckdb.DuckDBPyConnection, storage: Storage, run: PredictionRun, previous: PreviousFile, verify: bool
 ) -> None:
@@ -152,6 +165,8 @@ def _place_run(
     if previous.copy(run):
         return
     select = run_files_sql(storage, [run], verify=verify)
+    if select and _stores_names_only(con, select):
+        select = f"SELECT * REPLACE ({_LEGACY_REASONS}) FROM ({select})"
     if select:
         stored = ", ".join(STORED)
         con.execute(f"INSERT INTO {run_table(run)} ({stored}) SELECT * FROM ({select}) ORDER BY entity_id")

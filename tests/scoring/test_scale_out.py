@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -37,7 +38,7 @@ def _rows(project: batchml.Project, run: batchml.PredictionRun) -> pa.Table:
         project.storage.verify(entry)  # every file the manifest lists hash-checks
     table = pa.concat_tables(pq.read_table(Path(project.storage.root, f.path)) for f in run.files)
     return table.sort_by("entity_id").select(
-        ["entity_id", "prediction", "predicted_class", "input_hash", "flags", "run_id"]
+        ["entity_id", "prediction", "predicted_class", "input_hash", "reasons", "flags", "run_id"]
     )
 
 
@@ -46,7 +47,9 @@ def twins(
     make_project: Callable[..., batchml.Project], loans_csv: Path
 ) -> tuple[batchml.Project, batchml.Project, str]:
     """Two projects holding the same champion and the same dataset version (with some bad rows)."""
-    toml = PROJECT_TOML.format(source=loans_csv) + AGE + REGION + WARN + scoring_limit(0.05)
+    # Reasons for the top fifth by score: a row's selection must not depend on its partition.
+    reasons = 'reason_codes = 3\nreason_rows = "top"\nreason_share = 0.2\n'
+    toml = PROJECT_TOML.format(source=loans_csv) + AGE + REGION + WARN + scoring_limit(0.05) + reasons
     first = make_project(toml, folder="sequential")
     batchml.snapshot_dataset(first, "loans")
     model = batchml.train(first, "default_risk")
@@ -71,7 +74,9 @@ def test_partitioned_run_on_dask_equals_the_sequential_run(
     assert partitioned.manifest["partitions"] == 3 and len(partitioned.files) == 3
     assert partitioned.rows == sequential.rows == 4000 - sequential.summary["quarantined"]
     assert sequential.summary["quarantined"] > 3 and sequential.summary["warnings"]
-    assert _rows(second, partitioned).equals(_rows(first, sequential))  # same rows, scores, hashes, flags
+    assert _rows(second, partitioned).equals(_rows(first, sequential))  # rows, scores, hashes, reasons, flags
+    selected = pc.sum(pc.is_valid(_rows(first, sequential).column("reasons"))).as_py()
+    assert 0 < selected < sequential.rows  # reasons on, for some rows only
     assert partitioned.summary == sequential.summary  # same quarantine totals, rules, warnings, flags
     assert partitioned.manifest["content_checksum"] == sequential.manifest["content_checksum"]  # any order
     quarantined = [

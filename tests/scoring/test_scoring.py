@@ -52,20 +52,20 @@ def test_scores_every_row_exactly_as_the_booster_does(
 def test_reason_codes_name_the_top_contributing_features(
     make_project: Callable[..., batchml.Project], loans_csv: Path
 ) -> None:
-    toml = PROJECT_TOML.format(source=loans_csv) + "\n[models.default_risk.scoring]\nreason_codes = 3\n"
-    project = make_project(toml)
+    scoring = '\n[models.default_risk.scoring]\nreason_codes = 3\nreason_rows = "all"\n'
+    project = make_project(PROJECT_TOML.format(source=loans_csv) + scoring)
     batchml.snapshot_dataset(project, "loans")
     model = batchml.train(project, "default_risk")
     run = batchml.score(project, "default_risk", alias=None, version=model.version)
     table = pq.ParquetDataset([str(Path(project.storage.root, f.path)) for f in run.files]).read()
     reasons = table.column("reasons").to_pylist()
     names = {f.name for f in model.features}
-    assert all(len(r) == 3 and set(r) <= names for r in reasons)
+    assert all(len(r) == 3 and {c["feature"] for c in r} <= names for r in reasons)
     source = datasets.read_frame(project.storage, datasets.get_version(project.storage, "loans@latest"))
     matrix = encode(source.to_arrow().slice(0, 1), model.features)
     contrib = Registry(project.storage).load_booster(model).predict(matrix, pred_contrib=True)[0, :-1]
-    top = [model.features[i].name for i in np.argsort(-np.abs(contrib), kind="stable")[:3]]
-    assert reasons[0] == top
+    top = np.argsort(-np.abs(contrib), kind="stable")[:3]
+    assert reasons[0] == [{"feature": model.features[i].name, "contribution": contrib[i]} for i in top]
     assert run.manifest["key"]["params"]["reason_codes"] == 3
 
 

@@ -27,7 +27,6 @@ from batchml.serving import prediction_tables
 from batchml.serving.database import build_serving_db
 from batchml.serving.prediction_tables import PREDICTION_SCHEMA
 from batchml.serving.readers import connect_serving
-from batchml.store.storage import Storage
 from tests.conftest import PROJECT_TOML
 
 VIEWS = {
@@ -180,20 +179,6 @@ PREDICTION_TABLES = (
 def tables(project: batchml.Project) -> dict[str, list[tuple[Any, ...]]]:
     with batchml.connect(project) as con:
         return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in PREDICTION_TABLES}
-
-
-@pytest.fixture
-def run_file_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Run ids whose Parquet files a build reads (the rest were copied from the previous serving file)."""
-    reads: list[str] = []
-    original = prediction_tables.run_files_sql
-
-    def spy(storage: Storage, runs: list[batchml.PredictionRun], verify: bool) -> str | None:
-        reads.extend(run.run_id for run in runs)
-        return original(storage, runs, verify)
-
-    monkeypatch.setattr(prediction_tables, "run_files_sql", spy)
-    return reads
 
 
 def run_rows(project: batchml.Project, *runs: batchml.PredictionRun) -> list[tuple[Any, ...]]:
@@ -403,7 +388,7 @@ def test_a_checksum_from_an_engine_that_hashes_differently_reads_the_run_files(
 ) -> None:
     """After a DuckDB upgrade that changes `hash`, builds cannot compare checksums: slower, never wrong."""
     expected = tables(project)
-    monkeypatch.setattr(run_checksum, "_probe", lambda: "0123456789abcdef")  # the new engine's probe value
+    monkeypatch.setattr(run_checksum, "_probe", lambda *_: "0123456789abcdef")  # the new engine's probe value
     run_file_reads.clear()
     with caplog.at_level(logging.INFO, logger="batchml.serving.prediction_tables"):
         batchml.rebuild_catalog(project, full=False)

@@ -39,6 +39,10 @@ SERVING_FILE_MODE = 0o444
 #: DuckDB's own cap while building (it spills the sort to disk beyond it), so publishing a table of any size
 #: stays within bounded memory instead of DuckDB's default of 80% of RAM.
 BUILD_MEMORY_LIMIT = "256MB"
+#: The storage version serving files are written in: the oldest DuckDB that reads it is the long-term-support
+#: release 1.4 (DESIGN.md invariant 10). DuckDB 2.0's own default (version 69) is refused by 1.4, the 1.5
+#: CLI and the Node client; 'v1.4.0' keeps views, macros and virtual columns readable by them.
+SERVING_STORAGE_VERSION = "v1.4.0"
 #: The version an alias held at a time: the same replay as `RegistryReader.aliases(at=...)`, i.e. the holder
 #: after the longest prefix of the model's log stamped no later than `at_time` (`version_after` is replayed).
 _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
@@ -78,7 +82,7 @@ def _write_database(storage: Storage, path: Path, previous_path: Path | None) ->
     """Write every serving table into the new file `path`, copying runs from `previous_path` where it can."""
     state = log_state(storage)  # before reading any log: the file reflects at least this state
     publications = PublicationLog(storage)
-    con = duckdb.connect(str(path))
+    con = duckdb.connect(str(path), config={"storage_compatibility_version": SERVING_STORAGE_VERSION})
     try:
         con.execute(f"SET memory_limit = {literal(BUILD_MEMORY_LIMIT)}")
         con.execute(f"SET temp_directory = {literal(str(path.parent / '.spill'))}")

@@ -116,3 +116,17 @@ def test_serving_files_open_in_duckdb_lts_python_and_cli(
         assert shown.returncode == 0, f"{name}: {shown.stderr}"
         rows = json.loads(shown.stdout or "[]")
         assert len(rows) == len(expected[name]), name
+
+
+#: The storage version numbers DuckDB 1.4 reads (its error for a newer file: "can only read versions between
+#: 64 and 67"; 2.0's own default is newer).
+LTS_STORAGE_VERSIONS = range(64, 68)
+
+
+def test_serving_files_carry_a_storage_version_duckdb_lts_reads(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    """The quick check of the header (the slow test above opens the file with DuckDB 1.4 itself)."""
+    header = batchml.database_path(project).resolve().read_bytes()[:20]
+    assert header[8:12] == b"DUCK"
+    assert int.from_bytes(header[12:20], "little") in LTS_STORAGE_VERSIONS

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from batchml.models.registry import ModelVersion
     from batchml.project import Project
     from batchml.scoring.runs import PredictionRun
+    from batchml.serving.lookup import lookup
     from batchml.serving.readers import connect, database_path, query
 
 __version__ = "0.1.0"
@@ -75,6 +76,7 @@ __all__ = [
     "connect",
     "database_path",
     "load_config",
+    "lookup",
     "promote",
     "publish",
     "query",
@@ -98,6 +100,7 @@ _HOMES = {
     ],
     # What apps and `batchml query` use: DuckDB and nothing heavy.
     "batchml.serving.readers": ["connect", "database_path", "query"],
+    "batchml.serving.lookup": ["lookup"],  # returns Arrow: imports pyarrow, so not in `readers`
     "batchml.config": ["Config", "ModelSpec", "load_config"],
     "batchml.errors": [name for name in __all__ if name.endswith("Error")],
     "batchml.data.datasets": ["DatasetVersion"],

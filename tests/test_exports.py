@@ -34,6 +34,7 @@ PUBLIC_API = [
     "connect",
     "database_path",
     "load_config",
+    "lookup",
     "promote",
     "publish",
     "query",

@@ -3,7 +3,8 @@
 The ids reach DuckDB as one list parameter (`unnest($ids)` joined to `predictions`), so they are never SQL
 text and the reader connection needs no file access and no registered object: it stays locked down
 (`enable_external_access = false`, `lock_configuration = true`). One query scans the model's run table
-once, whatever the number of ids; a single id is faster as `entity_id = ?`, which uses the ART index.
+once, whatever the number of ids; a single id is faster as `entity_id = ?`, which reads only the row groups
+whose zone maps can hold it (run tables are sorted by entity id).
 """
 
 from __future__ import annotations

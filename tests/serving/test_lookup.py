@@ -1,46 +1,13 @@
-"""Every served run table has an ART index on entity_id; `batchml.lookup` answers many ids in one query."""
+"""`batchml.lookup` answers many ids in one query, with the served rows, and refuses what is not an id."""
 
 from __future__ import annotations
 
-import duckdb
 import polars as pl
 import pyarrow as pa
 import pytest
 
 import batchml
 from batchml.errors import DataError, InvalidNameError, NotFoundError
-from tests.serving.test_serving import second_run
-
-
-def indexed_tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Each run table's indexes, by table (every run table is listed, with or without one)."""
-    rows = con.execute(
-        """SELECT t.table_name, list(i.expressions ORDER BY i.index_name) FILTER (i.index_name IS NOT NULL)
-        FROM duckdb_tables() t LEFT JOIN duckdb_indexes() i USING (database_name, schema_name, table_name)
-        WHERE starts_with(t.table_name, 'run__') GROUP BY ALL"""
-    ).fetchall()
-    return {str(table): [str(e) for e in exprs or []] for table, exprs in rows}
-
-
-def uses_index(con: duckdb.DuckDBPyConnection, entity_id: str) -> bool:
-    """Whether a point lookup through `predictions` scans the ART index (decided when it runs: ANALYZE)."""
-    sql = "EXPLAIN ANALYZE SELECT * FROM predictions WHERE model = ? AND entity_id = ?"
-    plan = con.execute(sql, ["default_risk", entity_id]).fetchall()[0][1]
-    return "Index Scan" in plan and "Sequential Scan" not in plan
-
-
-def test_every_run_table_is_indexed_after_fresh_and_incremental_builds(
-    project: batchml.Project, published: batchml.PredictionRun
-) -> None:
-    with batchml.connect(project) as con:
-        assert indexed_tables(con) == {f"run__default_risk__{published.run_id}": ["[entity_id]"]}
-        assert uses_index(con, "L000000042")
-    batchml.publish(project, "default_risk", second_run(project).run_id)  # copies the first run's table
-    batchml.rebuild_catalog(project, full=False)  # copies both
-    with batchml.connect(project) as con:
-        tables = indexed_tables(con)
-        assert len(tables) == 2 and all(exprs == ["[entity_id]"] for exprs in tables.values())
-        assert uses_index(con, "L000000042")
 
 
 def test_lookup_returns_the_served_rows_of_many_ids_in_one_query(

@@ -3,7 +3,8 @@
     plan_partitions    contiguous row ranges over the version's Parquet row groups (deterministic)
     score_partition    scores one range into unreferenced parts `runs/<model>/<run_id>/p<i>-<nonce>-*`
     commit_partitions  merges the partitions' tallies in order, checks the limits on the totals, and creates
-                       the same manifest (same run id) as the sequential `runs.score` would
+                       the same manifest (same run id) as the sequential `runs.score` would; its telemetry
+                       sums the partitions' stage seconds (see `telemetry.merge`)
 
 Each partition reads one row group at a time, so memory stays bounded; results are small picklable dicts.
 """
@@ -34,6 +35,7 @@ from batchml.scoring.runs import (
     run_id_of,
     run_key,
 )
+from batchml.scoring.telemetry import merge
 from batchml.store.eventlog import now
 from batchml.store.storage import FileEntry, Storage
 
@@ -132,6 +134,7 @@ def score_partition(
         "quarantine_files": [e.to_dict() for e in parts.quarantine_files],
         "rows": parts.rows,
         "tallies": tallies,
+        "telemetry": parts.telemetry,
     }
 
 
@@ -198,6 +201,7 @@ def commit_partitions(
         started_at=started_at or now(),
         scored_at=scored_at,
         partitions=len(results),
+        telemetry=merge([r.get("telemetry") or {} for r in results], parts.rows),
     )
 
 

@@ -10,8 +10,9 @@ no manifest references yet. Memory is bounded by a few batches per stage, whatev
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from batchml.models.registry import ModelVersion
 from batchml.scoring.prefetch import ordered_map, prefetch
 from batchml.scoring.reason_rows import ReasonPlan
 from batchml.scoring.receipts import REASONS, contributions, input_hashes, reason_codes
+from batchml.scoring.telemetry import StageClock, telemetry
 from batchml.store.parts import write_parquet_parts
 from batchml.store.storage import FileEntry, Storage
 
@@ -125,16 +127,20 @@ def _encoded_batches(
     entity_id: str,
     checks: ScoringChecks,
     quarantine: QuarantineWriter,
+    clock: StageClock,
 ) -> Iterator[tuple[pa.Array, np.ndarray, pa.Array]]:
     """Entity ids, the model's input matrix and each row's flags, batch by batch; bad rows to quarantine."""
     features = model.features
-    for batch in batches:
-        batch, records = checks.split(batch, entity_id)
-        if records is not None:
-            quarantine.add(records)
-        if batch.num_rows:
+    for batch in clock.iterate("read", batches):
+        with clock.timed("encode"):
+            batch, records = checks.split(batch, entity_id)
+            if records is not None:
+                quarantine.add(records)
+            if not batch.num_rows:
+                continue
             matrix = encode(batch, features)
-            yield batch.column(entity_id), matrix, checks.flags(batch, matrix)
+            encoded = batch.column(entity_id), matrix, checks.flags(batch, matrix)
+        yield encoded
 
 
 class _BatchScorer:
@@ -182,6 +188,8 @@ class ScoredParts:
     files: list[FileEntry]
     quarantine_files: list[FileEntry]
     rows: int
+    #: Busy seconds per stage, wall seconds, rows/s, peak RSS (see `batchml.scoring.telemetry`).
+    telemetry: dict[str, Any] = field(default_factory=dict)
 
 
 def score_batches(
@@ -205,8 +213,11 @@ def score_batches(
     quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
     workers, threads = predict_plan()
     scorer = _BatchScorer(booster, model, scoring.schema, stamp, reasons, threads)
-    encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine))
-    scored = ordered_map(scorer, encoded, workers)
+    clock = StageClock()
+    started = time.perf_counter()
+    encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine, clock))
+    scored = ordered_map(clock.wrap("predict", scorer), encoded, workers)
+    waited = StageClock()  # the writer's time waiting for predictions is not writing
     rows = 0
 
     def count(n: int) -> None:
@@ -219,7 +230,7 @@ def score_batches(
         files = write_parquet_parts(
             storage,
             prefix,
-            scored,
+            waited.iterate("write", scored),
             scoring.schema,
             rows_per_file=ROWS_PER_FILE,
             dictionary_columns=_DICTIONARY_COLUMNS,
@@ -231,4 +242,7 @@ def score_batches(
             getattr(stage, "close", lambda: None)()
         quarantine.delete()  # the prediction parts were removed by write_parquet_parts
         raise
-    return ScoredParts(files, quarantine.files, rows)
+    wall = time.perf_counter() - started
+    clock.add("write", max(0.0, wall - waited.seconds["write"]))
+    # read + encode share one thread, predict has `workers`, the writer is this thread
+    return ScoredParts(files, quarantine.files, rows, telemetry(clock.seconds, wall, rows, workers + 2))

@@ -5,8 +5,10 @@
 
 The run id is a hash of the run's content key (model version and hash, dataset version, code version - a
 content hash of batchml's source -, prediction engine, params), so scoring the same thing twice returns the
-first run, and scoring it with changed code or another engine does not. Memory is bounded by the batch size,
-not by the dataset: batches stream through the pipeline in `pipeline.py` a few at a time.
+first run, and scoring it with changed code or another engine does not. The manifest's `telemetry` (see
+`telemetry.py`) is not in the key: a reused run keeps the telemetry of the scoring that made it. Memory is
+bounded by the batch size, not by the dataset: batches stream through the pipeline in `pipeline.py` a few
+at a time.
 """
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ class PredictionRun:
     def quarantine_files(self) -> list[FileEntry]:
         """The run's quarantine Parquet files (rows that broke a hard expectation)."""
         return [FileEntry.from_dict(f) for f in self.manifest.get("quarantine_files", [])]
+
+    @property
+    def telemetry(self) -> dict[str, Any]:
+        """Stage busy seconds, wall seconds, threads, rows/s and peak RSS of the scoring ({} for old runs)."""
+        return dict(self.manifest.get("telemetry") or {})
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -290,5 +297,12 @@ def score(
         delete_parts(storage, parts)
         raise no_rows_error(dataset, checks)
     return commit_run(
-        storage, key, model, parts, checks.summary(), started_at=started, scored_at=scored_at.isoformat()
+        storage,
+        key,
+        model,
+        parts,
+        checks.summary(),
+        started_at=started,
+        scored_at=scored_at.isoformat(),
+        telemetry=parts.telemetry,
     )

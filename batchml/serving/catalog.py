@@ -16,7 +16,8 @@ from batchml.data import datasets
 from batchml.models.registry import RegistryReader
 from batchml.monitoring import alerts, drift, performance, reports
 from batchml.scoring.publications import PublicationLog
-from batchml.scoring.runs import list_runs
+from batchml.scoring.runs import PredictionRun, list_runs
+from batchml.scoring.telemetry import STAGES
 from batchml.store.eventlog import apply_event
 from batchml.store.storage import Storage
 
@@ -102,6 +103,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("quarantined", pa.int64()),  # rows that broke a hard expectation (not scored)
             ("flagged", pa.int64()),  # scored rows with an unseen category or out-of-range value
             ("summary_json", pa.string()),  # the manifest's run summary
+        ]
+    ),
+    # One row per run: where its scoring spent its time (busy seconds per stage, see
+    # `batchml.scoring.telemetry`); NULLs for runs committed before telemetry was recorded.
+    "run_stats": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("model", pa.string()),
+            ("rows", pa.int64()),
+            *((f"{stage}_s", pa.float64()) for stage in STAGES),
+            ("wall_s", pa.float64()),
+            ("threads", pa.int64()),
+            ("rows_per_s", pa.float64()),
+            ("peak_rss_mib", pa.float64()),
         ]
     ),
     "publications": pa.schema(
@@ -215,11 +230,27 @@ def alias_rows(registry: RegistryReader) -> tuple[list[dict[str, Any]], list[dic
     return events, aliases
 
 
+def run_stats_row(run: PredictionRun) -> dict[str, Any]:
+    """The `run_stats` row of `run` (its telemetry columns NULL when its manifest has none)."""
+    t = run.telemetry
+    seconds = t.get("seconds") or {}
+    return {
+        "run_id": run.run_id,
+        "model": run.model,
+        "rows": run.rows,
+        **{f"{stage}_s": seconds.get(stage) for stage in STAGES},
+        "wall_s": t.get("wall_seconds"),
+        "threads": t.get("threads"),
+        "rows_per_s": t.get("rows_per_s"),
+        "peak_rss_mib": t.get("peak_rss_mib"),
+    }
+
+
 def build_tables(storage: Storage) -> dict[str, pa.Table]:
     """Every catalog table, from storage."""
     registry = RegistryReader(storage)
     publications = PublicationLog(storage)
-    runs, pubs = [], []
+    runs, stats, pubs = [], [], []
     events, aliases = alias_rows(registry)
     for name in publications.models():
         pubs += [{**e, "at": _ts(e["at"])} for e in publications.events(name)]
@@ -250,6 +281,7 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
                     "summary_json": json.dumps(run.summary) if run.summary else None,
                 }
             )
+            stats.append(run_stats_row(run))
     return {
         "datasets": _table("datasets", dataset_rows(storage)),
         "models": _table("models", model_rows(registry)),
@@ -257,6 +289,7 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
         "gate_results": _table("gate_results", gate_rows(registry)),
         "model_aliases": _table("model_aliases", aliases),
         "runs": _table("runs", runs),
+        "run_stats": _table("run_stats", stats),
         "publications": _table("publications", pubs),
         "performance_metrics": performance.performance_table(storage),
         **alerts.catalog_tables(storage),

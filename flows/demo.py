@@ -90,6 +90,13 @@ def show(
                 "predicted_class, run_id FROM predictions ORDER BY entity_id LIMIT 3"
             )
         )
+        print("\nWhere each run's scoring spent its time (run_stats; busy seconds per stage):")
+        print(
+            con.sql(
+                "SELECT run_id, rows, read_s, encode_s, predict_s, write_s, wall_s, rows_per_s, peak_rss_mib "
+                "FROM run_stats ORDER BY run_id"
+            )
+        )
     finally:
         con.close()
     python = _relative(sys.executable)

@@ -48,7 +48,31 @@ def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, An
         "quarantined": run.summary.get("quarantined", 0),
         "flagged": run.summary.get("flagged", 0),
         "checks": describe_summary(run.summary),
+        "telemetry": run.telemetry,  # {} for a run committed before telemetry was recorded
     }
+
+
+def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
+    """The artifact's section on where scoring spent its time (nothing for a run without telemetry)."""
+    if not telemetry:
+        return []
+    row = {f"{stage} s": round(s, 3) for stage, s in telemetry["seconds"].items()}
+    row.update(
+        {
+            "wall s": round(telemetry["wall_seconds"], 3),
+            "threads": telemetry["threads"],
+            "rows/s": f"{telemetry['rows_per_s']:,.0f}" if telemetry["rows_per_s"] else "",
+            "peak RSS MiB": telemetry["peak_rss_mib"],
+        }
+    )
+    when = " when it was first scored (reused this time)" if reused else ""
+    return [
+        "",
+        f"Scoring time{when}: busy seconds per stage (stages overlap, so they may sum past the wall time)."
+        " Publish time is not part of the run.",
+        "",
+        markdown_table([row]),
+    ]
 
 
 def _inputs(plan: dict[str, Any], config: str | None) -> tuple[Any, Any, Any, Any]:
@@ -228,7 +252,8 @@ def _score_and_publish(
         f"{result['rows']:,} predictions of `{model}@{alias}` (v{result['model_version']}) "
         f"on `{result['dataset']}`.",
         "",
-        markdown_table([{k: v for k, v in result.items() if k not in ("alias", "checks")}]),
+        markdown_table([{k: v for k, v in result.items() if k not in ("alias", "checks", "telemetry")}]),
+        *telemetry_lines(result.get("telemetry") or {}, result["reused"]),
     ]
     if result["checks"]:
         lines += ["", "Input checks:", "", *(f"- {line}" for line in result["checks"])]

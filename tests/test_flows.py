@@ -201,6 +201,7 @@ def test_pipeline_publishes_predictions_and_leaves_artifacts(
     run_md = str(artifacts["run-default-risk"].data)
     assert summary["run_id"] in run_md and f"{SAMPLE_ROWS:,}" in run_md
     assert "WHERE entity_id = 'L" in run_md and result["database"] in run_md
+    assert "predict s" in run_md and "peak RSS MiB" in run_md  # where scoring spent its time
     assert summary["dataset"] in str(artifacts["dataset-loans"].data)
     assert "auc" in str(artifacts["model-default-risk"].data)
     table = artifacts["pipeline-table"].data
@@ -219,6 +220,7 @@ def test_rerun_of_score_and_publish_is_a_noop(
     assert second["run_id"] == first["run_id"]
     assert (first["reused"], second["reused"]) == (False, True)
     assert (first["published"]["changed"], second["published"]["changed"]) == (True, False)
+    assert second["telemetry"] == first["telemetry"] and first["telemetry"]["seconds"]["predict"] > 0
     assert len(PublicationLog(project.storage).events("default_risk")) == 1
     assert os.readlink(batchml.database_path(project)) == link  # no new serving file either
     assert second["serving"]["sql"] == first["serving"]["sql"]

@@ -117,7 +117,8 @@ def show(
     )
     print(
         "  predictions = the published run per model; prediction_history = every run ever published;\n"
-        "  drift_metrics, drift_runs, alerts, retrains = monitoring; models, runs, datasets = the catalog"
+        "  drift_metrics, drift_runs, alerts, retrains = monitoring; models, runs, datasets = the catalog;\n"
+        "  run_stats = each run's scoring: busy seconds per stage, rows/s, peak RSS"
     )
     print(f"Evidently report (open in a browser): {report}")
     print(

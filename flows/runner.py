@@ -1,6 +1,7 @@
 """How `batchml run` calls a flow: Prefect's console log without tracebacks, its parameter errors as one line.
 
-`batchml.cli._run` loads this module by name when a flow runs (the library itself never imports Prefect).
+`batchml.cli._run` imports this module when a flow runs: the one import of `flows` in batchml, stated as the
+exception in pyproject's import-linter contract (the rest of the library never imports Prefect).
 """
 
 from __future__ import annotations

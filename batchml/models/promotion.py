@@ -21,7 +21,9 @@ def failed_checks(gate_report: dict[str, Any] | None) -> list[dict[str, Any]]:
 def describe(c: dict[str, Any]) -> str:
     """`slices: region=north auc = 0.61 (threshold 0.7)` for a message."""
     value = "n/a" if c["value"] is None else f"{c['value']:.4g}"
-    return f"{c['gate']}: {c['name']} = {value} (threshold {c['threshold']})"
+    threshold = c["threshold"]
+    shown = f"{threshold:.4g}" if isinstance(threshold, float) else threshold  # derived ones run long
+    return f"{c['gate']}: {c['name']} = {value} (threshold {shown})"
 
 
 def refuse_promotion(

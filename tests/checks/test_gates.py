@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import batchml
 from batchml.cli import app
+from batchml.models.promotion import describe
 from batchml.models.registry import RegistryReader
 from batchml.testing import generate_loans
 from tests.conftest import PROJECT_TOML, SAMPLE_ROWS
@@ -372,3 +373,10 @@ def test_gate_results_in_sql(
         for c in sorted(checks(model, "slices"), key=lambda c: c["name"])
     ]
     assert ("region=islands auc", None) in [(r[2], r[5]) for r in rows]
+
+
+def test_a_refused_check_shows_its_threshold_rounded_like_its_value() -> None:
+    # A champion gate's threshold is derived (the champion's metric minus a tolerance) and ran to 16 digits.
+    check = {"gate": "champion", "name": "auc min", "value": 0.79123456, "threshold": 0.8002715604718132}
+    assert describe(check) == "champion: auc min = 0.7912 (threshold 0.8003)"
+    assert describe({**check, "threshold": 1}) == "champion: auc min = 0.7912 (threshold 1)"

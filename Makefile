@@ -17,19 +17,20 @@ demo: $(STAMP)
 	$(PY) -m compileall -q batchml flows
 	$(PY) -m flows.demo
 
-# Bytecode is compiled first: these machines may set PYTHONDONTWRITEBYTECODE, and then every process the
-# tests start (CLI runs, crash drivers, workers) would compile batchml again. Two workers (pytest-xdist) share
-# the cores: most slow tests wait on subprocesses and servers. `pytest -n 0` runs in one process.
 # DuckDB 1.4 (the long-term-support release) and its CLI, in a virtualenv of their own: the tests open serving
 # files with them (tests/serving/test_compat.py), offline, to show that clients older than ours read them.
+# Order-only on .venv: reinstalling batchml does not rebuild it; --clear replaces a half-built one.
 LTS_VENV := .venv-duckdb-lts
 LTS_STAMP := $(LTS_VENV)/.installed-stamp
 
-$(LTS_STAMP): $(STAMP)
-	$(PY) -m uv venv --quiet --python $(PY) $(LTS_VENV)
+$(LTS_STAMP): | $(STAMP)
+	$(PY) -m uv venv --quiet --clear --python $(PY) $(LTS_VENV)
 	$(PY) -m uv pip install --quiet --python $(LTS_VENV)/bin/python duckdb==1.4.5 duckdb-cli==1.4.4.post2
 	touch $(LTS_STAMP)
 
+# Bytecode is compiled first: these machines may set PYTHONDONTWRITEBYTECODE, and then every process the
+# tests start (CLI runs, crash drivers, workers) would compile batchml again. Two workers (pytest-xdist) share
+# the cores: most slow tests wait on subprocesses and servers. `pytest -n 0` runs in one process.
 test: $(STAMP) $(LTS_STAMP)
 	$(PY) -m compileall -q batchml flows tests
 	$(PY) -m pytest -q -n 2 --dist worksteal --durations=10

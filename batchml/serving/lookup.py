@@ -80,8 +80,10 @@ def lookup(
     con = source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source)
     try:
         table = con.sql(_LOOKUP, params={"model": model, "ids": keys}).to_arrow_table()
-        if table.num_rows == 0 and model not in _served_models(con):
-            raise NotFoundError("served model", model, _served_models(con))
+        if table.num_rows == 0:  # nothing found: say so if the model itself is not served
+            served = _served_models(con)
+            if model not in served:
+                raise NotFoundError("served model", model, served)
         return table
     finally:
         if con is not source:

@@ -84,7 +84,7 @@ def train(
     version = datasets.get_version(project.storage, dataset or f"{spec.dataset}@latest")
     registry = Registry(project.storage)
     # Scoring and monitoring settings do not change the model: editing them must not retrain.
-    recipe = spec.model_dump_json(exclude={"scoring", "monitoring"})
+    recipe = json.dumps({k: v for k, v in spec.to_dict().items() if k not in ("scoring", "monitoring")})
     key = _training_key(version, recipe, params or {})
     for existing in registry.list_versions(model):
         if existing.card.get("training_key") == key:
@@ -100,7 +100,7 @@ def train(
     card: dict[str, Any] = {
         "origin": "batchml.train",
         "training_key": key,
-        "spec": spec.model_dump(mode="json", by_alias=True),
+        "spec": spec.to_dict(),
         "task": spec.task,
         "dataset_version": version.ref,
         "entity_id": spec.entity_id,

@@ -136,7 +136,7 @@ def reproduce(storage: Storage, model: str, version: int | str) -> dict[str, Any
             "only versions trained by `batchml train` carry the recipe to reproduce them"
         )
     dataset = datasets.get_version(storage, card["dataset_version"])
-    spec = ModelSpec.model_validate(card["spec"])
+    spec = ModelSpec.from_mapping(card["spec"], f"{recorded.ref} card")
     result = training.fit(datasets.read_frame(storage, dataset).to_arrow(), spec, card["params"])
     digest = hashlib.sha256(result.booster.model_to_string().encode()).hexdigest()
     return {

@@ -251,7 +251,7 @@ def compute(storage: Storage, model: str, spec: ModelSpec, labels: DatasetVersio
         "model": model,
         "labels_version": labels.ref,
         "computed_at": computed_at,
-        "config": perf.model_dump(mode="json"),
+        "config": perf.to_dict(),
         "labels": frame.height,
         "joined": joined.height,
         "without_publication": int(matched["run_id"].null_count()),

@@ -83,9 +83,7 @@ class ScoringOptions:
                 key["reason_share"] = self.reason_share
                 key["reason_threshold"] = self.reason_threshold
         if self.expectations:
-            key["expectations"] = {
-                c: e.model_dump(mode="json", by_alias=True) for c, e in sorted(self.expectations.items())
-            }
+            key["expectations"] = {c: e.to_dict() for c, e in sorted(self.expectations.items())}
         return key
 
 

@@ -89,8 +89,8 @@ def scorer(trained: Path, tmp_path: Path, loans_csv: Path) -> Callable[[str], ba
     [
         ("min = 100\nmax = 18", r"expectations\.age: .*min 100 is greater than max 18: use min <= max"),
         ("in = []", r"expectations\.age: .*`in` is an empty list"),
-        ("max_null_rate = 1.5", r"expectations\.age\.max_null_rate: .*less than or equal to 1"),
-        ('severity = "fatal"', r"expectations\.age\.severity: .*'hard' or 'warn'"),
+        ("max_null_rate = 1.5", r"age\.max_null_rate: must be a number, at most 1\.0 \(got 1\.5"),
+        ('severity = "fatal"', r"expectations\.age\.severity: must be 'hard' or 'warn' \(got 'fatal'\)"),
     ],
 )
 def test_bad_expectation_config_names_the_value(loans_csv: Path, text: str, expected: str) -> None:

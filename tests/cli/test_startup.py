@@ -14,8 +14,12 @@ from pathlib import Path
 
 import batchml
 
-#: Libraries these commands must not import: each costs 0.1-2 s of CPU in a fresh process.
-HEAVY = ("numpy", "pyarrow", "polars", "pandas", "scipy", "sklearn", "lightgbm", "evidently", "prefect")
+#: Libraries these commands must not import: each costs 0.1-2 s of CPU in a fresh process (pydantic with
+#: typer >= 0.29 or a pydantic config: ~0.17 s).
+HEAVY = (
+    "numpy", "pyarrow", "polars", "pandas", "scipy", "sklearn",
+    "lightgbm", "evidently", "prefect", "pydantic",
+)  # fmt: skip
 
 LIGHT_COMMANDS = [
     ["--help"],

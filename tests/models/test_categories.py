@@ -125,7 +125,7 @@ def test_the_cap_is_config_and_train_reports_what_it_bucketed(
 def test_bad_cap_config_names_the_value(loans_csv: Path) -> None:
     toml = with_model_keys(PROJECT_TOML.format(source=loans_csv), "max_categories = 0")
     with pytest.raises(
-        ConfigError, match=r"models\.default_risk\.max_categories: .*greater than or equal to 1"
+        ConfigError, match=r"models\.default_risk\.max_categories: must be an integer, at least 1 \(got 0\)"
     ):
         parse_config(tomllib.loads(toml))
 
@@ -136,7 +136,7 @@ def test_overflow_is_one_category_in_training_and_scoring() -> None:
     table = pa.table(
         {"id": [str(i) for i in range(3000)], "c": values, "y": rng.integers(0, 2, 3000).astype(np.int64)}
     )
-    spec = ModelSpec.model_validate(
+    spec = ModelSpec.from_mapping(
         {
             "dataset": "d",
             "entity_id": "id",

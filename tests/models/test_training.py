@@ -39,7 +39,7 @@ def spec(**overrides: object) -> ModelSpec:
         "exclude": ["value", "tier"],
         "params": {"num_iterations": 20},
     }
-    return ModelSpec.model_validate({**base, **overrides})
+    return ModelSpec.from_mapping({**base, **overrides})
 
 
 def test_binary_with_string_target_and_awkward_names() -> None:

@@ -137,9 +137,9 @@ def test_the_default_is_the_top_half_percent() -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"reason_rows": "worst"}, "reason_rows: Input should be 'top', 'flagged' or 'all' (got 'worst')"),
-        ({"reason_share": 0}, "reason_share: Input should be greater than 0 (got 0)"),
-        ({"reason_share": 1.5}, "reason_share: Input should be less than or equal to 1 (got 1.5)"),
+        ({"reason_rows": "worst"}, "reason_rows: must be 'top', 'flagged' or 'all' (got 'worst')"),
+        ({"reason_share": 0}, "reason_share: must be a number, above 0.0 (got 0)"),
+        ({"reason_share": 1.5}, "reason_share: must be a number, at most 1.0 (got 1.5)"),
     ],
 )
 def test_bad_reason_settings_are_refused_in_one_line(setting: dict[str, Any], message: str) -> None:

@@ -13,30 +13,77 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see flows/__init__.py: spinning OpenMP threads
 
+import importlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 import batchml
-from batchml.cli import (  # noqa: F401  (_trust: sub-commands)
-    _datasets,
-    _drift,
-    _gc,
-    _models,
-    _monitoring,
-    _reports,
-    _run,
-    _serving,
-    _trust,
-)
 from batchml.cli._common import ErrorHandlingGroup, State
 
 __all__ = ["app", "main"]
 
+#: Every command and command group: name -> (module in batchml.cli, attribute: a function or a typer.Typer).
+#: `_trust` adds its commands to the `models` and `predictions` groups when imported (see `_EXTENDS`).
+#: Loaded when invoked (or listed by --help): typer turns a command into a click command by inspecting its
+#: signature, and doing so for all of them cost every invocation ~0.02 s of CPU.
+COMMANDS = {
+    "sample-data": ("_datasets", "sample_data"),
+    "train": ("_models", "train"),
+    "score": ("_serving", "score"),
+    "query": ("_serving", "query"),
+    "info": ("_serving", "info"),
+    "drift": ("_drift", "drift"),
+    "report": ("_reports", "report"),
+    "performance": ("_monitoring", "performance"),
+    "alerts": ("_monitoring", "alerts"),
+    "gc": ("_gc", "gc"),
+    "run": ("_run", "run"),
+    "datasets": ("_datasets", "app"),
+    "models": ("_models", "app"),
+    "predictions": ("_serving", "predictions_app"),
+    "catalog": ("_serving", "catalog_app"),
+    "labels": ("_monitoring", "labels_app"),
+}
+
+
+_EXTENDS = {"models": "_trust", "predictions": "_trust"}
+
+
+class _LazyRootGroup(ErrorHandlingGroup):
+    """The root group: a command is built from its module the first time it is asked for."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """Every command, in the order of `COMMANDS`."""
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command `cmd_name`, built now if it was not yet; None if there is no such command."""
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.add_command(_load(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+def _load(name: str) -> Any:
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(f"batchml.cli.{module}"), attribute)
+    if name in _EXTENDS:
+        importlib.import_module(f"batchml.cli.{_EXTENDS[name]}")
+    command: Any
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name  # a group's own Typer has no name: it had one only where it was added
+    return command
+
+
 app = typer.Typer(
     name="batchml",
-    cls=ErrorHandlingGroup,
+    cls=_LazyRootGroup,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     help="""Batch-first ML pipelines: versioned datasets, LightGBM models, predictions served from DuckDB.
@@ -88,24 +135,6 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = State(config=config, storage=storage, debug=debug)
-
-
-app.command("sample-data")(_datasets.sample_data)
-app.add_typer(_datasets.app, name="datasets")
-app.command("train")(_models.train)
-app.add_typer(_models.app, name="models")
-app.command("score")(_serving.score)
-app.add_typer(_serving.predictions_app, name="predictions")
-app.command("query")(_serving.query)
-app.add_typer(_serving.catalog_app, name="catalog")
-app.command("info")(_serving.info)
-app.command("drift")(_drift.drift)
-app.command("report")(_reports.report)
-app.add_typer(_monitoring.labels_app, name="labels")
-app.command("performance")(_monitoring.performance)
-app.command("alerts")(_monitoring.alerts)
-app.command("gc")(_gc.gc)
-app.command("run")(_run.run)
 
 
 def main() -> None:

@@ -378,7 +378,11 @@ num_iterations = 20
 
 
 def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    for name, command in getattr(group, "commands", {}).items():
+    if not hasattr(group, "list_commands"):
+        return
+    ctx = typer.Context(group)
+    for name in group.list_commands(ctx):  # the root group builds its commands when asked for them
+        command = group.get_command(ctx, name)
         yield (*path, name), command
         yield from _commands(command, (*path, name))
 

@@ -25,7 +25,7 @@ from batchml.redact import redact_url
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
 from batchml.serving.catalog import build_tables
-from batchml.serving.logstate import log_state, write_state
+from batchml.serving.logstate import LogState, log_state, write_state, write_state_file
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
 from batchml.serving.readers import SERVING_FILE
 from batchml.store.storage import Storage
@@ -78,8 +78,10 @@ def _create_quarantine_table(con: duckdb.DuckDBPyConnection, storage: Storage, l
     con.execute(sql)
 
 
-def _write_database(storage: Storage, path: Path, previous_path: Path | None) -> None:
-    """Write every serving table into the new file `path`, copying runs from `previous_path` where it can."""
+def _write_database(storage: Storage, path: Path, previous_path: Path | None) -> LogState:
+    """Write every serving table into the new file `path`, copying runs from `previous_path` where it can.
+
+    Returns the state of the event logs the file reflects."""
     state = log_state(storage)  # before reading any log: the file reflects at least this state
     publications = PublicationLog(storage)
     con = duckdb.connect(str(path), config={"storage_compatibility_version": SERVING_STORAGE_VERSION})
@@ -107,6 +109,7 @@ def _write_database(storage: Storage, path: Path, previous_path: Path | None) ->
         con.execute("CHECKPOINT")
     finally:
         con.close()
+    return state
 
 
 def _collect_old_files(serving_dir: Path, keep: Path, grace_seconds: float) -> None:
@@ -135,8 +138,9 @@ def build_serving_db(
         final = serving_dir / f"serving-{stamp}-{uuid.uuid4().hex[:8]}.duckdb"
         building = serving_dir / f".building-{final.name}"
         try:
-            _write_database(storage, building, previous)
+            state = _write_database(storage, building, previous)
             building.chmod(SERVING_FILE_MODE)
+            write_state_file(final, state)  # before the file: whoever finds the file finds its state
             os.replace(building, final)
         finally:
             building.unlink(missing_ok=True)

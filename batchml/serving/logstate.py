@@ -4,10 +4,15 @@ Three logs per model decide what is served: `aliases` (models/<m>/events), `publ
 (publications/<m>/events) and `staging` (publications/<m>/staging). A log's state is the seq of its newest
 event, known from a folder listing alone. Every serving file records the state it was built from in its
 `serving_logs` table (model, log, seq); a file is behind when a log has a newer event than it records.
+The builder also writes that state beside the file (`<file>.logs`: JSON, though not named `.json`, which
+storage-wide gc would take for a record), so that the check every command makes first reads a few bytes
+instead of starting a DuckDB database (~0.04 s of CPU); a file without one (built by an older batchml, or
+copied without it) is read through DuckDB.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -54,6 +59,24 @@ def write_state(con: duckdb.DuckDBPyConnection, state: LogState) -> None:
         con.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?)", rows)
 
 
+def write_state_file(serving_file: Path, state: LogState) -> None:
+    """Write `state` beside the (not yet current) serving file `serving_file`, for `served_state`."""
+    rows = [[model, log, seq] for (model, log), seq in sorted(state.items())]
+    _state_file(serving_file).write_text(json.dumps({TABLE: rows}))
+
+
+def _state_file(serving_file: Path) -> Path:
+    return serving_file.with_name(serving_file.name + ".logs")
+
+
+def _read_state_file(serving_file: Path) -> LogState | None:
+    try:
+        rows = json.loads(_state_file(serving_file).read_text())[TABLE]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {(str(model), str(log)): int(seq) for model, log, seq in rows}
+
+
 def read_state(path: Path) -> LogState | None:
     """The state the serving file `path` records; None if it records none (missing, or an older file)."""
     if not path.is_file():
@@ -74,7 +97,11 @@ def read_state(path: Path) -> LogState | None:
 def served_state(serving_dir: Path) -> LogState | None:
     """The log state the current serving file reflects; None if there is none or it does not record it."""
     link = serving_path(serving_dir)
-    return read_state(link.resolve()) if link.exists() else None
+    if not link.exists():
+        return None
+    current = link.resolve()
+    beside = _read_state_file(current)
+    return beside if beside is not None else read_state(current)
 
 
 def lagging(recorded: LogState | None, current: LogState) -> list[str]:

@@ -18,7 +18,7 @@ from batchml import api
 from batchml.errors import ConflictError, InvalidNameError
 from batchml.models.registry import Registry, RegistryReader
 from batchml.scoring.publications import PublicationLog
-from batchml.serving import database
+from batchml.serving import database, logstate
 from batchml.store.eventlog import EventLog
 
 MODEL = "default_risk"
@@ -251,6 +251,23 @@ def test_the_serving_file_records_the_log_state_it_reflects(
     api.stage(project, MODEL, published.run_id)
     rows = _sql(project, "SELECT model, log, seq FROM serving_logs ORDER BY log")
     assert rows == [(MODEL, "aliases", 1), (MODEL, "published", 1), (MODEL, "staging", 1)]
+
+
+@pytest.mark.parametrize("beside", ["kept", "missing", "damaged"])
+def test_the_state_beside_the_file_answers_catch_up_without_duckdb_and_the_file_is_the_fallback(
+    project: batchml.Project, published: batchml.PredictionRun, monkeypatch: pytest.MonkeyPatch, beside: str
+) -> None:
+    served = batchml.database_path(project).resolve()
+    state_file = served.with_name(served.name + ".logs")
+    assert logstate.served_state(project.serving_dir) == logstate.read_state(served)
+    if beside == "kept":  # the answer comes from the JSON alone
+        monkeypatch.setattr(logstate, "read_state", lambda path: pytest.fail("opened the serving file"))
+    elif beside == "missing":  # a file built before the state was written beside it
+        state_file.unlink()
+    else:
+        state_file.write_text('{"serving_logs": [["default_risk", "aliases"')
+    assert logstate.served_state(project.serving_dir) == {(MODEL, "aliases"): 1, (MODEL, "published"): 1}
+    assert api.catch_up(project) == []
 
 
 def test_readers_never_write_and_the_next_command_catches_up(

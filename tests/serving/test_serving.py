@@ -124,7 +124,8 @@ def test_old_serving_files_are_collected_after_the_grace_period(
     project: batchml.Project, published: batchml.PredictionRun
 ) -> None:
     current = build_serving_db(project.storage, project.serving_dir, grace_seconds=0)
-    assert sorted(p.name for p in project.serving_dir.glob("serving-*")) == [current.name]
+    beside = f"{current.name}.logs"  # the log state it reflects (see `batchml.serving.logstate`)
+    assert sorted(p.name for p in project.serving_dir.glob("serving-*")) == [current.name, beside]
 
 
 @pytest.mark.parametrize(

@@ -116,7 +116,7 @@ def flow_run_ids() -> dict[str, str | None]:
     context = FlowRunContext.get()
     if context is not None and context.flow_run is not None:
         run = context.flow_run
-        found = (run.id, run.deployment_id, context.flow.name if context.flow else run.name)
+        found = (run.id, run.deployment_id, context.flow.name if context.flow else flow_run.flow_name)
     elif flow_run.id:
         found = (flow_run.id, deployment.id, flow_run.flow_name)
     else:

@@ -1,5 +1,6 @@
 # The front door: `make demo` runs the whole pipeline on the sample data, `make test` runs the suite.
-# Both create the virtualenv and install what they need first (uv for speed, pinned by constraints.txt).
+# Both create the virtualenv and install what they need first (uv for speed, pinned by constraints.txt):
+# batchml with its `prefect` extra (the flows and their server), `dask` (scale-out) and `dev` (the tools).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(PY) -m uv pip install --quiet --python $(PY) -c constraints.txt --compile-bytecode -e '.[dev,dask]'
+	$(PY) -m uv pip install --quiet --python $(PY) -c constraints.txt --compile-bytecode -e '.[prefect,dask,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,8 +6,9 @@ serve them read-only from DuckDB. The library is pure (no Prefect); `flows/` wra
 The package reads like the pipeline, one package per stage, each importing only the ones below it:
 `store` < `data` | `models` < `checks` < `scoring` < `monitoring` < `serving` < `api` < `cli` (the order is
 an import-linter contract in pyproject.toml). At the top stand the public surface (`api`, `config`,
-`project`, `testing`) and the vocabulary every stage speaks (`errors`, `names`, `redact`); `redact` is here,
-not in `store`, because every error message passes through it and `store` raises errors.
+`project`, `testing`) and the vocabulary every stage speaks (`errors`, `names`, `redact`, `provenance`: the
+flow run a record is written for); `redact` is here, not in `store`, because every error message passes
+through it and `store` raises errors.
 """
 
 from __future__ import annotations

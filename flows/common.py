@@ -1,11 +1,14 @@
-"""What every flow shares: opening the project, the retry policy, and the summary artifacts.
+"""What every flow shares: opening the project, the retry policy, the flow run's ids, and the artifacts.
 
 Flows pass the project as `config` (a path to a batchml.toml, or None for $BATCHML_CONFIG / ./batchml.toml)
-and every task opens it again, so task inputs and results stay small references, never DataFrames.
+and every task opens it again, so task inputs and results stay small references, never DataFrames. Every
+task calls batchml inside `batchml.provenance.flow_run(...)` with its flow run's ids, so the manifests, cards
+and events it writes lead back to that run in the Prefect UI (`runs.flow_run_id` etc. in SQL).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +19,12 @@ from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.runtime import flow_run
+from prefect.context import FlowRunContext
+from prefect.runtime import deployment, flow_run
 from prefect.states import State
 
 import batchml
+from batchml import provenance
 from batchml.redact import install_log_filter
 
 install_log_filter("prefect")  # flow and task run logs may quote errors that carry a storage URL
@@ -102,9 +107,43 @@ def operation_key(*parts: str | int) -> str | None:
     return ":".join(["prefect", str(run_id), *map(str, parts)]) if run_id else None
 
 
+def flow_run_ids() -> dict[str, str | None]:
+    """The Prefect flow run this code runs in, as batchml records it (`batchml.provenance`); None outside.
+
+    From the flow run's context where there is one (the flow, and its tasks in this process); a task on
+    another process (a Dask worker) has only its task run, and Prefect's runtime asks the API for the rest.
+    """
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        run = context.flow_run
+        found = (run.id, run.deployment_id, context.flow.name if context.flow else flow_run.flow_name)
+    elif flow_run.id:
+        found = (flow_run.id, deployment.id, flow_run.flow_name)
+    else:
+        return provenance.current()
+    run_id, deployment_id, flow_name = found
+    return {
+        "flow_run_id": str(run_id),
+        "deployment_id": None if deployment_id is None else str(deployment_id),
+        "flow_name": flow_name,
+    }
+
+
+def recorded(fn: Callable[P, R]) -> Callable[P, R]:
+    """`fn`, run so that every record batchml writes during it names this flow run (see `flow_run_ids`)."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        with provenance.flow_run(**flow_run_ids()):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 def batch_task(fn: Callable[P, R]) -> Task[P, R]:
-    """`@task` with the RETRY policy and no Prefect caching or result files (batchml is idempotent itself)."""
-    return task(cache_policy=NO_CACHE, persist_result=False, **RETRY.task_options())(fn)
+    """`@task` with the RETRY policy and no Prefect caching or result files (batchml is idempotent itself);
+    batchml's records written by the task name its flow run."""
+    return task(cache_policy=NO_CACHE, persist_result=False, **RETRY.task_options())(recorded(fn))
 
 
 # -- artifacts ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact
 from prefect.events import emit_event
 
 import batchml
@@ -23,7 +24,15 @@ from batchml.monitoring.performance import compute
 from batchml.redact import redact
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
-from flows.common import artifact_key, batch_task, config_ref, markdown_table, open_project, report
+from flows.common import (
+    artifact_key,
+    batch_task,
+    config_ref,
+    markdown_table,
+    open_project,
+    recorded,
+    report,
+)
 from flows.ingest import snapshot_dataset
 from flows.score import score_and_publish
 from flows.train import train_model
@@ -96,6 +105,7 @@ def claim_retrain(model: str, breaches: list[dict[str, Any]], config: str | None
     return alerts.claim_retrain(project.storage, model, wanted, retrain.debounce_hours)
 
 
+@recorded  # the outcome is recorded from the flow itself, not from a task
 def retrain(model: str, trigger: dict[str, Any], config: str | None) -> dict[str, Any]:
     """Snapshot the newest data, train, promote if the gates pass, score and publish; record the outcome."""
     logger = get_run_logger()
@@ -145,6 +155,12 @@ def monitor(model: str, run_id: str | None = None, config: str | None = None) ->
     summary = drift(model, run_id, config)
     logger.info("run %s of %s: drift verdict %s", run_id, model, summary.get("verdict"))
     ref = evidently_report(model, run_id, config)
+    create_link_artifact(  # the report from the flow run's page in the UI
+        link=ref["html_uri"],
+        link_text=f"Evidently report of run {run_id} of {model}",
+        key=artifact_key("report", model),
+        description=f"Evidently report of run {run_id} of {model}",
+    )
     perf = performance(model, config)
     found = raise_alerts(model, run_id, summary, perf, config)
     events = []

@@ -226,16 +226,25 @@ def test_served_deployment_runs_with_parameters_set_through_the_api(
     publications = PublicationLog(project.storage)
     run_id = publications.current("default_risk")
     assert run_id is not None
-    assert publications.events("default_risk")[-1]["reason"] == "triggered through the API"
+    event = publications.events("default_risk")[-1]
+    assert event["reason"] == "triggered through the API"
+    # The records lead back to the deployment's flow run that made them (README: from a prediction to it).
+    origin = (str(flow_run.id), str(daily_score.id), "score-and-publish")
+    assert (event["flow_run_id"], event["deployment_id"], event["flow_name"]) == origin
     con = batchml.connect(project)
     try:
         rows = con.execute(
             "SELECT count(*), count(DISTINCT entity_id), min(run_id), max(run_id), min(model_version) "
             "FROM predictions WHERE model = 'default_risk'"
         ).fetchone()
+        made_by = con.execute(
+            "SELECT DISTINCT r.flow_run_id, r.deployment_id, r.flow_name "
+            "FROM predictions p JOIN runs r USING (run_id) WHERE p.model = 'default_risk'"
+        ).fetchall()
     finally:
         con.close()
     assert rows == (SAMPLE_ROWS, SAMPLE_ROWS, run_id, run_id, model.version)
+    assert made_by == [origin]
 
     markdown = [a for a in artifacts if a.type == "markdown"]
     assert [a.key for a in markdown] == ["run-default-risk"]

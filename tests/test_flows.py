@@ -36,8 +36,10 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
 import batchml
+from batchml import provenance
 from batchml.models.registry import RegistryReader
 from batchml.scoring.publications import PublicationLog
+from batchml.scoring.runs import get_run
 from deployments import DEPLOYMENTS
 from flows.common import RETRY, is_transient
 from flows.ingest import snapshot_dataset
@@ -211,6 +213,47 @@ def test_pipeline_publishes_predictions_and_leaves_artifacts(
 
 
 @pytest.mark.slow
+def test_records_written_by_a_flow_run_lead_back_to_it_in_sql(
+    prefect_api: None, project: batchml.Project
+) -> None:
+    """Card, alias event, run manifest and publication event name the flow run that wrote them."""
+    batchml.snapshot_dataset(project, "loans")
+    trained = train_model("default_risk", config=_config(project), return_state=True)
+    scored = score_and_publish("default_risk", config=_config(project), return_state=True)
+    assert trained.is_completed() and scored.is_completed(), (trained.message, scored.message)
+    by_train = {"flow_run_id": str(_flow_run_id(trained)), "deployment_id": None, "flow_name": "train-model"}
+    by_score = {
+        "flow_run_id": str(_flow_run_id(scored)),
+        "deployment_id": None,  # run by hand, not from a deployment (test_deployments_server has one)
+        "flow_name": "score-and-publish",
+    }
+    registry = RegistryReader(project.storage)
+    run_id = scored.result()["run_id"]
+    records = {
+        "card": registry.get("default_risk", 1).card,
+        "promotion": registry.events("default_risk")[0],
+        "manifest": get_run(project.storage, "default_risk", run_id).manifest,
+        "publication": PublicationLog(project.storage).events("default_risk")[0],
+    }
+    ids = {name: {k: r.get(k) for k in provenance.FIELDS} for name, r in records.items()}
+    assert ids == {"card": by_train, "promotion": by_train, "manifest": by_score, "publication": by_score}
+
+    con = batchml.connect(project)
+    try:
+        made_by = con.execute(  # README's query: from a prediction to the flow run that made it
+            "SELECT DISTINCT r.flow_run_id, r.flow_name FROM predictions p JOIN runs r USING (run_id)"
+        ).fetchall()
+        trained_by = con.execute("SELECT flow_run_id FROM models").fetchall()
+        promoted_by = con.execute("SELECT flow_run_id FROM alias_events").fetchall()
+        published_by = con.execute("SELECT flow_run_id FROM publications").fetchall()
+    finally:
+        con.close()
+    assert made_by == [(by_score["flow_run_id"], "score-and-publish")]
+    assert trained_by == promoted_by == [(by_train["flow_run_id"],)]
+    assert published_by == [(by_score["flow_run_id"],)]
+
+
+@pytest.mark.slow
 def test_rerun_of_score_and_publish_is_a_noop(
     prefect_api: None, project: batchml.Project, champion: batchml.ModelVersion
 ) -> None:
@@ -347,8 +390,13 @@ def test_monitor_on_unchanged_data_raises_no_alert_and_does_not_retrain(
     """The published run scored the training data itself: nothing drifted, so nothing is retrained."""
     from flows.monitor import monitor
 
-    result = monitor("default_risk", config=_config(project))
+    state = monitor("default_risk", config=_config(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
     assert result["run_id"] == published.run_id
+    # A link artifact leads from the flow run's page to the Evidently report.
+    [link] = [a for a in _artifacts(state) if a.key == "report-default-risk"]
+    assert f"]({result['report']['html_uri']})" in str(link.data)  # Prefect stores a link as markdown
     assert result["drift"]["verdict"] == "stable" and result["drift"]["prediction_drifted"] is False
     assert result["alerts"] == [] and result["new_alerts"] == [] and result["retrain"] is None
     assert len(RegistryReader(project.storage).list_versions("default_risk")) == 1

@@ -4,11 +4,13 @@ The flows are named in one registry (FLOWS) by `module:function`, like a Prefect
 checked against the flow's source before Prefect is imported (`_flow_params`), and the flow is imported only
 when it runs, so `batchml --help` stays cheap. This command is the one place in batchml that reaches up into
 `flows` (through `flows.runner`); the import-linter contract that keeps the library free of Prefect names
-that one import as its only exception.
+that one import as its only exception. Without Prefect (`pip install batchml`, no `prefect` extra) the flows
+are still listed; running one says which extra to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -128,6 +130,10 @@ def _config_path(option: Path | None) -> Path:
     return path.resolve()
 
 
+#: What a flow command says when Prefect is not installed (`pip install batchml` leaves it out).
+NO_PREFECT = "flow {name!r} needs Prefect, which is not installed: pip install 'batchml[prefect]'"
+
+
 def _run_flow(target: str, name: str, parameters: dict[str, Any], debug: bool) -> Any:
     # Importing `flows` first sets its environment defaults (Prefect's ephemeral API startup timeout, OpenMP)
     # before Prefect reads its settings; nothing in batchml.cli imports Prefect earlier.
@@ -201,6 +207,8 @@ def run(
         _list(as_json)
         return
     entry = _entry(flow)
+    if importlib.util.find_spec("prefect") is None:  # before anything else: nothing else would help
+        raise BatchMLError(NO_PREFECT.format(name=flow))
     values = parse_parameters(flow, read_signature(entry.target), param or [])
     options = state(ctx)
     path = _config_path(config or options.config)

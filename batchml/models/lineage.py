@@ -1,4 +1,4 @@
-"""Who, where and with what code: the lineage recorded in model cards and run manifests.
+"""Who, where, for which flow run and with what code: the lineage recorded in model cards and run manifests.
 
 The code version is a content hash of batchml's own source files as installed, so that editing the code that
 trains or scores gives new training and run keys (a package version string alone stays the same across edits).
@@ -17,6 +17,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from batchml import provenance
 
 _PACKAGES = ("batchml", "lightgbm", "numpy", "polars", "pyarrow", "duckdb", "scikit-learn")
 
@@ -98,6 +100,7 @@ def git_state(path: Path, only: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--", str(only)))}
 
 
-def actor() -> dict[str, str]:
-    """The user and host doing the work."""
-    return {"user": getpass.getuser(), "host": socket.gethostname()}
+def actor() -> dict[str, str | None]:
+    """The user and host doing the work, and the flow run it is done for (None outside a flow: see
+    `batchml.provenance`)."""
+    return {"user": getpass.getuser(), "host": socket.gethostname(), **provenance.current()}

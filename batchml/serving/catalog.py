@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchml import provenance
 from batchml.data import datasets
 from batchml.models.registry import RegistryReader
 from batchml.monitoring import alerts, drift, performance, reports
@@ -22,6 +23,12 @@ from batchml.store.eventlog import apply_event
 from batchml.store.storage import Storage
 
 _TS = pa.timestamp("us", tz="UTC")
+# The flow run that wrote a record (`batchml.provenance`): NULL outside a flow and in records older than it.
+_FLOW_RUN = [(field, pa.string()) for field in provenance.FIELDS]
+
+
+def _flow_run(record: dict[str, Any]) -> dict[str, Any]:
+    return {field: record.get(field) for field in provenance.FIELDS}
 
 SCHEMAS: dict[str, pa.Schema] = {
     "datasets": pa.schema(
@@ -55,6 +62,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("git_commit", pa.string()),
             ("git_dirty", pa.bool_()),
             ("origin", pa.string()),
+            *_FLOW_RUN,
         ]
     ),
     "alias_events": pa.schema(
@@ -70,6 +78,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("by", pa.string()),
             ("at", _TS),
             ("forced", pa.bool_()),
+            *_FLOW_RUN,
         ]
     ),
     "gate_results": pa.schema(
@@ -103,6 +112,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("quarantined", pa.int64()),  # rows that broke a hard expectation (not scored)
             ("flagged", pa.int64()),  # scored rows with an unseen category or out-of-range value
             ("summary_json", pa.string()),  # the manifest's run summary
+            *_FLOW_RUN,
         ]
     ),
     # One row per run: where its scoring spent its time (busy seconds per stage, see
@@ -129,6 +139,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("reason", pa.string()),
             ("by", pa.string()),
             ("at", _TS),
+            *_FLOW_RUN,
         ]
     ),
 }
@@ -185,6 +196,7 @@ def model_rows(registry: RegistryReader) -> list[dict[str, Any]]:
                     "git_commit": card.get("git", {}).get("commit"),
                     "git_dirty": card.get("git", {}).get("dirty"),
                     "origin": card.get("origin"),
+                    **_flow_run(card),
                 }
             )
     return rows
@@ -279,6 +291,7 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
                     "quarantined": run.summary.get("quarantined"),
                     "flagged": run.summary.get("flagged"),
                     "summary_json": json.dumps(run.summary) if run.summary else None,
+                    **_flow_run(m),
                 }
             )
             stats.append(run_stats_row(run))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from batchml import provenance
 from batchml.errors import ConflictError, InvalidNameError
 from batchml.store.storage import Storage
 
@@ -60,7 +61,7 @@ class EventLog:
     def append(
         self, event: dict[str, Any], actor: str | None = None, *, expected_seq: int | None = None
     ) -> dict[str, Any]:
-        """Add `event` (stamped with seq, at and by) as the next entry and return it as stored.
+        """Add `event` (stamped with seq, at, by and flow run ids) as the next entry; return it as stored.
 
         With `expected_seq` the event is written only as that entry: if another writer took it first,
         ConflictError is raised instead of retrying, so a decision made on the log as it stood at
@@ -68,7 +69,13 @@ class EventLog:
         """
         for _ in range(_MAX_ATTEMPTS):
             seq = self.next_seq() if expected_seq is None else expected_seq
-            stored = {**event, "seq": seq, "at": now(), "by": actor or getpass.getuser()}
+            stored = {
+                **event,
+                "seq": seq,
+                "at": now(),
+                "by": actor or getpass.getuser(),
+                **provenance.current(),  # the flow run appending it, if any: SQL leads back to it
+            }
             try:
                 self.storage.create_json(f"{self.folder}/{seq:09d}.json", stored)
                 return stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
@@ -84,6 +85,21 @@ def test_a_bad_parameter_is_one_line_before_anything_runs(
 def test_a_missing_config_is_one_line(tmp_path: Path, no_flow_runs: list[tuple[Any, ...]]) -> None:
     error = one_error_line(invoke("run", "pipeline", cwd=tmp_path))
     assert "'batchml.toml' does not exist: pass --config PATH" in error
+    assert no_flow_runs == []
+
+
+@pytest.mark.quick_variant_of("test_the_cli_works_without_prefect")
+def test_without_prefect_a_flow_command_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, no_flow_runs: list[tuple[Any, ...]]
+) -> None:
+    """As `pip install batchml` without its `prefect` extra leaves it (tests/test_packaging.py has one)."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "prefect" else find_spec(name, *args)
+    )
+    error = one_error_line(invoke("run", "pipeline", "-p", "modle=x"))  # before the parameters are checked
+    assert error == f"error: {_run.NO_PREFECT.format(name='pipeline')}"
+    assert error.endswith("needs Prefect, which is not installed: pip install 'batchml[prefect]'")
     assert no_flow_runs == []
 
 

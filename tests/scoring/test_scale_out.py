@@ -79,6 +79,8 @@ def test_partitioned_run_on_dask_equals_the_sequential_run(
     assert 0 < selected < sequential.rows  # reasons on, for some rows only
     assert partitioned.summary == sequential.summary  # same quarantine totals, rules, warnings, flags
     assert partitioned.manifest["content_checksum"] == sequential.manifest["content_checksum"]  # any order
+    made_by = [(r.manifest["flow_name"], bool(r.manifest["flow_run_id"])) for r in (sequential, partitioned)]
+    assert made_by == [(None, False), ("score-and-publish", True)]  # the flow run that committed it
     quarantined = [
         pq.read_table(Path(p.storage.root, f.path))
         for p, r in ((first, sequential), (second, partitioned))

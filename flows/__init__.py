@@ -4,7 +4,8 @@ ingest.snapshot_dataset   source file(s) -> dataset version
 train.train_model         dataset version -> model version (optionally promoted to an alias)
 score.score_and_publish   model alias x dataset version -> prediction run -> serving DuckDB
 pipeline.pipeline         all of the above, for one model or every configured model
-monitor.monitor           published run -> drift, report, performance, alerts -> debounced retrain
+monitor.monitor           published run -> drift, report, performance, alerts (events) -> retrain
+retrain.retrain_model     recorded alerts -> debounced retrain: snapshot, train, score and publish
 """
 
 import os

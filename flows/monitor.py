@@ -2,42 +2,31 @@
 
 monitor(model)  ->  drift (batchml.monitoring.drift) -> report (batchml.monitoring.reports)
                 ->  performance (labels, if any)
-                ->  alerts (stored, one Prefect event each) -> on breach: a debounced retrain
-                    (snapshot -> train_model -> score_and_publish as subflows, every reason = trigger id)
+                ->  alerts (stored, one Prefect event `batchml.alert.<kind>` each)
+                ->  on breach, with retrain="inline": the `retrain` flow as a subflow (flows/retrain.py:
+                    debounced; snapshot -> train_model -> score_and_publish, every reason = trigger id);
+                    with retrain="event": nothing here, the `retrain` deployment's automation reacts to the
+                    events (deployments/: `retrain/on-alert`), with the same debounce
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 from prefect.events import emit_event
 
 import batchml
-from batchml.data import datasets
 from batchml.data.labels import latest_labels
 from batchml.errors import NotFoundError
 from batchml.models.registry import RegistryReader
 from batchml.monitoring import alerts
 from batchml.monitoring.performance import compute
-from batchml.redact import redact
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
-from flows.common import (
-    artifact_key,
-    batch_task,
-    config_ref,
-    markdown_table,
-    open_project,
-    recorded,
-    report,
-)
-from flows.ingest import snapshot_dataset
-from flows.score import score_and_publish
-from flows.train import train_model
-
-_TRIGGERS = {"drift": "on_drift", "prediction_drift": "on_drift", "performance": "on_performance"}
+from flows.common import artifact_key, batch_task, config_ref, markdown_table, open_project, report
+from flows.retrain import retrain_model
 
 
 @batch_task
@@ -94,57 +83,19 @@ def raise_alerts(
     return {"current": current, "new": alerts.record(project.storage, current)}
 
 
-@batch_task
-def claim_retrain(model: str, breaches: list[dict[str, Any]], config: str | None) -> dict[str, Any] | None:
-    """A retrain trigger for the breaches the config retrains on, unless debounced (None)."""
-    project = open_project(config)
-    retrain = project.config.model(model).monitoring.retrain
-    wanted = [b for b in breaches if b["kind"] == "model_age" or getattr(retrain, _TRIGGERS[b["kind"]])]
-    if not wanted:
-        return None
-    return alerts.claim_retrain(project.storage, model, wanted, retrain.debounce_hours)
-
-
-@recorded  # the outcome is recorded from the flow itself, not from a task
-def retrain(model: str, trigger: dict[str, Any], config: str | None) -> dict[str, Any]:
-    """Snapshot the newest data, train, promote if the gates pass, score and publish; record the outcome."""
-    logger = get_run_logger()
-    project = open_project(config)
-    spec = project.config.model(model)
-    reason = f"retrain {trigger['id']} (alerts {', '.join(trigger['alert_ids'])})"
-    outcome: dict[str, Any] = {"published": False, "run_id": None, "model_version": None}
-    try:
-        configured = project.config.datasets.get(spec.dataset)
-        if configured is not None and configured.source is not None:
-            snapshot_dataset(spec.dataset, None, config)
-        dataset = datasets.get_version(project.storage, f"{spec.dataset}@latest").ref
-        outcome["dataset_version"] = dataset
-        trained = train_model(model, dataset=dataset, promote_to="champion", config=config, reason=reason)
-        outcome |= {
-            "model_version": trained["version"],
-            "status": "held_back",
-            "detail": trained["held_back"],
-        }
-        if trained["promotion"] is not None and not trained["promotion"]["changed"]:
-            # The newest data is what the champion was trained on. Scoring it again and publishing that run
-            # would replace newer predictions (the batch that breached) with ones of the training data.
-            outcome |= {"status": "unchanged", "detail": f"no newer data: v{trained['version']} is champion"}
-        elif trained["promotion"] is not None:
-            scored = score_and_publish(model, dataset=dataset, config=config, reason=reason)
-            published = bool(scored["published"])
-            outcome |= {"status": "promoted", "run_id": scored["run_id"], "published": published}
-            outcome["detail"] = f"v{trained['version']} promoted and run {scored['run_id']} published"
-    except Exception as exc:  # the trigger stays debounced; its outcome says why nothing came of it
-        failed = {**outcome, "status": "failed", "detail": redact(repr(exc))}  # no credentials in the record
-        alerts.record_outcome(project.storage, trigger, failed)
-        raise
-    logger.info("retrain %s: %s", trigger["id"], outcome["detail"])
-    return alerts.record_outcome(project.storage, trigger, outcome)
-
-
 @flow(name="monitor")
-def monitor(model: str, run_id: str | None = None, config: str | None = None) -> dict[str, Any]:
-    """Monitor `run_id` of `model` (default: the published run) and retrain on breach, debounced."""
+def monitor(
+    model: str,
+    run_id: str | None = None,
+    config: str | None = None,
+    retrain: Literal["inline", "event"] = "inline",
+) -> dict[str, Any]:
+    """Monitor `run_id` of `model` (default: the published run) and retrain on breach, debounced.
+
+    `retrain="inline"` runs the `retrain` flow as a subflow on the current breaches (no server needed, as
+    in `make demo`); `"event"` leaves it to an automation on the `batchml.alert.*` events this run emits for
+    new alerts (the deployments' way: `retrain/on-alert`), so `retrain` in the result is None.
+    """
     logger = get_run_logger()
     config = config_ref(config)
     project = open_project(config)
@@ -172,12 +123,9 @@ def monitor(model: str, run_id: str | None = None, config: str | None = None) ->
             payload=alert,
         )
         events.append(str(event.id) if event is not None else None)
-    trigger = claim_retrain(model, found["current"], config) if found["current"] else None
-    outcome = retrain(model, trigger, config) if trigger is not None else None
-    if found["current"] and trigger is None:
-        logger.info(
-            "no retrain for %s: not configured for these breaches, or one ran within the window", model
-        )
+    outcome = None
+    if found["current"] and retrain == "inline":
+        outcome = retrain_model(model, [a["id"] for a in found["current"]], config)
     batchml.rebuild_catalog(open_project(config), full=False)  # alerts, performance and retrains into SQL
     rows = [{k: a[k] for k in ("id", "kind", "version", "detail")} for a in found["current"]]
     lines = [
@@ -195,7 +143,9 @@ def monitor(model: str, run_id: str | None = None, config: str | None = None) ->
         markdown_table(rows),
         "",
         "Retrain: " + (f"{outcome['retrain_id']}: {outcome['detail']}" if outcome else
-                       "debounced or not configured" if found["current"] else "not needed"),
+                       "not needed" if not found["current"] else
+                       f"left to the automation on batchml.alert.* ({len(events)} events)"
+                       if retrain == "event" else "debounced or not configured"),
     ]  # fmt: skip
     report(artifact_key("monitor", model), f"Monitor {model} run {run_id}", "\n".join(lines), table=rows)
     return {

@@ -1,23 +1,19 @@
 """The deployments on a real Prefect server: serve them, trigger a run with parameters as the UI does.
 
 One slow test. The server (`prefect server start`) and the serving process (`python -m deployments.serve`) run
-as subprocesses on loopback with an environment built from scratch (own PREFECT_HOME, analytics off), so
-nothing of the session's Prefect test harness (tests/test_flows.py) reaches them and they never reach it.
+as subprocesses on loopback (tests/prefect_server.py). The same deployments on a work pool, deployed from
+prefect.yaml, are tests/test_deployments_pool.py.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -37,93 +33,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import batchml
 from batchml.scoring.publications import PublicationLog
-from deployments import DEPLOYMENTS
+from deployments import DEPLOYMENTS, RETRAIN_ON_ALERT
 from tests.conftest import SAMPLE_ROWS
-
-REPO = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-T = TypeVar("T")
-
-# Passed through from the parent; every PREFECT_* variable (and the rest) is left out on purpose.
-_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OMP_WAIT_POLICY", "TZ")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env(prefect_home: Path, **extra: str) -> dict[str, str]:
-    """A subprocess environment built from scratch: a few basics, then Prefect settings of our own."""
-    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
-    env.update(
-        PREFECT_HOME=str(prefect_home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="INFO",
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
-
-
-class Proc:
-    """A subprocess in its own process group, its output in a log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace").splitlines()
-        return f"--- {self.log.name} (exit {self.popen.poll()}) ---\n" + "\n".join(text[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM the whole group (the serve process pauses its schedules), then SIGKILL what is left."""
-        with suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            self.popen.wait(20)
-        with suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)  # the leader if stuck, and any child left behind
-        self.popen.wait(10)
-
-
-@contextmanager
-def _running(args: list[str], env: dict[str, str], log: Path) -> Iterator[Proc]:
-    proc = Proc(args, env, log)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _wait_for(what: str, probe: Callable[[], T | None], procs: list[Proc], timeout: float) -> T:
-    """Poll `probe` until it returns something, failing early (with the logs) if a process died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        dead = [p for p in procs if not p.alive()]
-        if dead or time.monotonic() > deadline:
-            logs = "\n".join(p.tail() for p in procs)
-            pytest.fail(f"{'process died' if dead else 'timed out'} waiting for {what}\n{logs}")
-        time.sleep(0.5)
-
-
-def _healthy(api: str) -> bool | None:
-    try:
-        return True if httpx.get(f"{api}/health", timeout=2).status_code == 200 else None
-    except httpx.HTTPError:
-        return None
+from tests.prefect_server import free_port, healthy, running, subprocess_env, wait_for
 
 
 @pytest.mark.slow
@@ -137,10 +49,10 @@ def test_served_deployment_runs_with_parameters_set_through_the_api(
     batchml.promote(project, "default_risk", model.version, reason="test setup")
     batchml.promote(project, "default_risk", model.version, "challenger", reason="test setup")
 
-    port = _free_port()  # not 4200: the UI must be told where its API is
+    port = free_port()  # not 4200: the UI must be told where its API is
     api = f"http://127.0.0.1:{port}/api"
     home = tmp_path / "prefect-home"
-    env = _env(
+    env = subprocess_env(
         home, PREFECT_RUNNER_POLL_FREQUENCY="1", BATCHML_CONFIG=str(project.base_dir / "batchml.toml")
     )
     assert not any(k.startswith("PREFECT_API") or "HARNESS" in k for k in env)
@@ -153,9 +65,9 @@ def test_served_deployment_runs_with_parameters_set_through_the_api(
         venv = Path(sys.executable).parent.parent
         command = ["make", "--no-print-directory", "-o", f"{venv}/.installed-stamp", "serve", f"VENV={venv}"]
         command += [f"PREFECT_PORT={port}", f"SERVE_HOME={home}"]
-        serving = stack.enter_context(_running(command, env, tmp_path / "make-serve.log"))
+        serving = stack.enter_context(running(command, env, tmp_path / "make-serve.log"))
         procs = [serving]
-        _wait_for("the server's /api/health", lambda: _healthy(api), procs, timeout=90)
+        wait_for("the server's /api/health", lambda: healthy(api), procs, timeout=90)
         timings["server start"] = time.monotonic() - started
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200  # the UI is served
         ui = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=5).json()
@@ -167,17 +79,26 @@ def test_served_deployment_runs_with_parameters_set_through_the_api(
             return len(client.read_deployments()) == len(DEPLOYMENTS) or None
 
         started = time.monotonic()
-        _wait_for("the deployments to be registered", all_registered, procs, timeout=90)
+        wait_for("the deployments to be registered", all_registered, procs, timeout=90)
         timings["serve registered"] = time.monotonic() - started
         daily_score = client.read_deployment_by_name("score-and-publish/daily-score")
         # Every declared deployment is registered as declared: schedule, timezone, default parameters.
         for spec in DEPLOYMENTS:
             d = client.read_deployment_by_name(f"{spec.flow.name}/{spec.name}")
             assert d.parameters == spec.parameters and not d.paused
-            assert [(s.schedule.cron, s.schedule.timezone) for s in d.schedules] == [  # type: ignore[union-attr]
-                (spec.cron, spec.timezone)
-            ]
+            assert [(s.schedule.cron, s.schedule.timezone) for s in d.schedules] == (  # type: ignore[union-attr]
+                [(spec.cron, spec.timezone)] if spec.cron else []
+            )
         assert daily_score.schedules[0].schedule.cron == "0 5 * * *"  # type: ignore[union-attr]
+        # Serving registers the retrain deployment's trigger as an automation, as `prefect deploy` does.
+        automation = wait_for(
+            "the retrain automation",
+            lambda: client.read_automations_by_name(RETRAIN_ON_ALERT["name"]) or None,
+            procs,
+            timeout=60,
+        )
+        on_alert = client.read_deployment_by_name("retrain/on-alert")
+        assert [a.deployment_id for a in automation[0].actions] == [on_alert.id]  # type: ignore[union-attr]
         # The UI builds its run form from this schema: the flow's own signature.
         form = daily_score.parameter_openapi_schema or {}
         assert {"model", "alias", "dataset", "publish", "config", "reason"} <= set(form["properties"])
@@ -196,7 +117,7 @@ def test_served_deployment_runs_with_parameters_set_through_the_api(
             run = client.read_flow_run(flow_run.id)
             return run if run.state is not None and run.state.is_final() else None
 
-        done = _wait_for(f"flow run {flow_run.id}", finished, procs, timeout=120)
+        done = wait_for(f"flow run {flow_run.id}", finished, procs, timeout=120)
         timings["flow run"] = time.monotonic() - started
         logs = "\n".join(p.tail() for p in procs)
         assert done.state is not None and done.state.is_completed(), f"{done.state}\n{logs}"
@@ -216,7 +137,7 @@ def test_served_deployment_runs_with_parameters_set_through_the_api(
             )
             return runs or None
 
-        upcoming = _wait_for("scheduled runs of daily-score", scheduled, procs, timeout=60)
+        upcoming = wait_for("scheduled runs of daily-score", scheduled, procs, timeout=60)
         starts = sorted(r.expected_start_time for r in upcoming if r.expected_start_time is not None)
         assert starts and all((t.hour, t.minute, t.utcoffset()) == (5, 0, timedelta(0)) for t in starts)
         assert starts[0] - datetime.now(UTC) <= timedelta(days=1)

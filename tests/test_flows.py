@@ -116,10 +116,19 @@ def _artifacts(state: State[Any]) -> list[Artifact]:
 
 def test_deployments_are_declared_sanely() -> None:
     flows = {spec.flow.name for spec in DEPLOYMENTS}
-    assert flows == {"snapshot-dataset", "train-model", "score-and-publish", "monitor"}
+    assert flows == {"snapshot-dataset", "train-model", "score-and-publish", "monitor", "retrain"}
     names = [spec.name for spec in DEPLOYMENTS]
     assert len(set(names)) == len(names)
     for spec in DEPLOYMENTS:
+        deployment = spec.to_deployment()
+        assert deployment.entrypoint is not None and deployment.entrypoint.startswith("flows/")
+        assert deployment.parameters == spec.parameters and deployment.concurrency_limit == 1
+        if spec.cron is None:  # started by its triggers only: they supply the parameters the defaults lack
+            assert spec.triggers and not deployment.schedules
+            for trigger in spec.triggers:
+                example = {k: ["x"] if k.endswith("_ids") else "x" for k in trigger["parameters"]}
+                spec.flow.validate_parameters({**spec.parameters, **example})
+            continue
         CronSchedule(cron=spec.cron, timezone=spec.timezone)  # raises on a bad cron or timezone
         zoneinfo.ZoneInfo(spec.timezone)
         minute, hour, day, month, weekday = spec.cron.split()
@@ -127,9 +136,6 @@ def test_deployments_are_declared_sanely() -> None:
         assert (weekday == "*") == spec.name.startswith("daily-"), spec.name
         spec.flow.validate_parameters(dict(spec.parameters))  # defaults alone make a valid run
         spec.flow.validate_parameters({**spec.parameters, "config": "other/batchml.toml"})  # overridable
-        deployment = spec.to_deployment()
-        assert deployment.entrypoint is not None and deployment.entrypoint.startswith("flows/")
-        assert deployment.parameters == spec.parameters
         assert [s.schedule.cron for s in deployment.schedules] == [spec.cron]  # type: ignore[union-attr]
 
 

@@ -69,9 +69,10 @@ def test_the_wheel_ships_the_flows_and_deployments(wheel: Path) -> None:
     shipped = {
         path.relative_to(ROOT).as_posix()
         for folder in ("flows", "deployments")
-        for path in (ROOT / folder).rglob("*.py")
+        for pattern in ("*.py", "*.yaml")
+        for path in (ROOT / folder).rglob(pattern)
     }
-    assert {"flows/runner.py", "flows/pipeline.py", "deployments/serve.py"} <= shipped
+    assert {"flows/runner.py", "deployments/serve.py", "deployments/prefect.yaml"} <= shipped
     assert shipped <= names, sorted(shipped - names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 

@@ -3,18 +3,14 @@
 Every publish builds a brand-new file (`serving-<time>-<id>.duckdb`) from the records in storage, then flips
 the symlink `batchml.duckdb` to it with one `os.replace`. Readers open the link read-only and keep the file
 they opened; no writer ever touches a file a reader may hold (DESIGN.md invariant 3). Old files are removed
-after a grace period. Runs the current file already holds are copied from it (see `prediction_tables`).
+after a grace period (`pointer`). Runs the current file already holds are copied from it (see
+`prediction_tables`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
-import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,16 +22,13 @@ from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
 from batchml.serving.catalog import build_tables
 from batchml.serving.logstate import LogState, log_state, write_state, write_state_file
+from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
 from batchml.serving.readers import SERVING_FILE
 from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
 
-GRACE_SECONDS = 3600.0
-#: Read-only for everyone: opening a serving file read-write takes a deliberate chmod (root ignores modes;
-#: an edit is then caught when the next build copies the run). The folder's own mode lets old files go.
-SERVING_FILE_MODE = 0o444
 #: DuckDB's own cap while building (it spills the sort to disk beyond it), so publishing a table of any size
 #: stays within bounded memory instead of DuckDB's default of 80% of RAM.
 BUILD_MEMORY_LIMIT = "256MB"
@@ -51,18 +44,6 @@ _ALIAS_AT = """CREATE MACRO alias_at(model_name, alias_name, at_time) AS (
         SELECT min(seq) FROM alias_events
         WHERE model = model_name AND "at" > CAST(at_time AS TIMESTAMPTZ)), 9223372036854775807)
     ORDER BY seq DESC LIMIT 1)"""
-
-
-@contextlib.contextmanager
-def _build_lock(serving_dir: Path) -> Iterator[None]:
-    """One builder at a time per serving folder, so the last flip always reflects the latest records."""
-    serving_dir.mkdir(parents=True, exist_ok=True)
-    with open(serving_dir / ".build.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _create_quarantine_table(con: duckdb.DuckDBPyConnection, storage: Storage, log: PublicationLog) -> None:
@@ -112,16 +93,6 @@ def _write_database(storage: Storage, path: Path, previous_path: Path | None) ->
     return state
 
 
-def _collect_old_files(serving_dir: Path, keep: Path, grace_seconds: float) -> None:
-    cutoff = time.time() - grace_seconds
-    for old in serving_dir.glob("serving-*.duckdb*"):
-        if old.name.startswith(keep.name):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            if old.stat().st_mtime < cutoff:
-                old.unlink()
-
-
 def build_serving_db(
     storage: Storage, serving_dir: Path, grace_seconds: float = GRACE_SECONDS, *, full: bool = False
 ) -> Path:
@@ -131,22 +102,16 @@ def build_serving_db(
     in their manifests) instead of re-read from their Parquet files; `full=True` reads everything from
     storage. The new file is read-only on disk before it becomes current.
     """
-    with _build_lock(serving_dir):
+    with serving_lock(serving_dir):
         link = serving_dir / SERVING_FILE
         previous = None if full or not link.exists() else link.resolve()
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        final = serving_dir / f"serving-{stamp}-{uuid.uuid4().hex[:8]}.duckdb"
+        final = new_serving_file(serving_dir, uuid.uuid4().hex[:8])
         building = serving_dir / f".building-{final.name}"
         try:
             state = _write_database(storage, building, previous)
-            building.chmod(SERVING_FILE_MODE)
             write_state_file(final, state)  # before the file: whoever finds the file finds its state
-            os.replace(building, final)
+            install(serving_dir, building, final, grace_seconds)
         finally:
             building.unlink(missing_ok=True)
-        link_tmp = serving_dir / f".link-{uuid.uuid4().hex}"
-        os.symlink(final.name, link_tmp)
-        os.replace(link_tmp, serving_dir / SERVING_FILE)  # the atomic flip readers see
-        _collect_old_files(serving_dir, final, grace_seconds)
     log.info("serving database now %s", final)
     return final

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from batchml.serving.readers import serving_path
+from batchml.serving.pointer import serving_path
 from batchml.store.eventlog import EventLog
 from batchml.store.storage import Storage
 

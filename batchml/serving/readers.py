@@ -1,7 +1,8 @@
 """Reading the serving DuckDB file: the path apps open, read-only connections with caps, one-statement SQL.
 
 This is what downstream apps (and `batchml query`) load, so it imports DuckDB and nothing heavy: building a
-serving file (`database`) needs pyarrow, polars and the run files; reading one needs only the file.
+serving file (`database`) needs pyarrow, polars and the run files; reading one needs only the file, fetched
+first from object storage when another host published it (`snapshots`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from batchml.errors import BatchMLError, ConfigError, NotFoundError, QueryTimeoutError, ReadOnlyError
+from batchml.serving.pointer import SERVING_FILE as SERVING_FILE  # re-exported: where readers look
+from batchml.serving.pointer import serving_path
 
 if TYPE_CHECKING:
     from batchml.project import Project
 
-SERVING_FILE = "batchml.duckdb"
 #: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
 #: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
 READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
@@ -26,11 +28,6 @@ READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
 READER_MEMORY_LIMIT = "2GB"
 READER_THREADS = 2
 _READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
-
-
-def serving_path(serving_dir: Path) -> Path:
-    """The documented path readers open: a symlink to the current serving file."""
-    return serving_dir / SERVING_FILE
 
 
 def connect_serving(
@@ -63,15 +60,23 @@ def connect(
     *,
     memory_limit: str = READER_MEMORY_LIMIT,
     threads: int = READER_THREADS,
+    pull: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...).
 
     Queries on it may use at most `memory_limit` and `threads` cores (the connection cannot raise them).
+    With object storage, the newest serving snapshot is first fetched into the local serving folder if the
+    local file is older (checking costs one listing and one small read); `pull=False` opens the local file
+    as it is.
     """
     if project is None:
         from batchml.project import Project
 
         project = Project.open()
+    if pull and not project.storage.is_local:
+        from batchml.serving.snapshots import pull as pull_snapshot  # only remote storage needs it
+
+        pull_snapshot(project.storage, project.serving_dir, missing_ok=True)
     return connect_serving(project.serving_dir, memory_limit=memory_limit, threads=threads)
 
 

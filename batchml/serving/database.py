@@ -4,7 +4,8 @@ Every publish builds a brand-new file (`serving-<time>-<id>.duckdb`) from the re
 the symlink `batchml.duckdb` to it with one `os.replace`. Readers open the link read-only and keep the file
 they opened; no writer ever touches a file a reader may hold (DESIGN.md invariant 3). Old files are removed
 after a grace period (`pointer`). Runs the current file already holds are copied from it (see
-`prediction_tables`).
+`prediction_tables`). With object storage the new file is also committed there as a snapshot, so that any
+host can fetch it (`snapshots`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from batchml.serving.logstate import LogState, log_state, write_state, write_sta
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
 from batchml.serving.readers import SERVING_FILE
+from batchml.serving.snapshots import commit_snapshot
 from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -113,5 +115,7 @@ def build_serving_db(
             install(serving_dir, building, final, grace_seconds)
         finally:
             building.unlink(missing_ok=True)
+        if not storage.is_local:  # for other hosts; under the lock, so one commit at a time
+            commit_snapshot(storage, serving_dir)
     log.info("serving database now %s", final)
     return final

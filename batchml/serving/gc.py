@@ -7,8 +7,9 @@ interrupted commit, and serving files no pointer names. They are invisible to re
 - references: every `{"path", "sha256", "size"}` entry in every JSON record under the storage root
   (dataset manifests, model cards, run manifests, report metadata, ...);
 - candidates: unreferenced files in the data-file areas (`datasets/*/files/`, `models/*/files/`,
-  `runs/<model>/<run_id>/`, `monitoring/<model>/<run_id>/report-*`), `.tmp-*` files anywhere, and in the
-  serving folder old `serving-*.duckdb` files the pointer no longer names plus `.building-*`/`.link-*` files.
+  `runs/<model>/<run_id>/`, `monitoring/<model>/<run_id>/report-*`, `serving/snapshots/`), `.tmp-*` files
+  anywhere, and in the serving folder old `serving-*.duckdb` files the pointer no longer names plus
+  `.building-*`/`.link-*` files.
 
 JSON records themselves are never removed. A record that does not parse stops the collection with an
 IntegrityError naming it: when in doubt, nothing is deleted. The grace period protects writers in flight
@@ -37,6 +38,7 @@ _DATA_AREAS = (
     re.compile(r"^models/[^/]+/files/[^/]+$"),
     re.compile(r"^runs/[^/]+/(?!manifests/)[^/]+/[^/]+$"),
     re.compile(r"^monitoring/[^/]+/[^/]+/report-[^/]+$"),
+    re.compile(r"^serving/snapshots/[^/]+$"),
 )
 _SERVING_LEFTOVERS = re.compile(r"^(serving-.*\.duckdb.*|\.building-.*|\.link-.*|\.tmp-.*)$")
 

@@ -24,7 +24,9 @@ started together the second sees the first's completed result and is refused ins
 Across hosts, compare-and-append still lets exactly one of two racing appends land.
 
 `catch_up` brings a serving file that is behind the logs up to date (a crash between an event and the
-rebuild leaves it so); commands that touch the project call it, readers (`batchml.connect`) never do.
+rebuild leaves it so); commands that touch the project call it, readers (`batchml.connect`) never do. With
+object storage it first tries the newest serving snapshot (another host may have built this very state),
+and completes a snapshot commit a crash interrupted (see `snapshots`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from types import TracebackType
 from batchml.errors import BatchMLError
 from batchml.project import Project
 from batchml.serving.logstate import LogState, event_log, lagging, log_state, served_state
+from batchml.serving.pointer import serving_lock
 from batchml.serving.readers import serving_path
+from batchml.serving.snapshots import commit_snapshot, pull_if_current
 from batchml.store.eventlog import DERIVED_PREFIX, Operation, check_operation_key
 
 log = logging.getLogger(__name__)
@@ -129,10 +133,15 @@ def catch_up(project: Project) -> list[str]:
 
 def _rebuild_if_behind(project: Project, recorded: LogState | None, current: LogState) -> list[str]:
     behind = lagging(recorded, current)
-    if behind:
+    storage, serving_dir = project.storage, project.serving_dir
+    remote = not storage.is_local
+    if behind and not (remote and pull_if_current(storage, serving_dir, current)):
         # Imported here: building needs pyarrow and the run files, and every command checks (cheaply) first.
         from batchml.serving.database import build_serving_db
 
         log.info("serving file behind the event logs (%s): rebuilding", "; ".join(behind))
-        build_serving_db(project.storage, project.serving_dir)
+        build_serving_db(storage, serving_dir)  # commits it as a snapshot too, with object storage
+    elif remote and not behind:
+        with serving_lock(serving_dir):  # completes a commit a crash interrupted after the build
+            commit_snapshot(storage, serving_dir)
     return behind

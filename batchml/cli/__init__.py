@@ -44,6 +44,7 @@ COMMANDS = {
     "models": ("_models", "app"),
     "predictions": ("_serving", "predictions_app"),
     "catalog": ("_serving", "catalog_app"),
+    "serving": ("_serving", "serving_app"),
     "labels": ("_monitoring", "labels_app"),
 }
 

@@ -1,4 +1,4 @@
-"""`batchml score`, `predictions ...`, `query`, `catalog rebuild` and `info`: runs and the serving DB."""
+"""`batchml score`, `predictions ...`, `query`, `catalog rebuild`, `serving pull`, `info`: the serving DB."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ predictions_app = typer.Typer(
     cls=ErrorHandlingGroup,
     no_args_is_help=True,
     help="List prediction runs and choose which one is published.",
+)
+serving_app = typer.Typer(
+    cls=ErrorHandlingGroup,
+    no_args_is_help=True,
+    help="The serving DuckDB file on this host (fetched from object storage when another host published).",
 )
 catalog_app = typer.Typer(
     cls=ErrorHandlingGroup,
@@ -272,6 +277,37 @@ def rebuild(
     built = api.rebuild_catalog(project, full=full)
     data = {"serving_db": _serving_db(project), "file": str(built), "full": full}
     emit(as_json, data, lambda c: c.print(f"rebuilt {data['serving_db']} -> {built.name}"))
+
+
+@serving_app.command("pull")
+def pull(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Fetch the newest serving snapshot from object storage into this host's serving folder.
+
+    Its sha256 is checked before it replaces the local file (readers keep the file they opened). Nothing
+    to do with local storage: the serving file is built on the same disk.
+
+    Examples:
+      batchml serving pull
+      batchml serving pull --json
+    """
+    from batchml.serving.snapshots import pull as pull_snapshot
+
+    project = project_of(ctx, catch_up=False)  # catching up could build here: a pull only fetches
+    link = _serving_db(project)
+    data: dict[str, Any] = {"serving_db": link, "storage": redact_url(project.storage.url)}
+    if project.storage.is_local:
+        data.update(pulled=False, snapshot=None, seq=None, bytes=0)
+        message = f"nothing to pull: storage is on this disk, readers open {link}"
+    else:
+        done = pull_snapshot(project.storage, project.serving_dir)
+        assert done is not None  # pull raises when there is no snapshot
+        snap = done.snapshot
+        data.update(pulled=done.fetched, snapshot=snap.file.sha256, seq=snap.seq, bytes=snap.file.size)
+        if done.fetched:
+            message = f"pulled {snap.name}: {snap.file.size:,} bytes into {link}"
+        else:
+            message = f"already current: {link} reflects {snap.name}"
+    emit(as_json, data, lambda c: c.print(message, markup=False, soft_wrap=True))
 
 
 def info(ctx: typer.Context, as_json: JsonFlag = False) -> None:

@@ -29,6 +29,7 @@ import batchml
 from batchml.serving import prediction_tables
 from batchml.store.storage import Storage
 from batchml.testing import write_loans
+from tests.s3_server import AWS_UNSET, MotoS3, aws_environment, moto_s3
 
 SAMPLE_ROWS = 4000
 
@@ -75,6 +76,35 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoS3]:
+    """One moto S3 server per session, started by the first test that asks; the AWS chain sees fake
+    credentials and a loopback-only endpoint."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in AWS_UNSET:
+            patch.delenv(name, raising=False)
+        for name, value in aws_environment().items():
+            patch.setenv(name, value)
+        with moto_s3() as server:
+            yield server
+
+
+@pytest.fixture
+def no_cached_s3fs(moto: MotoS3) -> Iterator[None]:
+    """s3fs caches filesystem instances (and their listings) per arguments: no test sees another's."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def bucket(moto: MotoS3) -> str:
+    """A fresh bucket for one test."""
+    return moto.new_bucket()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 FAKE_KEY_ID = "AKIABATCHMLTESTKEY01"
 FAKE_SECRET = "batchml-fake-secret-0d1b8f0c6f"
@@ -38,6 +39,14 @@ def aws_environment() -> dict[str, str]:
 
 #: Variables that would point the AWS chain somewhere else; removed while the tests run.
 AWS_UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3")
+
+
+def s3_toml(root: str, endpoint: str, source: Path | str) -> str:
+    """The loans project config with its storage on S3; only the endpoint is configured, no credentials."""
+    from tests.conftest import PROJECT_TOML
+
+    storage = f'root = "{root}"\noptions = {{ endpoint_url = "{endpoint}" }}'
+    return PROJECT_TOML.format(source=source).replace('root = "store"', storage)
 
 
 def free_port() -> int:

@@ -5,54 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
-import s3fs
 
 import batchml
 from batchml.errors import ConflictError
 from batchml.monitoring.audit import explain
 from batchml.monitoring.drift import monitor_run
 from batchml.store.storage import Storage
-from tests.conftest import PROJECT_TOML
-from tests.s3_server import AWS_UNSET, FAKE_KEY_ID, FAKE_SECRET, MotoS3, aws_environment, moto_s3
+from tests.s3_server import FAKE_KEY_ID, FAKE_SECRET, MotoS3, s3_toml
 
 MODEL = "default_risk"
-
-
-@pytest.fixture(scope="session")
-def moto() -> Iterator[MotoS3]:
-    """One moto server per session; the AWS chain sees fake credentials and a loopback-only endpoint."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in AWS_UNSET:
-            patch.delenv(name, raising=False)
-        for name, value in aws_environment().items():
-            patch.setenv(name, value)
-        with moto_s3() as server:
-            yield server
-
-
-@pytest.fixture(autouse=True)
-def _no_cached_s3fs(moto: MotoS3) -> Iterator[None]:
-    """s3fs caches filesystem instances (and their listings) per arguments: no test sees another's."""
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
-@pytest.fixture
-def bucket(moto: MotoS3) -> str:
-    """A fresh bucket for one test."""
-    return moto.new_bucket()
-
-
-def s3_toml(root: str, endpoint: str, source: Path | str) -> str:
-    """The loans project config with its storage on S3; only the endpoint is configured, no credentials."""
-    storage = f'root = "{root}"\noptions = {{ endpoint_url = "{endpoint}" }}'
-    return PROJECT_TOML.format(source=source).replace('root = "store"', storage)
+pytestmark = pytest.mark.usefixtures("no_cached_s3fs")
 
 
 @pytest.fixture

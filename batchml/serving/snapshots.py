@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from batchml.errors import ConflictError, IntegrityError, NotFoundError
-from batchml.serving.logstate import LogState, read_state, served_state
+from batchml.serving.logstate import LogState, read_state
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock, serving_path
 from batchml.store.eventlog import EventLog
 from batchml.store.storage import FileEntry, Storage
@@ -46,6 +46,11 @@ SNAPSHOT_FILES = "serving/snapshots"
 SNAPSHOT_LOG = "serving/events"
 _CHUNK = 1 << 20
 _MAX_ATTEMPTS = 20
+#: The state each local serving file records, by (path, inode, mtime, size): a serving file is never edited in
+#: place (a new build or pull is a new name and inode; a forced edit changes the mtime), and reading it costs
+#: ~90 ms of DuckDB start-up, which `connect()` would otherwise pay on every call.
+_LOCAL_STATES: dict[tuple[str, int, int, int], LogState | None] = {}
+_LOCAL_STATES_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,21 @@ def newest_snapshot(storage: Storage) -> Snapshot | None:
     return Snapshot.from_event(event) if event else None
 
 
+def _local_file(serving_dir: Path) -> tuple[Path | None, LogState | None]:
+    """The current local serving file and the log state it records (None, None: there is no file)."""
+    try:
+        path = serving_path(serving_dir).resolve(strict=True)
+        stat = path.stat()
+    except FileNotFoundError:
+        return None, None
+    key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if key not in _LOCAL_STATES:
+        if len(_LOCAL_STATES) >= _LOCAL_STATES_MAX:
+            _LOCAL_STATES.clear()
+        _LOCAL_STATES[key] = read_state(path)
+    return path, _LOCAL_STATES[key]
+
+
 def _sha256_of(path: Path) -> FileEntry:
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
@@ -118,12 +138,8 @@ def commit_snapshot(storage: Storage, serving_dir: Path) -> Snapshot | None:
     None if there is no local file or the newest snapshot already reflects everything it does. Call it with
     the serving folder's lock held (`pointer.serving_lock`), so the file is not replaced meanwhile.
     """
-    link = serving_path(serving_dir)
-    if not link.exists():
-        return None
-    local = link.resolve()
-    state = read_state(local)
-    if state is None:
+    local, state = _local_file(serving_dir)
+    if local is None or state is None:
         return None  # a file from before serving files recorded their state: the next build commits
     events = EventLog(storage, SNAPSHOT_LOG)
     entry: FileEntry | None = None
@@ -194,9 +210,13 @@ def pull(
 
 
 def _pull(storage: Storage, serving_dir: Path, newest: Snapshot, grace_seconds: float) -> Pulled:
+    path, state = _local_file(serving_dir)
+    if path is not None and not has_news(state, newest.state):
+        return Pulled(newest, fetched=False, path=path)  # the common case, decided without the lock
     with serving_lock(serving_dir):
-        if not has_news(served_state(serving_dir), newest.state):
-            return Pulled(newest, fetched=False, path=serving_path(serving_dir).resolve())
+        path, state = _local_file(serving_dir)
+        if path is not None and not has_news(state, newest.state):
+            return Pulled(newest, fetched=False, path=path)  # another process pulled or built it meanwhile
         final = _fetch(storage, newest, serving_dir, grace_seconds)
     log.info("pulled serving %s (%d bytes) into %s", newest.name, newest.file.size, final)
     return Pulled(newest, fetched=True, path=final)

@@ -262,3 +262,14 @@ def test_local_storage_keeps_no_snapshot_copy(
     link = serving_path(project.serving_dir)
     assert code == 0 and out == [f"nothing to pull: storage is on this disk, readers open {link}"]
     assert os.path.islink(serving_path(project.serving_dir))
+
+
+def test_pulling_and_querying_on_another_host_import_no_heavy_library(
+    publisher: batchml.Project, host: Hosts
+) -> None:
+    from tests.cli.test_startup import HEAVY, _imported
+
+    b = host("b")  # fresh processes: the moto fixture's AWS environment is inherited
+    for args in (["query", "SELECT count(*) FROM predictions"], ["serving", "pull"]):  # query pulls first
+        assert sorted(set(HEAVY) & _imported(args, b.base_dir)) == [], args
+    assert serving_path(b.serving_dir).exists()

@@ -74,9 +74,9 @@ def connect(
 
         project = Project.open()
     if pull and not project.storage.is_local:
-        from batchml.serving.snapshots import pull as pull_snapshot  # only remote storage needs it
+        from batchml.serving import snapshots  # only remote storage needs it
 
-        pull_snapshot(project.storage, project.serving_dir, missing_ok=True)
+        snapshots.pull(project.storage, project.serving_dir, missing_ok=True)
     return connect_serving(project.serving_dir, memory_limit=memory_limit, threads=threads)
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from batchml.errors import ConflictError, IntegrityError, NotFoundError
-from batchml.serving.logstate import LogState, read_state
+from batchml.serving.logstate import LogState, served_state, write_state_file
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock, serving_path
 from batchml.store.eventlog import EventLog
 from batchml.store.storage import FileEntry, Storage
@@ -46,11 +46,6 @@ SNAPSHOT_FILES = "serving/snapshots"
 SNAPSHOT_LOG = "serving/events"
 _CHUNK = 1 << 20
 _MAX_ATTEMPTS = 20
-#: The state each local serving file records, by (path, inode, mtime, size): a serving file is never edited in
-#: place (a new build or pull is a new name and inode; a forced edit changes the mtime), and reading it costs
-#: ~90 ms of DuckDB start-up, which `connect()` would otherwise pay on every call.
-_LOCAL_STATES: dict[tuple[str, int, int, int], LogState | None] = {}
-_LOCAL_STATES_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -95,17 +90,10 @@ def newest_snapshot(storage: Storage) -> Snapshot | None:
 
 def _local_file(serving_dir: Path) -> tuple[Path | None, LogState | None]:
     """The current local serving file and the log state it records (None, None: there is no file)."""
-    try:
-        path = serving_path(serving_dir).resolve(strict=True)
-        stat = path.stat()
-    except FileNotFoundError:
+    link = serving_path(serving_dir)
+    if not link.exists():
         return None, None
-    key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    if key not in _LOCAL_STATES:
-        if len(_LOCAL_STATES) >= _LOCAL_STATES_MAX:
-            _LOCAL_STATES.clear()
-        _LOCAL_STATES[key] = read_state(path)
-    return path, _LOCAL_STATES[key]
+    return link.resolve(), served_state(serving_dir)  # its `.logs` beside it: no DuckDB start-up
 
 
 def _sha256_of(path: Path) -> FileEntry:
@@ -182,6 +170,7 @@ def _fetch(storage: Storage, snapshot: Snapshot, serving_dir: Path, grace_second
                 f"sha256 {entry.sha256} ({entry.size} bytes) as serving event {snapshot.seq} records",
                 f"sha256 {digest.hexdigest()} ({size} bytes); refused, the local serving file is unchanged",
             )
+        write_state_file(final, snapshot.state)  # before the file, as a build does (`logstate`)
         install(serving_dir, partial, final, grace_seconds)
     finally:
         partial.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import batchml
 from batchml.api import scoring_inputs
 from batchml.checks.validation import describe_summary
 from batchml.models.registry import Registry
+from batchml.scoring.engine_choice import load_engine
 from batchml.scoring.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
 from batchml.scoring.publications import PublicationLog
 from batchml.store.eventlog import now
@@ -104,7 +105,7 @@ def plan_scoring(
 def score_part(plan: dict[str, Any], index: int, config: str | None) -> dict[str, Any]:
     """Score partition `index` of `plan` into unreferenced parts; return their entries and tallies."""
     project, chosen, version, options = _inputs(plan, config)
-    booster = Registry(project.storage).load_booster(chosen)
+    booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
     return score_partition(
         project.storage,
         chosen,
@@ -114,6 +115,7 @@ def score_part(plan: dict[str, Any], index: int, config: str | None) -> dict[str
         index=index,
         scored_at=plan["scored_at"],
         options=options,
+        engine=engine,
     )
 
 

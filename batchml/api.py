@@ -290,10 +290,13 @@ def scoring_inputs(
     alias: str | None = "champion",
     version: int | str | None = None,
     dataset: str | None = None,
+    engine: str | None = None,
 ) -> tuple[ModelVersion, DatasetVersion, ScoringOptions]:
     """The model version, dataset version and options `score` would use (for partitioned scoring).
 
     The options name the engine that predicts here: `auto` is resolved now (see `engine_choice.choose`).
+    `engine` replaces the configured one: partitions pass the engine their plan chose, so that every
+    partition scores with it (or fails saying why) and all of them write to one run.
     """
     registry = Registry(project.storage)
     chosen = registry.resolve(model, alias=None if version is not None else alias, version=version)
@@ -309,7 +312,7 @@ def scoring_inputs(
     if spec is None:
         return chosen, version_, ScoringOptions()
     scoring = spec.scoring
-    engine_name, fallback = choose(chosen, scoring.engine, scoring.tolerance)
+    engine_name, fallback = choose(chosen, engine or scoring.engine, scoring.tolerance)
     threshold = None
     if scoring.reason_codes and scoring.reason_rows == "top":  # fixed by the model, not by the batch
         predictions = reference_profile(project.storage, chosen).get("predictions")

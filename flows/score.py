@@ -79,7 +79,12 @@ def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
 def _inputs(plan: dict[str, Any], config: str | None) -> tuple[Any, Any, Any, Any]:
     project = open_project(config)
     chosen, version, options = scoring_inputs(
-        project, plan["model"], alias=None, version=plan["version"], dataset=plan["dataset"]
+        project,
+        plan["model"],
+        alias=None,
+        version=plan["version"],
+        dataset=plan["dataset"],
+        engine=plan.get("engine"),
     )
     return project, chosen, version, options
 
@@ -90,11 +95,12 @@ def plan_scoring(
 ) -> dict[str, Any]:
     """Resolve the model and dataset versions and split the dataset's row groups into `partitions`."""
     project = open_project(config)
-    chosen, version, _ = scoring_inputs(project, model, alias=alias, dataset=dataset)
+    chosen, version, options = scoring_inputs(project, model, alias=alias, dataset=dataset)
     return {
         "model": model,
         "version": chosen.version,
         "dataset": version.ref,
+        "engine": options.engine,  # chosen once: every partition scores with it, into one run
         "groups": plan_partitions(project.storage, version, partitions),
         "scored_at": new_scored_at(),
         "started_at": now(),

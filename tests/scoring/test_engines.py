@@ -95,6 +95,10 @@ def test_auto_falls_back_to_lightgbm_with_the_reason_when_engines_are_missing(
     assert run.manifest["key"]["engine"] == f"lightgbm=={lgb.__version__}"
     assert missing in run.manifest["engine_fallback"]
     assert any("engine auto scores default_risk@1 with lightgbm" in r.message for r in caplog.records)
+    from tests.cli.test_cli import cli_json
+
+    shown = cli_json(project, "score", "default_risk", "--version", "1", "--no-publish")
+    assert shown["reused"] and missing in shown["engine_fallback"]
 
 
 def test_a_named_engine_that_cannot_run_is_an_error_with_the_reason(
@@ -255,3 +259,45 @@ def test_the_run_key_changes_with_the_engine(
     }
     lightgbm = run_key(champion, dataset, code_version(), ScoringOptions())
     assert len({run_id_of(k) for k in [lightgbm, *keys.values()]}) == 3
+
+
+def test_partitions_score_with_the_engine_their_plan_chose_into_the_sequential_run(
+    project: batchml.Project, loans_csv: Path
+) -> None:
+    needs("tl2cgen")
+    from batchml.api import scoring_inputs
+    from batchml.models.registry import Registry
+    from batchml.scoring.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
+
+    project = configure(project, loans_csv, '\n[models.default_risk.scoring]\nengine = "auto"\n')
+    batchml.snapshot_dataset(project, "loans")
+    model = batchml.train(project, "default_risk")
+    batchml.promote(project, "default_risk", model.version, reason="test")
+    chosen, version, options = scoring_inputs(project, "default_risk", engine="tl2cgen")
+    assert options.engine == "tl2cgen"
+    booster, engine = engine_choice.load_engine(Registry(project.storage), chosen, options.engine)
+    scored_at = new_scored_at()
+    results = [
+        score_partition(
+            project.storage,
+            chosen,
+            booster,
+            version,
+            groups,
+            index=i,
+            scored_at=scored_at,
+            options=options,
+            engine=engine,
+        )
+        for i, groups in enumerate(plan_partitions(project.storage, version, 2))
+    ]
+    run = commit_partitions(project.storage, chosen, version, results, scored_at=scored_at, options=options)
+    assert run.manifest["key"]["engine"] == engines.engine_version("tl2cgen")
+    with pytest.raises(ValueError, match="engine 'lightgbm' given, but the scoring options name 'tl2cgen'"):
+        score_partition(
+            project.storage, chosen, booster, version, [], index=0, scored_at=scored_at, options=options
+        )
+    from batchml.scoring.runs import score
+
+    sequential = score(project.storage, chosen, booster, version, options=options, engine=engine)
+    assert sequential.reused and sequential.run_id == run.run_id  # the same work: the same run

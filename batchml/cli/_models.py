@@ -129,8 +129,10 @@ def _render_training(as_json: bool, data: dict[str, Any], version: ModelVersion)
         _print_capped(console, data["capped_categories"])
         console.print(table(["metric", "value"], data["metrics"].items(), "metrics"))
         _print_gates(console, card.get("gates"))
-        console.print(table(["budget", "measured"], (card.get("budget") or {}).items(), "budget"))
-        _print_engines(console, card.get("engines") or {})
+        if card.get("budget"):  # models registered without a dataset, and older cards, have none
+            console.print(table(["budget", "measured"], card["budget"].items(), "budget"))
+        if len(card.get("engines") or {}) > 1:  # more than the lightgbm reference was checked
+            _print_engines(console, card["engines"])
         features = ([f["feature"], f["importance"]] for f in data["top_features"])
         console.print(table(["feature", "importance (gain)"], features, "top features"))
         if promotion := data.get("promotion"):
@@ -211,8 +213,10 @@ def show(
         _print_classes(console, model)
         console.print(table(["metric", "value"], (card.get("metrics") or {}).items(), "metrics"))
         _print_gates(console, card.get("gates"))
-        console.print(table(["budget", "measured"], (card.get("budget") or {}).items(), "budget"))
-        _print_engines(console, card.get("engines") or {})
+        if card.get("budget"):  # models registered without a dataset, and older cards, have none
+            console.print(table(["budget", "measured"], card["budget"].items(), "budget"))
+        if len(card.get("engines") or {}) > 1:  # more than the lightgbm reference was checked
+            _print_engines(console, card["engines"])
         console.print(table(["param", "value"], (card.get("params") or {}).items(), "params"))
         importance = card.get("importance") or {}
         features = (

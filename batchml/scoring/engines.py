@@ -16,6 +16,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.util
+import json
 import logging
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -130,19 +131,23 @@ def engine_version(name: str) -> str:
 
 class _Lleaves:
     name = "lleaves"
+    #: How it compiles (lleaves' defaults, stated): part of the cache key, since they change the code.
+    options: ClassVar[dict[str, Any]] = {"fblocksize": 34, "finline": True, "fcodemodel": "large"}
 
     def __init__(self, folder: Path, version: str) -> None:
         import lleaves
 
         self.version = version
         self.model = lleaves.Model(model_file=str(folder / "model.txt"))
-        self.model.compile(cache=str(folder / "model.o"))  # an existing cache file is loaded, not rebuilt
+        # an existing cache file is loaded, not rebuilt
+        self.model.compile(cache=str(folder / "model.o"), **self.options)
 
     @staticmethod
     def build(folder: Path) -> None:
         import lleaves
 
-        lleaves.Model(model_file=str(folder / "model.txt")).compile(cache=str(folder / "model.o"))
+        model = lleaves.Model(model_file=str(folder / "model.txt"))
+        model.compile(cache=str(folder / "model.o"), **_Lleaves.options)
 
     def predict(self, matrix: np.ndarray, threads: int = 0) -> np.ndarray:
         data = np.ascontiguousarray(matrix, dtype=np.float64)
@@ -166,6 +171,8 @@ def _quiet_treelite() -> None:
 
 class _Tl2cgen:
     name = "tl2cgen"
+    #: `parallel_comp`: translation units gcc compiles side by side. Part of the cache key.
+    options: ClassVar[dict[str, Any]] = {"parallel_comp": 8}
 
     def __init__(self, folder: Path, version: str) -> None:
         _quiet_treelite()
@@ -179,8 +186,8 @@ class _Tl2cgen:
 
         _quiet_treelite()
         model = treelite.frontend.load_lightgbm_model(str(folder / "model.txt"))
-        params = {"parallel_comp": 8}  # translation units gcc compiles side by side
-        tl2cgen.export_lib(model, toolchain="gcc", libpath=str(folder / "model.so"), params=params)
+        libpath = str(folder / "model.so")
+        tl2cgen.export_lib(model, toolchain="gcc", libpath=libpath, params=dict(_Tl2cgen.options))
 
     def predict(self, matrix: np.ndarray, threads: int = 0) -> np.ndarray:
         import tl2cgen
@@ -215,5 +222,6 @@ def compiled(name: str, model_text: bytes, model_sha256: str) -> tuple[Engine, d
         log.info("compiled model %s… with %s in %.1f s", model_sha256[:12], name, seconds)
         return {"compile_seconds": seconds}
 
-    folder, entry, built = cached_build(model_sha256, name, version, build)
+    built_as = f"{version} {json.dumps(kind.options, sort_keys=True)}"  # the cache key holds the options
+    folder, entry, built = cached_build(model_sha256, name, built_as, build)
     return kind(folder, version), {**entry, "built": built, "folder": str(folder)}

@@ -138,6 +138,10 @@ def test_a_compiled_engine_scores_within_its_recorded_difference_and_explain_use
     assert worst <= 1e-9  # the configured tolerance; tl2cgen is bit-exact on LightGBM's trees
     if engine == "tl2cgen":
         assert record["exact"] and scored == baseline
+    from tests.cli.test_cli import cli
+
+    shown = cli(project, "models", "show", "default_risk@2").stdout
+    assert "scoring engines" in shown and engine in shown and "budget" in shown
     batchml.publish(project, "default_risk", run.run_id)
     entity = next(iter(scored))
     explained = audit.explain(project.storage, "default_risk", entity)

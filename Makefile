@@ -1,6 +1,7 @@
 # The front door: `make demo` runs the whole pipeline on the sample data, `make test` runs the suite.
 # Both create the virtualenv and install what they need first (uv for speed, pinned by constraints.txt):
-# batchml with its `prefect` extra (the flows and their server), `dask` (scale-out) and `dev` (the tools).
+# batchml with its `prefect` extra (the flows and their server), `dask` (scale-out), `dev` (the tools) and
+# `engines` (compiled scoring engines: batchml runs without them; their tests then skip, saying what is missing).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(PY) -m uv pip install --quiet --python $(PY) -c constraints.txt --compile-bytecode -e '.[prefect,dask,dev]'
+	$(PY) -m uv pip install --quiet --python $(PY) -c constraints.txt --compile-bytecode -e '.[prefect,dask,dev,engines]'
 	touch $(STAMP)
 
 demo: $(STAMP)

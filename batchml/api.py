@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchml.checks import gates
 from batchml.checks.expectations import check_training_data
+from batchml.config import ScoringConfig
 from batchml.data import datasets
 from batchml.data.datasets import DatasetVersion
 from batchml.errors import ConfigError, SchemaError
@@ -19,6 +20,7 @@ from batchml.models.registry import ModelVersion, Registry
 from batchml.monitoring.drift_reference import reference_profile, training_reference
 from batchml.names import check_name
 from batchml.project import Project
+from batchml.scoring.engine_choice import choose, load_engine, registered_checks, trained_checks
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.reason_rows import top_threshold
 from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
@@ -84,7 +86,10 @@ def train(
     version = datasets.get_version(project.storage, dataset or f"{spec.dataset}@latest")
     registry = Registry(project.storage)
     # Scoring and monitoring settings do not change the model: editing them must not retrain.
-    recipe = json.dumps({k: v for k, v in spec.to_dict().items() if k not in ("scoring", "monitoring")})
+    recipe_fields = {k: v for k, v in spec.to_dict().items() if k not in ("scoring", "monitoring")}
+    if spec.scoring.engine != "lightgbm":  # a compiled engine adds its exactness checks to the card
+        recipe_fields["engine"] = {"engine": spec.scoring.engine, "tolerance": spec.scoring.tolerance}
+    recipe = json.dumps(recipe_fields)
     key = _training_key(version, recipe, params or {})
     for existing in registry.list_versions(model):
         if existing.card.get("training_key") == key:
@@ -96,7 +101,8 @@ def train(
     data_checks = check_training_data(table, spec, version.ref)  # hard expectations fail before the fit
     gates.validate(model, spec, table.schema)  # a bad gate config fails before the fit, naming the value
     result = training.fit(table, spec, params)
-    gate_report = gates.run(model, spec, result, registry)
+    engines, budget = trained_checks(result, spec.scoring, model)
+    gate_report = gates.run(model, spec, result, registry, budget=budget)
     card: dict[str, Any] = {
         "origin": "batchml.train",
         "training_key": key,
@@ -117,6 +123,8 @@ def train(
         "profile": training_profile(result),
         "data_checks": data_checks,
         "gates": gate_report,
+        "engines": engines,
+        "budget": budget,
         "num_trees": result.booster.num_trees(),
         "git": git_state(project.base_dir),
         "packages": package_versions(),
@@ -185,6 +193,9 @@ def register_model(
         features = renamed(features, feature_names)
     if version is not None:
         check_bindable(features, entity_id, version.ref, version.columns)
+    configured = project.config.models.get(name)
+    scoring = configured.scoring if configured else ScoringConfig()
+    checked = registered_checks(project.storage, name, booster, features, version, scoring)
     card = {
         "origin": "register_model",
         "task": task,
@@ -196,6 +207,7 @@ def register_model(
         "positive_class": labels[1] if task == "binary" and len(labels) == 2 else None,
         "params": params if params is not None else dict(getattr(booster, "params", {}) or {}),
         "metrics": metrics or {},
+        **checked,
         "num_trees": booster.num_trees(),
         "git": git_state(Path.cwd()),
         "packages": package_versions(),
@@ -265,8 +277,10 @@ def score(
     """
     catch_up(project)
     chosen, version_, options = scoring_inputs(project, model, alias=alias, version=version, dataset=dataset)
-    booster = Registry(project.storage).load_booster(chosen)
-    return score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress)
+    booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
+    return score_dataset(
+        project.storage, chosen, booster, version_, options=options, progress=progress, engine=engine
+    )
 
 
 def scoring_inputs(
@@ -276,8 +290,14 @@ def scoring_inputs(
     alias: str | None = "champion",
     version: int | str | None = None,
     dataset: str | None = None,
+    engine: str | None = None,
 ) -> tuple[ModelVersion, DatasetVersion, ScoringOptions]:
-    """The model version, dataset version and options `score` would use (for partitioned scoring)."""
+    """The model version, dataset version and options `score` would use (for partitioned scoring).
+
+    The options name the engine that predicts here: `auto` is resolved now (see `engine_choice.choose`).
+    `engine` replaces the configured one: partitions pass the engine their plan chose, so that every
+    partition scores with it (or fails saying why) and all of them write to one run.
+    """
     registry = Registry(project.storage)
     chosen = registry.resolve(model, alias=None if version is not None else alias, version=version)
     if dataset is None:
@@ -292,6 +312,7 @@ def scoring_inputs(
     if spec is None:
         return chosen, version_, ScoringOptions()
     scoring = spec.scoring
+    engine_name, fallback = choose(chosen, engine or scoring.engine, scoring.tolerance)
     threshold = None
     if scoring.reason_codes and scoring.reason_rows == "top":  # fixed by the model, not by the batch
         predictions = reference_profile(project.storage, chosen).get("predictions")
@@ -303,6 +324,8 @@ def scoring_inputs(
         reason_threshold=threshold,
         expectations=spec.expectations,
         max_quarantine_share=scoring.max_quarantine_share,
+        engine=engine_name,
+        engine_fallback=fallback,
     )
     return chosen, version_, options
 

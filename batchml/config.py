@@ -110,6 +110,13 @@ class ScoringConfig(_Strict, frozen=True):
     reason_rows: Literal["top", "flagged", "all"] = "top"
     #: For "top": the share of the model's reference predictions that lie at or above the threshold.
     reason_share: PositiveShare = 0.005
+    #: What computes predictions: "lightgbm" (its own predict), a compiled engine ("tl2cgen": C built with
+    #: gcc, bit-exact; "lleaves": LLVM, last-bit differences), or "auto" - the fastest compiled engine that is
+    #: installed and passed its exactness check at training, else lightgbm with a logged reason. Compiled
+    #: engines need `pip install 'batchml[engines]'` (and gcc for tl2cgen).
+    engine: Literal["lightgbm", "tl2cgen", "lleaves", "auto"] = "lightgbm"
+    #: The largest |prediction - LightGBM's| on the held-out rows an engine may show and still be used.
+    tolerance: NonNegative = 1e-9
 
 
 class MetricGate(_Strict, frozen=True):
@@ -170,6 +177,17 @@ class FlipRateGate(_Strict, frozen=True):
     alias: str = "champion"
 
 
+class BudgetGate(_Strict, frozen=True):
+    """What the machine it runs on allows: measured at training with the model's scoring engine."""
+
+    #: Size of the stored model text.
+    max_model_bytes: AtLeastOne | None = None
+    #: p99 of single-row predict, milliseconds.
+    max_row_latency_ms: Positive | None = None
+    #: Batch predict throughput, rows per second.
+    min_rows_per_s: Positive | None = None
+
+
 class GatesConfig(_Strict, frozen=True):
     """Promotion gates; a version reaches `champion` only when all configured gates pass."""
 
@@ -182,6 +200,7 @@ class GatesConfig(_Strict, frozen=True):
     direction: DirectionGate | None = None
     fairness: FairnessGate | None = None
     flip_rate: FlipRateGate | None = None
+    budget: BudgetGate | None = None
 
 
 class DriftConfig(_Strict, frozen=True):

@@ -1,11 +1,14 @@
-"""Side-by-side batch scoring benchmark: naive pandas, in-memory predict, and batchml score + publish.
+"""Side-by-side batch scoring benchmark: naive pandas, the in-memory ceiling, and batchml score + publish.
 
-    python benchmarks/score.py [--rows 2000000] [--trees 300] [--workdir benchmarks/out]
+    python benchmarks/score.py [--rows 2000000] [--trees 300] [--engine auto] [--json] [--workdir DIR]
 
-Every path runs in its own child process. Wall time is measured inside the child around the work only.
-Peak RSS is the child's own ``VmHWM`` (whole process: interpreter, imports, data; see benchmarks/_harness.py).
-Data generation, model training, dataset snapshot and model registration are setup and are not timed.
-Results are printed as a table and written to ``<workdir>/score_<rows>.json``.
+Paths: ``naive`` (pandas read -> LightGBM predict -> to_parquet), ``ceiling`` (only the predict of the engine
+batchml scores with, on a matrix already in memory, every core) and ``batchml`` (score + publish with
+``[models.X.scoring] engine``). Every path runs in its own child process; wall time is measured inside the
+child around the work only. Peak RSS is the child's own ``VmHWM`` (whole process: interpreter, imports,
+data; see benchmarks/_harness.py). Data generation, model training, dataset snapshot, model registration and
+engine compilation (cached in ``<workdir>/engine-cache``) are setup and are not timed. Results are printed as
+a table (``--json``: one JSON object) and written to ``<workdir>/score_<rows>.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import polars as pl
 import psutil
 import pyarrow.parquet as pq
 from _harness import peak_rss_mib, run_child
+
+from batchml.config import ScoringConfig
 
 ENTITY, TIMESTAMP, TARGET = "loan_id", "application_date", "defaulted"
 CATEGORICAL = ["region", "purpose", "employment_type"]
@@ -64,15 +69,18 @@ def train_baseline(data: Path, trees: int, workdir: Path) -> Path:
     return path
 
 
-def setup_batchml(workdir: Path, data: Path, model_path: Path) -> dict[str, Any]:
-    """Create a fresh project, snapshot the data, register the baseline booster and promote it champion."""
+def setup_batchml(workdir: Path, data: Path, model_path: Path, engine: str) -> dict[str, Any]:
+    """Create a fresh project, snapshot the data, register the baseline booster (its engines are checked on
+    the dataset's first rows, compiled or taken from the cache) and promote it champion."""
     import batchml
+    from batchml.scoring.engine_choice import choose
 
     root = Path(tempfile.mkdtemp(prefix="project_", dir=workdir))
     toml = root / "batchml.toml"
     toml.write_text(
         f'[storage]\nroot = "store"\n\n[models.{MODEL}]\ndataset = "loans"\nentity_id = "{ENTITY}"\n'
-        f'timestamp = "{TIMESTAMP}"\ntarget = "{TARGET}"\ntask = "binary"\n'
+        f'timestamp = "{TIMESTAMP}"\ntarget = "{TARGET}"\ntask = "binary"\n\n'
+        f'[models.{MODEL}.scoring]\nengine = "{engine}"\n'
     )
     project = batchml.Project.open(toml)
     dv = batchml.snapshot_dataset(project, "loans", str(data))
@@ -82,7 +90,15 @@ def setup_batchml(workdir: Path, data: Path, model_path: Path) -> dict[str, Any]
     if found != CATEGORICAL:
         raise RuntimeError(f"register_model read categoricals {found}, expected {CATEGORICAL}")
     batchml.promote(project, MODEL, mv.version, alias="champion", reason="benchmark")
-    return {"toml": str(toml), "dataset": dv.ref, "trees": mv.card["num_trees"], "project": str(root)}
+    chosen, _ = choose(mv, engine, project.config.model(MODEL).scoring.tolerance)
+    return {
+        "toml": str(toml),
+        "dataset": dv.ref,
+        "trees": mv.card["num_trees"],
+        "project": str(root),
+        "engine": chosen,
+        "engines": mv.card.get("engines", {}),
+    }
 
 
 def child_naive(data: Path, model: Path, out: Path) -> dict[str, Any]:
@@ -99,9 +115,19 @@ def child_naive(data: Path, model: Path, out: Path) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "rows": len(frame), "trees": booster.num_trees()}
 
 
-def child_predict(data: Path, model: Path) -> dict[str, Any]:
-    """Only ``Booster.predict`` on a float64 matrix that is already in memory (loaded before the clock)."""
+def child_ceiling(data: Path, model: Path, engine: str) -> dict[str, Any]:
+    """Only the engine's predict (every core) on a float64 matrix in memory (loaded before the clock)."""
+    import hashlib
+
+    from batchml.scoring.engines import LIGHTGBM, LightGBMEngine, compiled
+
     booster = lgb.Booster(model_file=str(model))
+    text = model.read_bytes()
+    predictor = (
+        LightGBMEngine(booster)
+        if engine == LIGHTGBM
+        else compiled(engine, text, hashlib.sha256(text).hexdigest())[0]
+    )
     names, levels = booster.feature_name(), booster.pandas_categorical or []
     categories = dict(zip(CATEGORICAL, levels, strict=True))
     frame = pl.read_parquet(data, columns=names)
@@ -109,8 +135,9 @@ def child_predict(data: Path, model: Path) -> dict[str, Any]:
     matrix = frame.with_columns(codes).select(pl.all().cast(pl.Float64)).to_numpy()
     del frame
     start = time.perf_counter()
-    prediction = booster.predict(matrix)
-    return {"seconds": time.perf_counter() - start, "rows": len(prediction), "trees": booster.num_trees()}
+    prediction = predictor.predict(matrix, 0)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rows": len(prediction), "trees": booster.num_trees(), "engine": engine}
 
 
 def child_batchml(toml: str, dataset: str) -> dict[str, Any]:
@@ -133,13 +160,13 @@ def child_batchml(toml: str, dataset: str) -> dict[str, Any]:
     }
 
 
-def run_batchml(workdir: Path, data: Path, model: Path, repeat: int) -> dict[str, Any]:
+def run_batchml(workdir: Path, data: Path, model: Path, repeat: int, engine: str) -> dict[str, Any]:
     """The batchml path ``repeat`` times, each on a fresh project (deleted afterwards); the fastest run."""
     import batchml
 
     runs = []
     for _ in range(repeat):
-        setup = setup_batchml(workdir, data, model)
+        setup = setup_batchml(workdir, data, model, engine)
         try:
             runs.append(
                 {**run_child(__file__, ["--child", "batchml", setup["toml"], setup["dataset"]]), **setup}
@@ -162,8 +189,8 @@ def run_batchml(workdir: Path, data: Path, model: Path, repeat: int) -> dict[str
     return {
         **best,
         "runs_seconds": [round(r["seconds"], 3) for r in runs],
-        "note": f"score {best['score_seconds']:.2f} s + publish {best['publish_seconds']:.2f} s; "
-        f"max |p - naive p| = {best['max_abs_diff_vs_naive']:.1e}",
+        "note": f"engine {best['engine']}: score {best['score_seconds']:.2f} s + publish "
+        f"{best['publish_seconds']:.2f} s; max |p - naive p| = {best['max_abs_diff_vs_naive']:.1e}",
     }
 
 
@@ -186,6 +213,32 @@ def report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarize(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """One JSON-ready object: per path rows/s, speed vs naive, peak RSS (and the engine, where one is used);
+    batchml's speed against the ceiling of its engine."""
+    base = results["naive"]["seconds"]
+    paths = {
+        name: {
+            "rows_per_s": round(r["rows"] / r["seconds"]),
+            "seconds": round(r["seconds"], 3),
+            "speed_vs_naive": round(base / r["seconds"], 3),
+            "peak_rss_mib": round(r["peak_rss_mib"]),
+            **({"engine": r["engine"]} if "engine" in r else {}),
+        }
+        for name, r in results.items()
+    }
+    if "batchml" in results:
+        worst = results["batchml"]["max_abs_diff_vs_naive"]
+        paths["batchml"]["max_abs_diff_vs_naive"] = worst
+        tolerance = ScoringConfig().tolerance  # the benchmark's project keeps the default
+        paths["batchml"]["within_tolerance"] = worst is not None and worst <= tolerance
+        paths["batchml"]["engines_checked"] = results["batchml"].get("engines", {})
+        if "ceiling" in results:
+            ratio = results["ceiling"]["seconds"] / results["batchml"]["seconds"]
+            paths["batchml"]["speed_vs_ceiling"] = round(ratio, 3)
+    return {"meta": meta, "paths": paths}
+
+
 def main() -> None:
     """Parse arguments; in child mode run one path, otherwise set up, run all paths and report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -195,15 +248,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--repeat", type=int, default=1, help="runs per path; the fastest is reported")
     parser.add_argument(
-        "--paths", default="naive,predict,batchml", help="comma-separated subset (naive always runs)"
+        "--paths", default="naive,ceiling,batchml", help="comma-separated subset (naive always runs)"
     )
+    parser.add_argument("--engine", default="auto", help="[models.X.scoring] engine of the batchml path")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
         result = {
             "naive": lambda: child_naive(Path(rest[0]), Path(rest[1]), Path(rest[2])),
-            "predict": lambda: child_predict(Path(rest[0]), Path(rest[1])),
+            "ceiling": lambda: child_ceiling(Path(rest[0]), Path(rest[1]), rest[2]),
             "batchml": lambda: child_batchml(rest[0], rest[1]),
         }[kind]()
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
@@ -211,6 +266,7 @@ def main() -> None:
 
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("BATCHML_ENGINE_CACHE", str(workdir / "engine-cache"))  # children inherit it
     data = ensure_data(workdir, args.rows, args.seed)
     model = train_baseline(data, args.trees, workdir)
     paths = args.paths.split(",")
@@ -218,11 +274,14 @@ def main() -> None:
     results["naive"] = run_child(
         __file__, ["--child", "naive", str(data), str(model), str(workdir)], args.repeat
     )
-    if "predict" in paths:
-        predict = run_child(__file__, ["--child", "predict", str(data), str(model)], args.repeat)
-        results["predict"] = {**predict, "note": "RSS incl. data loaded before the clock"}
-    if "batchml" in paths:
-        results["batchml"] = run_batchml(workdir, data, model, args.repeat)
+    # batchml first: its setup checks (and compiles) the engines, and says which one scores
+    batchml = run_batchml(workdir, data, model, args.repeat, args.engine) if "batchml" in paths else None
+    engine = batchml["engine"] if batchml else ("lightgbm" if args.engine == "auto" else args.engine)
+    if "ceiling" in paths:
+        ceiling = run_child(__file__, ["--child", "ceiling", str(data), str(model), engine], args.repeat)
+        results["ceiling"] = {**ceiling, "note": f"{engine} predict only; RSS incl. data loaded before"}
+    if batchml:
+        results["batchml"] = batchml
     meta = {
         "rows": args.rows,
         "trees": args.trees,
@@ -235,8 +294,9 @@ def main() -> None:
         "numpy": np.__version__,
         "rss_method": "VmHWM of each child process, read by the child at exit",
     }
-    print(report(results, meta))
-    (workdir / f"score_{args.rows}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    summary = summarize(results, meta)
+    print(json.dumps(summary) if args.json else report(results, meta))
+    (workdir / f"score_{args.rows}.json").write_text(json.dumps({**summary, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

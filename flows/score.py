@@ -14,6 +14,7 @@ import batchml
 from batchml.api import scoring_inputs
 from batchml.checks.validation import describe_summary
 from batchml.models.registry import Registry
+from batchml.scoring.engine_choice import load_engine
 from batchml.scoring.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
 from batchml.scoring.publications import PublicationLog
 from batchml.store.eventlog import now
@@ -78,7 +79,12 @@ def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
 def _inputs(plan: dict[str, Any], config: str | None) -> tuple[Any, Any, Any, Any]:
     project = open_project(config)
     chosen, version, options = scoring_inputs(
-        project, plan["model"], alias=None, version=plan["version"], dataset=plan["dataset"]
+        project,
+        plan["model"],
+        alias=None,
+        version=plan["version"],
+        dataset=plan["dataset"],
+        engine=plan.get("engine"),
     )
     return project, chosen, version, options
 
@@ -89,11 +95,12 @@ def plan_scoring(
 ) -> dict[str, Any]:
     """Resolve the model and dataset versions and split the dataset's row groups into `partitions`."""
     project = open_project(config)
-    chosen, version, _ = scoring_inputs(project, model, alias=alias, dataset=dataset)
+    chosen, version, options = scoring_inputs(project, model, alias=alias, dataset=dataset)
     return {
         "model": model,
         "version": chosen.version,
         "dataset": version.ref,
+        "engine": options.engine,  # chosen once: every partition scores with it, into one run
         "groups": plan_partitions(project.storage, version, partitions),
         "scored_at": new_scored_at(),
         "started_at": now(),
@@ -104,7 +111,7 @@ def plan_scoring(
 def score_part(plan: dict[str, Any], index: int, config: str | None) -> dict[str, Any]:
     """Score partition `index` of `plan` into unreferenced parts; return their entries and tallies."""
     project, chosen, version, options = _inputs(plan, config)
-    booster = Registry(project.storage).load_booster(chosen)
+    booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
     return score_partition(
         project.storage,
         chosen,
@@ -114,6 +121,7 @@ def score_part(plan: dict[str, Any], index: int, config: str | None) -> dict[str
         index=index,
         scored_at=plan["scored_at"],
         options=options,
+        engine=engine,
     )
 
 

@@ -85,6 +85,8 @@ class GateContext:
     holdout: HeldOut
     metrics: dict[str, float | None]
     registry: RegistryReader
+    #: Model bytes, p99 single-row latency and rows/s measured at training (`engine_choice.measure_budget`).
+    budget: dict[str, Any] = field(default_factory=dict)
     _holders: dict[str, Holder] = field(default_factory=dict)
 
     @cached_property
@@ -310,6 +312,36 @@ def _flip_rate_gate(gates: GatesConfig, ctx: GateContext) -> list[dict[str, Any]
     return [check("flip_rate", name, share, cfg.max, share <= cfg.max, detail)]
 
 
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.4g}"
+
+
+def _budget_gate(gates: GatesConfig, ctx: GateContext) -> list[dict[str, Any]]:
+    cfg = gates.budget
+    assert cfg is not None
+    measured, engine = ctx.budget, ctx.budget.get("engine", "?")
+    limits = [
+        ("model bytes", "model_bytes", cfg.max_model_bytes, "<=", "bytes"),
+        ("row latency p99", "row_latency_ms_p99", cfg.max_row_latency_ms, "<=", "ms"),
+        ("rows per second", "rows_per_s", cfg.min_rows_per_s, ">=", "rows/s"),
+    ]
+    checks = []
+    for name, key, limit, op, unit in limits:
+        if limit is None:
+            continue
+        value = measured.get(key)
+        if value is None:
+            checks.append(check("budget", name, None, limit, False, f"not measured (engine {engine})"))
+            continue
+        ok = value <= limit if op == "<=" else value >= limit
+        shown = op if ok else {"<=": ">", ">=": "<"}[op]
+        detail = (
+            f"{_number(value)} {unit} {shown} {_number(limit)} {unit} with engine {engine} on this machine"
+        )
+        checks.append(check("budget", name, value, float(limit), ok, detail))
+    return checks
+
+
 GATES: dict[str, Callable[[GatesConfig, GateContext], list[dict[str, Any]]]] = {
     "metrics": _metric_gate,
     "slices": _slice_gate,
@@ -318,4 +350,5 @@ GATES: dict[str, Callable[[GatesConfig, GateContext], list[dict[str, Any]]]] = {
     "direction": _direction_gate,
     "fairness": _fairness_gate,
     "flip_rate": _flip_rate_gate,
+    "budget": _budget_gate,
 }

@@ -101,8 +101,15 @@ def validate(model: str, spec: ModelSpec, schema: pa.Schema) -> None:
         check_name("alias", gates.flip_rate.alias)
 
 
-def run(model: str, spec: ModelSpec, result: TrainResult, registry: RegistryReader) -> dict[str, Any]:
-    """The gate report of a freshly trained `result` of `model` (its held-out rows, the current holders)."""
+def run(
+    model: str,
+    spec: ModelSpec,
+    result: TrainResult,
+    registry: RegistryReader,
+    budget: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The gate report of a freshly trained `result` of `model` (its held-out rows, the current holders);
+    `budget` holds what was measured for the budget gate (`batchml.scoring.engine_choice.measure_budget`)."""
     gates = spec.gates
     configured = [name for name in GATES if getattr(gates, name)]
     if not configured:
@@ -120,6 +127,7 @@ def run(model: str, spec: ModelSpec, result: TrainResult, registry: RegistryRead
         result.holdout,
         result.metrics,
         registry,
+        budget or {},
     )
     checks = [c for name in configured for c in GATES[name](gates, ctx)]
     outcome = report(checks)

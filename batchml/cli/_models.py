@@ -129,6 +129,10 @@ def _render_training(as_json: bool, data: dict[str, Any], version: ModelVersion)
         _print_capped(console, data["capped_categories"])
         console.print(table(["metric", "value"], data["metrics"].items(), "metrics"))
         _print_gates(console, card.get("gates"))
+        if card.get("budget"):  # models registered without a dataset, and older cards, have none
+            console.print(table(["budget", "measured"], card["budget"].items(), "budget"))
+        if len(card.get("engines") or {}) > 1:  # more than the lightgbm reference was checked
+            _print_engines(console, card["engines"])
         features = ([f["feature"], f["importance"]] for f in data["top_features"])
         console.print(table(["feature", "importance (gain)"], features, "top features"))
         if promotion := data.get("promotion"):
@@ -187,7 +191,12 @@ def show(
     model = reader.get(name, wanted)
     aliases = [alias for alias, v in reader.aliases(name).items() if v == model.version]
     data = {"model": name, "version": model.version, "ref": model.ref, "aliases": aliases, **_classes(model)}
-    data.update(card=model.card, gates=model.card.get("gates"))
+    data.update(
+        card=model.card,
+        gates=model.card.get("gates"),
+        budget=model.card.get("budget"),
+        engines=model.card.get("engines"),
+    )
 
     def render(console: Console) -> None:
         card = model.card
@@ -204,6 +213,10 @@ def show(
         _print_classes(console, model)
         console.print(table(["metric", "value"], (card.get("metrics") or {}).items(), "metrics"))
         _print_gates(console, card.get("gates"))
+        if card.get("budget"):  # models registered without a dataset, and older cards, have none
+            console.print(table(["budget", "measured"], card["budget"].items(), "budget"))
+        if len(card.get("engines") or {}) > 1:  # more than the lightgbm reference was checked
+            _print_engines(console, card["engines"])
         console.print(table(["param", "value"], (card.get("params") or {}).items(), "params"))
         importance = card.get("importance") or {}
         features = (
@@ -215,6 +228,14 @@ def show(
         console.print(table(["package", "version"], (card.get("packages") or {}).items(), "packages"))
 
     emit(as_json, data, render)
+
+
+def _print_engines(console: Console, engines: dict[str, Any]) -> None:
+    """Per scoring engine checked at training: exact?, max |Δ| vs LightGBM, rows/s, or why it declined."""
+    columns = ["engine", "exact", "max |Δ|", "differing rows", "compile s", "rows/s", "declined"]
+    keys = ["exact", "max_abs_diff", "differing_share", "compile_seconds", "rows_per_s", "declined"]
+    rows = ([name, *(record.get(k) for k in keys)] for name, record in engines.items())
+    console.print(table(columns, rows, "scoring engines"))
 
 
 def _classes(model: ModelVersion) -> dict[str, Any]:

@@ -124,11 +124,17 @@ def score(
         "quarantined": run.summary.get("quarantined", 0),
         "flagged": run.summary.get("flagged", 0),
         "summary": run.summary,
+        "engine": manifest["key"].get("engine"),
+        "engine_fallback": manifest.get("engine_fallback"),
     }
 
     def render(console: Console) -> None:
         verb = "reused existing" if run.reused else "committed new"
         console.print(f"{verb} run {run.run_id}: {run.rows:,} rows of {data['dataset_version']}")
+        if not str(data["engine"]).startswith("lightgbm=="):
+            console.print(f"  engine {data['engine']}", markup=False)
+        if data["engine_fallback"]:
+            console.print(f"  engine auto fell back to lightgbm: {data['engine_fallback']}", markup=False)
         for line in describe_summary(run.summary):
             console.print(f"  {line}", markup=False)
         if publish:

@@ -158,13 +158,18 @@ class RegistryReader:
             raise NotFoundError(f"alias of model {name!r}", alias, available, hint)
         return self.get(name, current[alias])
 
-    def load_booster(self, model: ModelVersion) -> lgb.Booster:
-        """The LightGBM booster of a version, after checking the stored text against its sha256."""
+    def model_text(self, model: ModelVersion) -> bytes:
+        """The stored LightGBM model text of a version, after checking it against its sha256."""
         entry = model.model_file
         text = self.storage.read_bytes(entry.path)
         actual = hashlib.sha256(text).hexdigest()
         if actual != entry.sha256:
             raise IntegrityError(self.storage.uri(entry.path), entry.sha256, actual)
+        return text
+
+    def load_booster(self, model: ModelVersion) -> lgb.Booster:
+        """The LightGBM booster of a version, after checking the stored text against its sha256."""
+        text = self.model_text(model)
         import lightgbm as lgb  # deferred: importing it takes seconds
 
         return lgb.Booster(model_str=text.decode())

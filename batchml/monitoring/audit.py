@@ -21,7 +21,9 @@ from batchml.data import datasets
 from batchml.errors import DataError, NotFoundError
 from batchml.models.features import encode
 from batchml.models.lineage import package_versions
-from batchml.models.registry import RegistryReader
+from batchml.models.registry import ModelVersion, RegistryReader
+from batchml.scoring.engine_choice import load_engine
+from batchml.scoring.engines import COMPILED, LIGHTGBM, Engine, unavailable
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.receipts import contributions, input_hashes
 from batchml.scoring.runs import get_run
@@ -61,9 +63,9 @@ def explain(
         raise DataError(
             f"entity {entity_id!r} has {source.num_rows} rows in {dataset.ref}; expected exactly 1"
         )
-    booster = registry.load_booster(version)
+    booster, engine, engine_note = _engine_of(registry, version, str(run.manifest["key"].get("engine", "")))
     matrix = encode(source, version.features)
-    raw = np.asarray(booster.predict(matrix))
+    raw = engine.predict(matrix, 1)
     value = float(raw[0].max() if raw.ndim == 2 else raw[0])
     row = contributions(booster, matrix, len(version.classes))[0]
     contrib, bias = row[:-1], row[-1]
@@ -91,6 +93,8 @@ def explain(
             "prediction": value,
             "input_hash": f"{input_hash:016x}",
             "model_sha256": version.model_file.sha256,
+            "engine": engine.version,
+            **({"engine_note": engine_note} if engine_note else {}),
             "reasons": _reasons_json(again),
             "matches": value_matches and _reasons_agree(stored, again),
         },
@@ -104,6 +108,24 @@ def explain(
         ],
         "base_value": float(bias),
     }
+
+
+def _engine_of(registry: RegistryReader, version: ModelVersion, recorded: str) -> tuple[Any, Engine, str]:
+    """The booster and the engine that scored the run (`recorded`, from its key: `lleaves==1.3.0+...`),
+    or LightGBM with a note saying why that engine cannot re-derive here (values may then differ in the
+    last bits; a bit-exact engine's never do)."""
+    name = recorded.partition("==")[0]
+    note = ""
+    if name in COMPILED:
+        why = unavailable(name)
+        if why is None:
+            booster, engine = load_engine(registry, version, name)
+            if engine.version != recorded:
+                note = f"the run was scored by {recorded}; re-derived with {engine.version}"
+            return booster, engine, note
+        note = f"the run was scored by {recorded}, not available here ({why}): re-derived with lightgbm"
+    booster, engine = load_engine(registry, version, LIGHTGBM)
+    return booster, engine, note
 
 
 def _stored_reasons(found: list[Any] | None) -> Reasons:

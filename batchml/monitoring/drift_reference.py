@@ -34,6 +34,7 @@ from batchml.models.features import Feature, encode
 from batchml.models.profiles import numeric_profile
 from batchml.models.registry import ModelVersion, RegistryReader
 from batchml.monitoring.drift_stats import SAMPLE_ROWS, BottomKSample, CategoryAccumulator, NumericCounter
+from batchml.scoring.engines import LightGBMEngine
 from batchml.scoring.pipeline import predict_rows
 from batchml.store.storage import Storage
 
@@ -133,7 +134,7 @@ def dataset_reference(storage: Storage, model: ModelVersion, booster: lgb.Booste
     columns = [f.name for f in features]
 
     def predict(matrix: np.ndarray) -> np.ndarray:  # the values scoring stores, by the code that stores them
-        return np.asarray(predict_rows(booster, model, matrix)[0], dtype=np.float64)
+        return np.asarray(predict_rows(LightGBMEngine(booster), model, matrix)[0], dtype=np.float64)
 
     complete = len(features) == len(model.features)
     profile = profile_rows(

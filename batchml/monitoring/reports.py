@@ -37,6 +37,7 @@ from batchml.monitoring.drift import monitor_run
 from batchml.monitoring.drift_reference import reference_dataset
 from batchml.monitoring.report_render import drift_meta, evidently_drift, render_html, verdict_lines
 from batchml.names import check_name
+from batchml.scoring.engines import LightGBMEngine
 from batchml.scoring.pipeline import predict_rows
 from batchml.scoring.runs import PredictionRun, get_run
 from batchml.store.storage import FileEntry, Storage
@@ -218,7 +219,8 @@ def _reference_frame(
     table = _sample_files(storage, reference.files, [f.name for f in version.features], picks)
     if table is None:
         raise DataError(f"reference dataset {reference.ref} has no rows: nothing to compare against")
-    values, labels = predict_rows(registry.load_booster(version), version, encode(table, version.features))
+    engine = LightGBMEngine(registry.load_booster(version))
+    values, labels = predict_rows(engine, version, encode(table, version.features))
     return _frame(version, table, values, labels)
 
 

@@ -21,13 +21,16 @@ from batchml.checks.validation import MAX_UNSEEN_EXAMPLES
 from batchml.data.datasets import DatasetVersion
 from batchml.models.lineage import code_version
 from batchml.models.registry import ModelVersion
+from batchml.scoring.engines import Engine
 from batchml.scoring.pipeline import BATCH_ROWS, ScoredParts, check_input, score_batches
 from batchml.scoring.runs import (
     PredictionRun,
     ScoringOptions,
     _manifest_path,
+    check_engine,
     commit_run,
     delete_parts,
+    engine_facts,
     get_run,
     new_checks,
     new_stamp,
@@ -101,9 +104,14 @@ def score_partition(
     index: int,
     scored_at: str,
     options: ScoringOptions | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Score the row ranges `groups` of `dataset` into unreferenced parts; their entries and tallies."""
+    """Score the row ranges `groups` of `dataset` into unreferenced parts; their entries and tallies.
+
+    `engine` predicts (default: the booster's own predict); it must be the engine `options` names.
+    """
     options = options or ScoringOptions()
+    check_engine(options, engine)
     key, run_id = _run(model, dataset, options)
     if storage.exists(_manifest_path(model.name, run_id)) or not groups:
         return {"index": index, "files": [], "quarantine_files": [], "rows": 0, "tallies": {}}
@@ -119,6 +127,7 @@ def score_partition(
         checks=checks,
         stamp=new_stamp(model, dataset, key, datetime.fromisoformat(scored_at)),
         reasons=options.reasons,
+        engine=engine,
     )
     tallies: dict[str, Any] = {c: [[k, n] for k, n in getattr(checks, c).items()] for c in _COUNTERS}
     tallies.update(
@@ -202,6 +211,7 @@ def commit_partitions(
         scored_at=scored_at,
         partitions=len(results),
         telemetry=merge([r.get("telemetry") or {} for r in results], parts.rows),
+        **engine_facts(options),
     )
 
 

@@ -25,6 +25,7 @@ from batchml.data.datasets import DatasetVersion
 from batchml.errors import SchemaError
 from batchml.models.features import check_input_schema, encode
 from batchml.models.registry import ModelVersion
+from batchml.scoring.engines import Engine, LightGBMEngine
 from batchml.scoring.prefetch import ordered_map, prefetch
 from batchml.scoring.reason_rows import ReasonPlan
 from batchml.scoring.receipts import REASONS, contributions, input_hashes, reason_codes
@@ -71,13 +72,13 @@ _DICTIONARY_COLUMNS = ["predicted_class", *_STAMP_COLUMNS, "reasons.list.element
 
 
 def predict_rows(
-    booster: lgb.Booster, model: ModelVersion, matrix: np.ndarray, threads: int = 0
+    engine: Engine, model: ModelVersion, matrix: np.ndarray, threads: int = 0
 ) -> tuple[np.ndarray, pa.Array]:
     """Prediction value and predicted class label per row (the one place that turns raw output into both).
 
-    `threads` is LightGBM's `num_threads` for this call (0: its default, all cores).
+    `threads` is the engine's threads for this call (0: its default, all cores).
     """
-    raw = np.asarray(booster.predict(matrix, num_threads=threads))
+    raw = engine.predict(matrix, threads)
     classes = pa.array(model.classes, pa.string())
     if model.task == "binary":
         return raw, classes.take(pa.array((raw >= BINARY_THRESHOLD).astype(np.int64)))
@@ -88,7 +89,7 @@ def predict_rows(
 
 
 def predict_plan() -> tuple[int, int]:
-    """(batches predicted at once, LightGBM threads per call) for the cores this process may use."""
+    """(batches predicted at once, engine threads per call) for the cores this process may use."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(cores, MAX_PREDICT_WORKERS))
     return workers, max(1, cores // workers)
@@ -149,13 +150,14 @@ class _BatchScorer:
     def __init__(
         self,
         booster: lgb.Booster,
+        engine: Engine,
         model: ModelVersion,
         schema: pa.Schema,
         stamp: dict[str, Any],
         reasons: ReasonPlan,
         threads: int,
     ) -> None:
-        self.booster, self.model, self.schema = booster, model, schema
+        self.booster, self.engine, self.model, self.schema = booster, engine, model, schema
         self.reasons, self.threads = reasons, threads
         self.names = [f.name for f in model.features]
         # Built once and sliced per batch: repeating a string per row costs more than predicting it.
@@ -166,7 +168,7 @@ class _BatchScorer:
     def __call__(self, encoded: tuple[pa.Array, np.ndarray, pa.Array]) -> pa.RecordBatch:
         ids, matrix, flags = encoded
         n = len(ids)
-        values, labels = predict_rows(self.booster, self.model, matrix, self.threads)
+        values, labels = predict_rows(self.engine, self.model, matrix, self.threads)
         columns = [ids, pa.array(values, pa.float64()), labels]
         columns += [c.slice(0, n) if n <= len(c) else pa.repeat(c[0], n) for c in self.stamp]
         columns.append(pa.array(input_hashes(matrix), pa.uint64()))
@@ -204,15 +206,18 @@ def score_batches(
     stamp: dict[str, Any],
     reasons: ReasonPlan,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> ScoredParts:
     """Check, encode, predict and write `batches` as parts under `prefix`; on any error, nothing is left.
 
     `stamp` holds the run's constant columns (model, model_version, dataset_version, code_version, run_id,
-    scored_at); `reasons` says how many top features to store for which rows.
+    scored_at); `reasons` says how many top features to store for which rows. `engine` predicts (default:
+    the booster's own predict); reason codes always come from the booster.
     """
     quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
     workers, threads = predict_plan()
-    scorer = _BatchScorer(booster, model, scoring.schema, stamp, reasons, threads)
+    engine = engine or LightGBMEngine(booster)
+    scorer = _BatchScorer(booster, engine, model, scoring.schema, stamp, reasons, threads)
     clock = StageClock()
     started = time.perf_counter()
     encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine, clock))

@@ -26,9 +26,10 @@ from batchml.checks.validation import ScoringChecks
 from batchml.config import Expectation
 from batchml.data.datasets import DatasetVersion, iter_batches
 from batchml.errors import ConflictError, DataError, NotFoundError
-from batchml.models.lineage import actor, code_lineage, code_version, engine
+from batchml.models.lineage import actor, code_lineage, code_version
 from batchml.models.registry import ModelVersion
 from batchml.names import check_name
+from batchml.scoring.engines import LIGHTGBM, Engine, engine_version
 from batchml.scoring.pipeline import (
     BATCH_ROWS,
     BINARY_THRESHOLD,
@@ -63,6 +64,10 @@ class ScoringOptions:
     expectations: Mapping[str, Expectation] = field(default_factory=dict)
     #: The run fails (nothing committed) when more than this share of its rows is quarantined.
     max_quarantine_share: float = 0.01
+    #: The engine that predicts (chosen by `batchml.scoring.engine_choice.choose`); named with its version
+    #: in the run key, not in `params`. `engine_fallback`: why `auto` chose lightgbm (recorded, not keyed).
+    engine: str = LIGHTGBM
+    engine_fallback: str | None = None
 
     @property
     def reasons(self) -> ReasonPlan:
@@ -140,7 +145,7 @@ def run_key(
         "model_sha256": model.model_file.sha256,
         "dataset_version": dataset.ref,
         "code_version": code,
-        "engine": engine(),
+        "engine": engine_version((options or ScoringOptions()).engine),
         "params": {"binary_threshold": BINARY_THRESHOLD, **(options or ScoringOptions()).key()},
     }
 
@@ -252,6 +257,18 @@ def delete_parts(storage: Storage, parts: ScoredParts) -> None:
         storage.delete(entry.path)
 
 
+def check_engine(options: ScoringOptions, engine: Engine | None) -> None:
+    """Refuse an engine other than the one the options (and so the run key) name."""
+    name = engine.name if engine is not None else LIGHTGBM
+    if name != options.engine:
+        raise ValueError(f"engine {name!r} given, but the scoring options name {options.engine!r}")
+
+
+def engine_facts(options: ScoringOptions) -> dict[str, Any]:
+    """What the manifest records about the engine beyond the key: why `auto` fell back, if it did."""
+    return {"engine_fallback": options.engine_fallback} if options.engine_fallback else {}
+
+
 def no_rows_error(dataset: DatasetVersion, checks: ScoringChecks) -> DataError:
     """The error for a run that scored nothing."""
     broke = f": all {checks.rows_in:,} rows were quarantined" if checks.rows_in else ""
@@ -266,9 +283,14 @@ def score(
     *,
     options: ScoringOptions | None = None,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> PredictionRun:
-    """Score every row of `dataset` with `model` into a committed run (or return the existing one)."""
+    """Score every row of `dataset` with `model` into a committed run (or return the existing one).
+
+    `engine` predicts (default: the booster's own predict); it must be the engine `options` names.
+    """
     options = options or ScoringOptions()
+    check_engine(options, engine)
     key = run_key(model, dataset, code_version(), options)
     run_id = run_id_of(key)
     if storage.exists(_manifest_path(model.name, run_id)):
@@ -290,6 +312,7 @@ def score(
         stamp=new_stamp(model, dataset, key, scored_at),
         reasons=options.reasons,
         progress=progress,
+        engine=engine,
     )
     if not parts.files:
         delete_parts(storage, parts)
@@ -303,4 +326,5 @@ def score(
         started_at=started,
         scored_at=scored_at.isoformat(),
         telemetry=parts.telemetry,
+        **engine_facts(options),
     )

@@ -61,7 +61,7 @@ def test_editing_the_scoring_code_gives_a_new_run_not_a_reused_one(
     shutil.copytree(lineage.PACKAGE_DIR, edited / "batchml", ignore=shutil.ignore_patterns("__pycache__"))
     scorer = edited / "batchml" / "scoring" / "pipeline.py"
     source = scorer.read_text()
-    call = "raw = np.asarray(booster.predict(matrix, num_threads=threads))"
+    call = "raw = engine.predict(matrix, threads)"
     assert call in source
     scorer.write_text(source.replace(call, call + " / 2"))
     config = str(project.base_dir / "batchml.toml")

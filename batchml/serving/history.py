@@ -1,0 +1,155 @@
+"""History readers: every run ever published, read from its immutable files in storage, never from the file.
+
+The serving file holds only what apps need now (the current and staged run per model, the catalog); a
+publish never copies history into it. `batchml.connect(history=True)` opens the current serving file
+read-only and adds, on that connection only (TEMP objects, nothing is written):
+
+    prediction_history            VIEW: every run in `published_runs`, read from its Parquet files
+    past_predictions              VIEW: the same without each model's current run
+    "history__<model>__<run_id>"  VIEW: one published run, read from its files alone
+    published_run_at(model, at)   MACRO: the run `model` served at time `at` (the `publications` log)
+    prediction_at(model, entity_id, at)  TABLE MACRO: what was served for one entity at time `at`
+
+How a history reader is limited to the run files: it cannot open any path itself. DuckDB's own file system
+is disabled on the connection (`disabled_filesystems = 'LocalFileSystem'`, `enable_external_access = false`),
+and the run files are reached only through `RunFiles`, a read-only fsspec file system registered on the
+connection that opens exactly the files `published_runs` lists (a path outside that list, a listing or a
+write raises PermissionError), and `allowed_paths` names the same files. Then `lock_configuration`: no
+SET can widen it. DuckDB's `allowed_paths` alone would not do: it also lets COPY ... TO overwrite the
+files it allows. One thread per history connection: DuckDB reads a file of a Python file system through one
+handle, which two threads would seek at once. The files are those the serving file names: it is the
+snapshot the reader opened, so history and `predictions` agree. Run files are not re-hashed on connect
+(sha256s are checked when a run is published); history lookups read a run's files as written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fsspec
+
+from batchml.errors import ConfigError, NotFoundError
+from batchml.serving.prediction_tables import LEGACY_REASONS, literal, prediction_select
+from batchml.store.storage import Storage
+
+PROTOCOL = "batchml-runs"
+#: The run on the published channel at a time: the same replay as `alias_at` (the run current after the
+#: longest prefix of the model's log stamped no later than `at_time`; each event's run_id is that run).
+_PUBLISHED_RUN_AT = """CREATE TEMP MACRO published_run_at(model_name, at_time) AS (
+    SELECT run_id FROM publications
+    WHERE model = model_name AND seq < coalesce((
+        SELECT min(seq) FROM publications
+        WHERE model = model_name AND "at" > CAST(at_time AS TIMESTAMPTZ)), 9223372036854775807)
+    ORDER BY seq DESC LIMIT 1)"""
+_PREDICTION_AT = """CREATE TEMP MACRO prediction_at(model_name, entity, at_time) AS TABLE
+    SELECT * FROM prediction_history
+    WHERE model = model_name AND run_id = published_run_at(model_name, at_time)
+        AND entity_id = CAST(entity AS VARCHAR)"""
+
+
+class RunFiles(fsspec.AbstractFileSystem):
+    """Read-only access to the listed run files of a store, as `batchml-runs://<path in the store>`."""
+
+    protocol = PROTOCOL
+    cachable = False  # one per connection, each with its own list
+
+    def __init__(self, storage: Storage, paths: set[str]) -> None:
+        super().__init__()
+        self.storage = storage
+        self.paths = frozenset(paths)
+
+    def _path(self, path: str) -> str:
+        relpath = str(self._strip_protocol(path)).lstrip("/")
+        if relpath not in self.paths:
+            raise PermissionError(f"{path!r} is not a published run file: history readers open only those")
+        return self.storage.full_path(relpath)
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if mode != "rb":
+            raise PermissionError(f"run file {path!r} is read-only (mode {mode!r} refused)")
+        return self.storage.fs.open(self._path(path), "rb")
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        return {**self.storage.fs.info(self._path(path)), "name": path}
+
+    def modified(self, path: str) -> Any:
+        return self.storage.fs.modified(self._path(path))
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> Any:
+        raise PermissionError(f"history readers cannot list {path!r}")
+
+
+def uri(relpath: str) -> str:
+    """The URI a history connection reads the run file `relpath` (a path in the store) by."""
+    return f"{PROTOCOL}://{relpath}"
+
+
+def history_view(model: str, run_id: str) -> str:
+    """The quoted name of the view over one published run's files."""
+    return f'"history__{model}__{run_id}"'
+
+
+def _run_select(row: dict[str, Any]) -> str:
+    files = ", ".join(literal(uri(p)) for p in row["files"])
+    source = f"read_parquet([{files}], union_by_name = true)" if files else "(SELECT NULL WHERE false)"
+    expressions = {"entity_id": "CAST(entity_id AS VARCHAR)"}
+    if row["reasons_names_only"]:
+        expressions["reasons"] = LEGACY_REASONS
+    return prediction_select(row, source, expressions)
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, storage: Storage, paths: list[str]) -> None:
+    con.register_filesystem(RunFiles(storage, set(paths)))
+    con.execute("SET allowed_paths = ?", [[uri(p) for p in paths]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")
+    con.execute("SET lock_configuration = true")
+
+
+def connect_history(path: Path, storage: Storage, *, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the serving file `path` where the history views and macros work."""
+    # The file attached to an in-memory database, not opened directly: DuckDB refuses a second connection to a
+    # file open in this process with other settings (a plain reader's), and an attached one is not.
+    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": 1})
+    try:
+        con.execute(f"ATTACH {literal(str(path))} AS serving (READ_ONLY)")
+        con.execute("USE serving")
+        runs = con.execute("SELECT * FROM published_runs ORDER BY model, scored_at, run_id").fetchall()
+        columns = [d[0] for d in con.description or []]
+        current = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE published").fetchall()}
+        rows = [dict(zip(columns, r, strict=True)) for r in runs]
+        _lock_down(con, storage, [p for row in rows for p in row["files"]])
+        selects, past = [], []
+        for row in rows:
+            view = history_view(row["model"], row["run_id"])
+            con.execute(f"CREATE TEMP VIEW {view} AS {_run_select(row)}")
+            selects.append(f"SELECT * FROM {view}")
+            past += [] if row["run_id"] in current else [selects[-1]]
+        empty = "SELECT * FROM predictions WHERE false"
+        con.execute(f"CREATE TEMP VIEW prediction_history AS {' UNION ALL '.join(selects) or empty}")
+        con.execute(f"CREATE TEMP VIEW past_predictions AS {' UNION ALL '.join(past) or empty}")
+        con.execute(_PUBLISHED_RUN_AT)
+        con.execute(_PREDICTION_AT)
+    except duckdb.CatalogException as exc:
+        con.close()
+        raise ConfigError(
+            f"the serving file predates history readers ({exc}): publish or rebuild it"
+        ) from None
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def run_at(con: duckdb.DuckDBPyConnection, model: str, at: Any) -> str:
+    """The run `model` served at `at` (a time), on a history connection; NotFoundError if none yet."""
+    (row,) = con.execute("SELECT published_run_at($model, $at)", {"model": model, "at": at}).fetchall()
+    if row[0] is None:
+        (first,) = con.execute('SELECT min("at") FROM publications WHERE model = ?', [model]).fetchall()
+        if first[0] is None:
+            models = [str(m) for (m,) in con.execute("SELECT DISTINCT model FROM published_runs").fetchall()]
+            raise NotFoundError("published model", model, sorted(models))
+        raise NotFoundError(f"published run of model {model!r} at {at}", str(at), [f"from {first[0]}"])
+    return str(row[0])

@@ -140,3 +140,33 @@ def test_batchml_query_history_answers_from_the_run_files(
     assert '"n": ' + str(published.rows) in done.output
     plain = CliRunner().invoke(app, [*args, sql])
     assert plain.exit_code != 0 and "prediction_history" in plain.output  # not in the serving file
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folders` (hidden ones too) with its size and mtime in ns."""
+    return {
+        str(p): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+        if not p.is_dir()
+    }
+
+
+def test_scoring_or_publishing_what_is_already_published_changes_no_file(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    store = Path(project.storage.root)
+    before = snapshot(store, project.serving_dir)
+    args = ["--config", str(project.base_dir / "batchml.toml")]
+    done = CliRunner().invoke(app, [*args, "score", "default_risk"])
+    assert done.exit_code == 0, done.output
+    assert snapshot(store, project.serving_dir) == before
+    current = batchml.database_path(project).resolve()
+    assert batchml.publish(project, "default_risk", published.run_id) == current
+    assert snapshot(store, project.serving_dir) == before
+    api.stage(project, "default_risk", published.run_id)  # staging is a channel of its own: it changes
+    staged = snapshot(store, project.serving_dir)
+    assert staged != before
+    done = CliRunner().invoke(app, [*args, "score", "default_risk", "--stage"])
+    assert done.exit_code == 0, done.output
+    assert snapshot(store, project.serving_dir) == staged

@@ -4,11 +4,16 @@ The serving file holds only what apps need now (the current and staged run per m
 publish never copies history into it. `batchml.connect(history=True)` opens the current serving file
 read-only and adds, on that connection only (TEMP objects, nothing is written):
 
+    history_files                 TABLE: each file of every run in `published_runs`, with its run's constants
     prediction_history            VIEW: every run in `published_runs`, read from its Parquet files
     past_predictions              VIEW: the same without each model's current run
-    "history__<model>__<run_id>"  VIEW: one published run, read from its files alone
     published_run_at(model, at)   MACRO: the run `model` served at time `at` (the `publications` log)
     prediction_at(model, entity_id, at)  TABLE MACRO: what was served for one entity at time `at`
+
+Reading one run: `prediction_history` is one scan over every file joined by file name to `history_files`, so
+a query that picks a run (`prediction_at`, `batchml.lookup(..., at=T)`, `WHERE run_id = ...`) filters the
+small side of the join and DuckDB pushes the file names left into the scan as a dynamic filter: it opens only
+that run's files, whatever the history depth. Footers are cached per connection (run files never change).
 
 How a history reader is limited to the run files: it cannot open any path itself. DuckDB's own file system
 is disabled on the connection (`disabled_filesystems = 'LocalFileSystem'`, `enable_external_access = false`),
@@ -31,7 +36,13 @@ import duckdb
 import fsspec
 
 from batchml.errors import ConfigError, NotFoundError
-from batchml.serving.prediction_tables import LEGACY_REASONS, literal, prediction_select
+from batchml.serving.prediction_tables import (
+    CONSTANTS,
+    LEGACY_REASONS,
+    PREDICTION_SCHEMA,
+    literal,
+    prediction_select,
+)
 from batchml.store.storage import Storage
 
 PROTOCOL = "batchml-runs"
@@ -86,22 +97,46 @@ def uri(relpath: str) -> str:
     return f"{PROTOCOL}://{relpath}"
 
 
-def history_view(model: str, run_id: str) -> str:
-    """The quoted name of the view over one published run's files."""
-    return f'"history__{model}__{run_id}"'
+#: Which run each history file belongs to, with the run's constants (a TEMP table of the connection).
+_FILES = f"""CREATE TEMP TABLE history_files (file VARCHAR, {
+    ", ".join(f"{n} {t}" for n, t in PREDICTION_SCHEMA if n in CONSTANTS)
+})"""
+#: Every run's rows with its constants: one scan over all the files, joined to `history_files` by file name.
+#: A query that picks runs (`run_id = ...`, `prediction_at`) filters the small side of the join, and DuckDB
+#: pushes the file names that remain into the scan as a dynamic filter: it opens only those runs' files.
+_JOINED = (
+    "SELECT {columns} FROM read_parquet([{files}], filename = true, union_by_name = true) h "
+    "JOIN history_files f ON h.filename = f.file"
+)
 
 
-def _run_select(row: dict[str, Any]) -> str:
-    files = ", ".join(literal(uri(p)) for p in row["files"])
-    source = f"read_parquet([{files}], union_by_name = true)" if files else "(SELECT NULL WHERE false)"
-    expressions = {"entity_id": "CAST(entity_id AS VARCHAR)"}
-    if row["reasons_names_only"]:
-        expressions["reasons"] = LEGACY_REASONS
-    return prediction_select(row, source, expressions)
+def _history_select(rows: list[dict[str, Any]]) -> str:
+    """The body of `prediction_history`: today's runs in one joined scan, older layouts one branch each."""
+    current = [p for row in rows if not row["reasons_names_only"] for p in row["files"]]
+    columns = ", ".join(
+        f"f.{name}"
+        if name in CONSTANTS
+        else "CAST(h.entity_id AS VARCHAR) AS entity_id"
+        if name == "entity_id"
+        else f"h.{name}"
+        for name, _ in PREDICTION_SCHEMA
+    )
+    branches = (
+        [_JOINED.format(columns=columns, files=", ".join(literal(uri(p)) for p in current))]
+        if current
+        else []
+    )
+    for row in rows:  # runs that store reasons as names only: converted, as in the serving file
+        if row["reasons_names_only"] and row["files"]:
+            files = ", ".join(literal(uri(p)) for p in row["files"])
+            expressions = {"entity_id": "CAST(entity_id AS VARCHAR)", "reasons": LEGACY_REASONS}
+            branches.append(prediction_select(row, f"read_parquet([{files}])", expressions))
+    return " UNION ALL ".join(branches) or "SELECT * FROM predictions WHERE false"
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, storage: Storage, paths: list[str]) -> None:
     con.register_filesystem(RunFiles(storage, set(paths)))
+    con.execute("SET parquet_metadata_cache = true")  # run files never change: parse each footer once
     con.execute("SET allowed_paths = ?", [[uri(p) for p in paths]])
     con.execute("SET enable_external_access = false")
     con.execute("SET disabled_filesystems = 'LocalFileSystem'")
@@ -116,20 +151,21 @@ def connect_history(path: Path, storage: Storage, *, memory_limit: str) -> duckd
     try:
         con.execute(f"ATTACH {literal(str(path))} AS serving (READ_ONLY)")
         con.execute("USE serving")
-        runs = con.execute("SELECT * FROM published_runs ORDER BY model, scored_at, run_id").fetchall()
-        columns = [d[0] for d in con.description or []]
-        current = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE published").fetchall()}
-        rows = [dict(zip(columns, r, strict=True)) for r in runs]
+        result = con.execute("SELECT * FROM published_runs ORDER BY model, scored_at, run_id")
+        columns = [d[0] for d in result.description or []]
+        rows = [dict(zip(columns, r, strict=True)) for r in result.fetchall()]
         _lock_down(con, storage, [p for row in rows for p in row["files"]])
-        selects, past = [], []
-        for row in rows:
-            view = history_view(row["model"], row["run_id"])
-            con.execute(f"CREATE TEMP VIEW {view} AS {_run_select(row)}")
-            selects.append(f"SELECT * FROM {view}")
-            past += [] if row["run_id"] in current else [selects[-1]]
-        empty = "SELECT * FROM predictions WHERE false"
-        con.execute(f"CREATE TEMP VIEW prediction_history AS {' UNION ALL '.join(selects) or empty}")
-        con.execute(f"CREATE TEMP VIEW past_predictions AS {' UNION ALL '.join(past) or empty}")
+        con.execute(_FILES)
+        files = [[uri(p), *(row[n] for n in CONSTANTS)] for row in rows for p in row["files"]]
+        if files:
+            con.executemany(
+                f"INSERT INTO history_files VALUES ({', '.join('?' * (len(CONSTANTS) + 1))})", files
+            )
+        con.execute(f"CREATE TEMP VIEW prediction_history AS {_history_select(rows)}")
+        con.execute(
+            "CREATE TEMP VIEW past_predictions AS SELECT * FROM prediction_history "
+            "WHERE run_id NOT IN (SELECT run_id FROM runs WHERE published)"
+        )
         con.execute(_PUBLISHED_RUN_AT)
         con.execute(_PREDICTION_AT)
     except duckdb.CatalogException as exc:

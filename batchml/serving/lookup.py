@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 _LOOKUP = """SELECT * FROM predictions
     WHERE model = $model AND entity_id IN (SELECT unnest(CAST($ids AS VARCHAR[])))
     ORDER BY entity_id"""
-_AT = (
-    """SELECT * FROM {view} WHERE entity_id IN (SELECT unnest(CAST($ids AS VARCHAR[]))) ORDER BY entity_id"""
-)
+#: The same from one run's files: picking the run lets the history scan open only that run's files.
+_AT = """SELECT * FROM prediction_history
+    WHERE model = $model AND run_id = $run_id AND entity_id IN (SELECT unnest(CAST($ids AS VARCHAR[])))
+    ORDER BY entity_id"""
 _ALLOWED = "all str ids, or all int ids for integer entity ids (served entity ids are their text)"
 
 
@@ -73,9 +74,9 @@ def _is_history(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(con.execute(sql).fetchall()[0][0])
 
 
-def _history_source(con: duckdb.DuckDBPyConnection, model: str, at: datetime | str) -> str:
-    """The view of the run `model` served at `at`, on a history connection."""
-    from batchml.serving.history import history_view, run_at
+def _run_at(con: duckdb.DuckDBPyConnection, model: str, at: datetime | str) -> str:
+    """The run `model` served at `at`, on a history connection."""
+    from batchml.serving.history import run_at
 
     if not _is_history(con):
         raise ConfigError("a lookup at a past time needs a history reader: batchml.connect(history=True)")
@@ -90,7 +91,7 @@ def _history_source(con: duckdb.DuckDBPyConnection, model: str, at: datetime | s
     if not isinstance(when, datetime):
         raise DataError(f"time {at!r} is invalid: use an ISO 8601 time or a datetime")
     when = when if when.tzinfo else when.replace(tzinfo=UTC)  # naive: UTC, as every stored time
-    return history_view(model, run_at(con, model, when))
+    return run_at(con, model, when)
 
 
 def lookup(
@@ -115,8 +116,9 @@ def lookup(
     con = source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source, history=history)
     try:
         if at is not None:
-            view = _history_source(con, model, at)
-            return con.sql(_AT.format(view=view), params={"ids": keys}).to_arrow_table()
+            run_id = _run_at(con, model, at)
+            params = {"model": model, "run_id": run_id, "ids": keys}
+            return con.sql(_AT, params=params).to_arrow_table()
         table = con.sql(_LOOKUP, params={"model": model, "ids": keys}).to_arrow_table()
         if table.num_rows == 0:  # nothing found: say so if the model itself is not served
             served = _served_models(con)

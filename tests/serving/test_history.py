@@ -71,6 +71,11 @@ def test_prediction_at_follows_publishes_and_rollbacks(
         assert table.column("entity_id").to_pylist() == ["L000000007", "L000000042"]
         assert set(table.column("run_id").to_pylist()) == {run.run_id}
         assert table.schema == batchml.lookup(con, "default_risk", ids).schema  # the same columns as today's
+        # the scan opens the chosen run's files only (the join pushes their names into it), at any depth
+        plan = con.execute(
+            "EXPLAIN ANALYZE SELECT * FROM prediction_at('default_risk', 'L000000042', ?)", [times[0]]
+        ).fetchall()[0][1]
+        assert "Total Files Read: 1 " in plan
 
 
 def test_bad_history_input_is_one_clear_line(

@@ -105,14 +105,30 @@ _FILES = f"""CREATE TEMP TABLE history_files (file VARCHAR, {
 #: A query that picks runs (`run_id = ...`, `prediction_at`) filters the small side of the join, and DuckDB
 #: pushes the file names that remain into the scan as a dynamic filter: it opens only those runs' files.
 _JOINED = (
-    "SELECT {columns} FROM read_parquet([{files}], filename = true, union_by_name = true) h "
+    "SELECT {columns} FROM read_parquet([{files}], filename = true) h "
     "JOIN history_files f ON h.filename = f.file"
 )
 
 
-def _history_select(rows: list[dict[str, Any]]) -> str:
-    """The body of `prediction_history`: today's runs in one joined scan, older layouts one branch each."""
-    current = [p for row in rows if not row["reasons_names_only"] for p in row["files"]]
+def _layouts(con: duckdb.DuckDBPyConnection, uris: list[str]) -> list[list[str]]:
+    """`uris` grouped by their Parquet schema (almost always one group), read once from their footers.
+
+    One scan per group, not `union_by_name`: that would open every file to bind every query.
+    """
+    if not uris:
+        return []
+    sql = """SELECT file_name, list(concat_ws(':', name, type, logical_type::VARCHAR, repetition_type))
+        FROM parquet_schema(?) GROUP BY file_name"""
+    groups: dict[str, list[str]] = {}
+    for file, signature in con.execute(sql, [uris]).fetchall():
+        groups.setdefault(str(signature), []).append(str(file))
+    return [sorted(group) for group in groups.values()]
+
+
+def _history_select(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> str:
+    """The body of `prediction_history`: runs of one file layout in one joined scan each (almost always one),
+    runs that store reasons as names only one branch each."""
+    current = [uri(p) for row in rows if not row["reasons_names_only"] for p in row["files"]]
     columns = ", ".join(
         f"f.{name}"
         if name in CONSTANTS
@@ -121,11 +137,10 @@ def _history_select(rows: list[dict[str, Any]]) -> str:
         else f"h.{name}"
         for name, _ in PREDICTION_SCHEMA
     )
-    branches = (
-        [_JOINED.format(columns=columns, files=", ".join(literal(uri(p)) for p in current))]
-        if current
-        else []
-    )
+    branches = [
+        _JOINED.format(columns=columns, files=", ".join(literal(u) for u in group))
+        for group in _layouts(con, current)
+    ]
     for row in rows:  # runs that store reasons as names only: converted, as in the serving file
         if row["reasons_names_only"] and row["files"]:
             files = ", ".join(literal(uri(p)) for p in row["files"])
@@ -161,7 +176,7 @@ def connect_history(path: Path, storage: Storage, *, memory_limit: str) -> duckd
             con.executemany(
                 f"INSERT INTO history_files VALUES ({', '.join('?' * (len(CONSTANTS) + 1))})", files
             )
-        con.execute(f"CREATE TEMP VIEW prediction_history AS {_history_select(rows)}")
+        con.execute(f"CREATE TEMP VIEW prediction_history AS {_history_select(con, rows)}")
         con.execute(
             "CREATE TEMP VIEW past_predictions AS SELECT * FROM prediction_history "
             "WHERE run_id NOT IN (SELECT run_id FROM runs WHERE published)"

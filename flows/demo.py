@@ -112,11 +112,12 @@ def show(
     ):
         print(f'  {cli} query "{sql}"')
     print(
-        f"  {python} -c \"import batchml; con = batchml.connect(); print(con.sql('SELECT run_id, count(*) "
-        "FROM prediction_history GROUP BY run_id'))\""
+        f"  {python} -c \"import batchml; con = batchml.connect(history=True); print(con.sql('SELECT run_id, "
+        "count(*) FROM prediction_history GROUP BY run_id'))\""
     )
     print(
-        "  predictions = the published run per model; prediction_history = every run ever published;\n"
+        "  predictions = the published run per model; prediction_history = every run ever published\n"
+        "  (batchml.connect(history=True) or batchml query --history: read from the run files);\n"
         "  drift_metrics, drift_runs, alerts, retrains = monitoring; models, runs, datasets = the catalog;\n"
         "  run_stats = each run's scoring: busy seconds per stage, rows/s, peak RSS"
     )

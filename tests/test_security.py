@@ -66,8 +66,9 @@ def test_a_storage_root_with_a_quote_publishes_and_stages(published: tuple[Any, 
 
     assert compare(project.storage, "default_risk")["common_entities"] == run.rows
     with batchml.connect(project) as con:
-        assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
         assert con.execute("SELECT count(*) FROM predictions_staging").fetchone() == (run.rows,)
+    with batchml.connect(project, history=True) as con:  # the run files' paths hold the quote too
+        assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
 
 
 def test_reader_connections_are_read_only_without_file_access(
@@ -76,8 +77,8 @@ def test_reader_connections_are_read_only_without_file_access(
     project, run = published
     with batchml.connect(project) as con:
         assert con.execute("SELECT current_setting('enable_external_access')").fetchone() == (False,)
-        # prediction_history is inside the file: it needs no access to the run files
-        assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
+        # the served predictions are inside the file: they need no access to the run files
+        assert con.execute("SELECT count(*) FROM predictions").fetchone() == (run.rows,)
         refused = [
             "CREATE TABLE x AS SELECT 1",
             "SELECT * FROM read_csv('/etc/passwd')",
@@ -331,9 +332,10 @@ def test_credentials_never_reach_logs_errors_artifacts_or_the_serving_db(
     run = batchml.score(project, "default_risk")
     batchml.publish(project, "default_risk", run.run_id)
 
-    # a memory:// store: prediction_history lives in the file, so a locked-down reader still reads it
-    with batchml.connect(project) as con:
+    # a memory:// store: history readers reach the run files through the store's own fsspec filesystem
+    with batchml.connect(project, history=True) as con:
         assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
+    with batchml.connect(project) as con:
         assert con.execute("SELECT storage FROM serving_info").fetchone() == (f"memory://{bucket}/store",)
         dump = [
             str(con.execute(f'SELECT * FROM "{table}"').fetchall())

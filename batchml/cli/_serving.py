@@ -237,20 +237,30 @@ def query(
         float,
         typer.Option("--timeout", metavar="SECONDS", min=0.001, help="Interrupt the query after this long."),
     ] = QUERY_TIMEOUT_SECONDS,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history",
+            help="Also prediction_history, past_predictions and prediction_at(model, entity_id, at), "
+            "read from the published runs' files (one thread).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a read-only SQL query on the serving DB (tables: predictions, models, runs, datasets, ...).
 
     The query may use at most the reader's memory limit and thread cap, and is interrupted after --timeout.
+    Every run ever published is history: --history reads it from the run files in storage.
 
     Examples:
       batchml query "SELECT * FROM predictions WHERE entity_id = 'L000000042'"
       batchml query "SELECT model, alias, version FROM model_aliases" --json
-      batchml query "SELECT model, avg(prediction) FROM prediction_history GROUP BY ALL" --timeout 300
+      batchml query --history "SELECT * FROM prediction_at('churn', 'C42', TIMESTAMPTZ '2026-01-31')"
+      batchml query --history "SELECT run_id, avg(prediction) FROM prediction_history GROUP BY ALL"
     """
     from batchml.serving.readers import connect, query
 
-    con = connect(project_of(ctx))
+    con = connect(project_of(ctx), history=history)
     try:
         columns, rows = query(con, sql, timeout=timeout)
     finally:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 def _operation_lock(serving_dir: Path) -> Iterator[None]:
     """One mutating request at a time per serving folder, from its decision to its rebuild."""
     serving_dir.mkdir(parents=True, exist_ok=True)
-    with open(serving_dir / ".operations.lock", "w") as handle:
+    with open(serving_dir / ".operations.lock", "a") as handle:  # "a": no truncation, the mtime stays
         fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if the process dies
         try:
             yield

@@ -35,7 +35,7 @@ def serving_path(serving_dir: Path) -> Path:
 def serving_lock(serving_dir: Path) -> Iterator[None]:
     """One builder or puller at a time per serving folder, so the last flip reflects the latest records."""
     serving_dir.mkdir(parents=True, exist_ok=True)
-    with open(serving_dir / ".build.lock", "w") as handle:
+    with open(serving_dir / ".build.lock", "a") as handle:  # "a": no truncation, the mtime stays
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

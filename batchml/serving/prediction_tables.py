@@ -1,33 +1,49 @@
-"""The prediction tables of a new serving file: one table per prediction run, and views over them.
+"""The prediction tables of a new serving file: the runs apps read now, not every run ever published.
 
-    run__<model>__<run_id>  a run's rows sorted by entity_id (zone maps make a point lookup ~1 ms); the
-                            run's constants (model, model_version, dataset_version, code_version, run_id,
-                            scored_at) are VIRTUAL generated columns, so every run table has the full
-                            prediction columns while storing only the per-row ones
+    run__<model>__<run_id>  the per-row columns (entity_id, prediction, predicted_class, input_hash, reasons,
+                            flags) of each model's current published run and of its staged run, sorted by
+                            entity_id, with an ART index on entity_id (a point lookup reads one leaf, not a
+                            row group). The run's constants (model, model_version, dataset_version,
+                            code_version, run_id, scored_at) are literals in the views below, not stored per
+                            row; not VIRTUAL generated columns: DuckDB 1.4 never uses the index of a table
+                            that has one
     predictions             VIEW: the current run of each model on the published channel, in model order
     predictions_staging     VIEW: the same for the staging channel
-    past_predictions        VIEW: every other run ever published on the published channel
-    prediction_history      VIEW: predictions UNION ALL past_predictions
+    published_runs          TABLE: one row per run ever published on the published channel, with its
+                            constants and the storage paths of its Parquet files (what history readers open)
 
-Everything readers query is inside the file (they have no file access). A run is immutable, so while building,
-the previous serving file is attached read-only and a run table found there with today's columns is copied,
-and kept only if the copy has the content checksum the run's manifest records (`run_checksum`: row count and a
-hash over every stored value). Runs committed before reasons carried contributions stored `reasons` as names
-only (VARCHAR[]); their tables hold them converted, each contribution NULL. Anything else (no previous file,
-an older layout, an attach error, a checksum that differs or cannot be compared) reads the run's Parquet
-files, as a full build (`full=True`) always does. Storage stays the truth: the previous file only saves
-reading and sorting, and never fails a publish; an edit made to it does not survive the next build.
+So a publish costs the new run and the catalog, never the history (DESIGN.md invariant 9): a run that is no
+longer current or staged leaves the file, and `prediction_history` / `past_predictions` / `prediction_at`
+exist only on a history connection (`batchml.connect(history=True)`, see `batchml.serving.history`), which
+reads the runs named by `published_runs` from their immutable files in storage.
+
+Everything plain readers query is inside the file (they have no file access). A run is immutable, so while
+building, the previous serving file is attached read-only and a run table found there with today's columns is
+copied, and kept only if the copy has the content checksum the run's manifest records (`run_checksum`: row
+count and a hash over every stored value). Runs committed before reasons carried contributions stored
+`reasons` as names only (VARCHAR[]); their tables hold them converted, each contribution NULL. Anything else
+(no previous file, an older layout, an attach error, a checksum that differs or cannot be compared) reads the
+run's Parquet files, as a full build (`full=True`) always does. Storage stays the truth: the previous file
+only saves reading and sorting, and never fails a publish; an edit made to it does not survive the next build.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from batchml.scoring.publications import PublicationLog
-from batchml.scoring.run_checksum import REASONS_TYPE, STORED_TYPES, incomparable, mismatch, table_checksum
+from batchml.scoring.run_checksum import (
+    LEGACY_FUNCTION,
+    REASONS_TYPE,
+    STORED_TYPES,
+    incomparable,
+    mismatch,
+    table_checksum,
+)
 from batchml.scoring.runs import PredictionRun, get_run
 from batchml.store.storage import Storage
 
@@ -42,15 +58,26 @@ PREDICTION_SCHEMA = [
 ]  # fmt: skip
 #: The columns stored per row (the others are the run's constants) and how they are read from run files.
 STORED = tuple(STORED_TYPES)
+STORED_SCHEMA = list(STORED_TYPES.items())
+#: The run's constants, the same for every row (literals in the views, not stored).
+CONSTANTS = ("model", "model_version", "dataset_version", "code_version", "run_id", "scored_at")
 _READ = "CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, input_hash, reasons, flags"
 #: Runs committed before reasons carried contributions stored names only (VARCHAR[]): same order, the
 #: contribution NULL (unknown, not zero).
-_LEGACY_REASONS = (
-    "list_transform(reasons, lambda r: {'feature': r, 'contribution': NULL::DOUBLE})"
-    f"::{REASONS_TYPE} AS reasons"
+LEGACY_REASONS = (
+    "CAST(list_transform(reasons, lambda r: {'feature': r, 'contribution': NULL::DOUBLE}) "
+    f"AS {REASONS_TYPE})"
+)
+#: `published_runs`: a run's constants, rows, whether it stores reasons as names only, its files' paths.
+PUBLISHED_RUNS = (
+    "model VARCHAR, model_version BIGINT, dataset_version VARCHAR, code_version VARCHAR, run_id VARCHAR, "
+    "scored_at TIMESTAMP WITH TIME ZONE, rows BIGINT, reasons_names_only BOOLEAN, files VARCHAR[]"
 )
 _EMPTY = "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in PREDICTION_SCHEMA) + " WHERE false"
 _PREVIOUS = "previous"
+#: DuckDB's memory cap while it builds a run's ART index: the index is built in memory, ~100 bytes per row
+#: (1 GB at 10M rows), not within the 256 MB the rest of the build spills to stay under.
+INDEX_MEMORY_LIMIT = "4GB"
 
 
 def literal(text: str) -> str:
@@ -61,6 +88,54 @@ def literal(text: str) -> str:
 def run_table(run: PredictionRun) -> str:
     """The quoted name of `run`'s table (model and run id are validated names: no quotes inside)."""
     return f'"run__{run.model}__{run.run_id}"'
+
+
+def index_name(run: PredictionRun) -> str:
+    """The quoted name of the ART index on entity_id of `run`'s table."""
+    return f'"run__{run.model}__{run.run_id}__entity_id"'
+
+
+def _create_index(con: duckdb.DuckDBPyConnection, run: PredictionRun) -> None:
+    """Index the filled table on entity_id (after the rows: one bulk build, not one insert per row)."""
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    con.execute(f"SET memory_limit = {literal(INDEX_MEMORY_LIMIT)}")
+    try:
+        con.execute(f"CREATE INDEX {index_name(run)} ON {run_table(run)} (entity_id)")
+    finally:
+        if limit:
+            con.execute(f"SET memory_limit = {literal(str(limit[0]))}")
+
+
+def run_constants(run: PredictionRun) -> dict[str, Any]:
+    """The values of `run`'s constant columns, from its manifest."""
+    m = run.manifest
+    return {
+        "model": run.model,
+        "model_version": int(m["model_version"]),
+        "dataset_version": str(m["dataset_version"]),
+        "code_version": str(m["code_version"]),
+        "run_id": run.run_id,
+        "scored_at": str(m["scored_at"]),
+    }
+
+
+def prediction_select(
+    constants: dict[str, Any], source: str, expressions: dict[str, str] | None = None
+) -> str:
+    """`SELECT <every prediction column> FROM source`: the constants as typed literals, in schema order.
+
+    `expressions` gives a stored column's SQL where it is not the column itself.
+    """
+    given = expressions or {}
+    columns = [
+        f"CAST({literal(str(constants[name]))} AS {kind}) AS {name}"
+        if name in constants
+        else f"{given[name]} AS {name}"
+        if name in given
+        else name
+        for name, kind in PREDICTION_SCHEMA
+    ]
+    return f"SELECT {', '.join(columns)} FROM {source}"
 
 
 def run_files_sql(storage: Storage, runs: list[PredictionRun], verify: bool) -> str | None:
@@ -77,22 +152,8 @@ def run_files_sql(storage: Storage, runs: list[PredictionRun], verify: bool) -> 
 
 
 def _create_run_table(con: duckdb.DuckDBPyConnection, run: PredictionRun) -> None:
-    m = run.manifest
-    constants = {
-        "model": literal(run.model),
-        "model_version": str(int(m["model_version"])),
-        "dataset_version": literal(str(m["dataset_version"])),
-        "code_version": literal(str(m["code_version"])),
-        "run_id": literal(run.run_id),
-        "scored_at": literal(str(m["scored_at"])),
-    }
-    columns = [
-        f"{name} {kind} GENERATED ALWAYS AS (CAST({constants[name]} AS {kind})) VIRTUAL"
-        if name in constants
-        else f"{name} {kind}"
-        for name, kind in PREDICTION_SCHEMA
-    ]
-    con.execute(f"CREATE TABLE {run_table(run)} ({', '.join(columns)})")
+    columns = ", ".join(f"{name} {kind}" for name, kind in STORED_SCHEMA)
+    con.execute(f"CREATE TABLE {run_table(run)} ({columns})")
 
 
 class PreviousFile:
@@ -100,7 +161,7 @@ class PreviousFile:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, tables: set[str], attached: bool) -> None:
         self.con = con
-        self.tables = tables  # quoted names of its run tables that have today's columns
+        self.tables = tables  # quoted names of its run tables that have today's stored columns
         self.attached = attached
 
     @classmethod
@@ -119,7 +180,7 @@ class PreviousFile:
             ORDER BY table_name, column_index"""
         for table, name, kind in con.execute(sql, [_PREVIOUS]).fetchall():
             columns.setdefault(f'"{table}"', []).append((str(name), str(kind)))
-        return cls(con, {t for t, found in columns.items() if found == PREDICTION_SCHEMA}, attached=True)
+        return cls(con, {t for t, found in columns.items() if found == STORED_SCHEMA}, attached=True)
 
     def copy(self, run: PredictionRun) -> bool:
         """Fill `run`'s new table from the previous file if it holds the run unchanged; True if done."""
@@ -159,47 +220,61 @@ def _stores_names_only(con: duckdb.DuckDBPyConnection, select: str) -> bool:
 
 
 def _place_run(
-    con: duckdb.DuckDBPyConnection, storage: Storage, run: PredictionRun, previous: PreviousFile, verify: bool
+    con: duckdb.DuckDBPyConnection, storage: Storage, run: PredictionRun, previous: PreviousFile
 ) -> None:
     _create_run_table(con, run)
-    if previous.copy(run):
-        return
-    select = run_files_sql(storage, [run], verify=verify)
-    if select and _stores_names_only(con, select):
-        select = f"SELECT * REPLACE ({_LEGACY_REASONS}) FROM ({select})"
-    if select:
-        stored = ", ".join(STORED)
-        con.execute(f"INSERT INTO {run_table(run)} ({stored}) SELECT * FROM ({select}) ORDER BY entity_id")
+    if not previous.copy(run):
+        select = run_files_sql(storage, [run], verify=True)
+        if select and _stores_names_only(con, select):
+            select = f"SELECT * REPLACE ({LEGACY_REASONS} AS reasons) FROM ({select})"
+        if select:
+            stored = ", ".join(STORED)
+            con.execute(
+                f"INSERT INTO {run_table(run)} ({stored}) SELECT * FROM ({select}) ORDER BY entity_id"
+            )
+    _create_index(con, run)
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, runs: list[PredictionRun]) -> None:
-    body = " UNION ALL ".join(f"SELECT * FROM {run_table(r)}" for r in runs) or _EMPTY
+    body = " UNION ALL ".join(prediction_select(run_constants(r), run_table(r)) for r in runs) or _EMPTY
     con.execute(f"CREATE VIEW {name} AS {body}")
+
+
+def stores_names_only(run: PredictionRun) -> bool:
+    """Whether `run`'s files store reasons as names only, as its manifest's content checksum says."""
+    recorded = run.manifest.get("content_checksum") or {}
+    return recorded.get("function") == LEGACY_FUNCTION
+
+
+def _create_published_runs(con: duckdb.DuckDBPyConnection, runs: list[PredictionRun]) -> None:
+    """`published_runs`: every run ever published, with what a history reader needs to read its files."""
+    con.execute(f"CREATE TABLE published_runs ({PUBLISHED_RUNS})")
+    rows = [
+        [*run_constants(r).values(), r.rows, stores_names_only(r), [e.path for e in r.files]] for r in runs
+    ]
+    if rows:
+        con.executemany(f"INSERT INTO published_runs VALUES ({', '.join('?' * 9)})", rows)
 
 
 def create_prediction_tables(
     con: duckdb.DuckDBPyConnection, storage: Storage, previous: PreviousFile
 ) -> None:
-    """Every run table the views need (current, staged and past runs), then the views over them."""
+    """The current and staged run tables (indexed), the views over them and `published_runs`."""
     published, staging = PublicationLog(storage), PublicationLog(storage, "staging")
-    current, staged, past = [], [], []
+    current, staged, ever = [], [], []
     for model in sorted(published.models()):
         now = published.current(model)
         current += [get_run(storage, model, now)] if now else []
-        ever = dict.fromkeys(e["run_id"] for e in published.events(model) if e.get("run_id"))
-        past += [get_run(storage, model, run_id) for run_id in ever if run_id != now]
+        run_ids = dict.fromkeys(e["run_id"] for e in published.events(model) if e.get("run_id"))
+        ever += [get_run(storage, model, run_id) for run_id in run_ids]  # manifests only: no run file
     for model in sorted(staging.models()):
         run_id = staging.current(model)
         staged += [get_run(storage, model, run_id)] if run_id else []
     placed: set[str] = set()
-    for runs, verify in ((current, True), (staged, True), (past, False)):
-        for run in runs:
-            if run_table(run) not in placed:
-                _place_run(con, storage, run, previous, verify)
-                placed.add(run_table(run))
+    for run in current + staged:
+        if run_table(run) not in placed:
+            _place_run(con, storage, run, previous)
+            placed.add(run_table(run))
     _view(con, "predictions", current)
     _view(con, "predictions_staging", staged)
-    _view(con, "past_predictions", past)
-    con.execute(
-        "CREATE VIEW prediction_history AS SELECT * FROM predictions UNION ALL SELECT * FROM past_predictions"
-    )
+    _create_published_runs(con, ever)

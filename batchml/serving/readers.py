@@ -30,6 +30,14 @@ READER_THREADS = 2
 _READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 
 
+def serving_file(serving_dir: Path) -> Path:
+    """The serving file the link points at now; NotFoundError if nothing was published yet."""
+    link = serving_path(serving_dir)
+    if not link.exists():
+        raise NotFoundError("serving database", str(link), ["none yet: publish a prediction run first"])
+    return link.resolve()
+
+
 def connect_serving(
     serving_dir: Path,
     *,
@@ -41,14 +49,12 @@ def connect_serving(
     Its queries may use at most `memory_limit` (DuckDB spills or fails beyond it) and `threads` cores; the
     connection cannot change either. Every table is inside the file: readers need no access to the store.
     """
-    link = serving_path(serving_dir)
-    if not link.exists():
-        raise NotFoundError("serving database", str(link), ["none yet: publish a prediction run first"])
+    path = serving_file(serving_dir)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"reader threads {threads!r} is invalid: use a whole number >= 1")
     caps: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
     try:
-        return duckdb.connect(str(link.resolve()), read_only=True, config={**READER_CONFIG, **caps})
+        return duckdb.connect(str(path), read_only=True, config={**READER_CONFIG, **caps})
     except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
         raise ConfigError(
             f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
@@ -61,13 +67,16 @@ def connect(
     memory_limit: str = READER_MEMORY_LIMIT,
     threads: int = READER_THREADS,
     pull: bool = True,
+    history: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...).
 
     Queries on it may use at most `memory_limit` and `threads` cores (the connection cannot raise them).
     With object storage, the newest serving snapshot is first fetched into the local serving folder if the
     local file is older (checking costs one listing and one small read); `pull=False` opens the local file
-    as it is.
+    as it is. `history=True` adds `prediction_history`, `past_predictions` and
+    `prediction_at(model, entity_id, at)`, read from the published runs' files in the project's storage and
+    from nothing else (one thread; see `batchml.serving.history`).
     """
     if project is None:
         from batchml.project import Project
@@ -77,6 +86,10 @@ def connect(
         from batchml.serving import snapshots  # only remote storage needs it
 
         snapshots.pull(project.storage, project.serving_dir, missing_ok=True)
+    if history:
+        from batchml.serving.history import connect_history  # fsspec: only history readers pay for it
+
+        return connect_history(serving_file(project.serving_dir), project.storage, memory_limit=memory_limit)
     return connect_serving(project.serving_dir, memory_limit=memory_limit, threads=threads)
 
 

@@ -243,7 +243,7 @@ def test_runs_published_before_contributions_still_serve(
     new = batchml.score(configure(project, loans_csv, reason_codes=3, reason_rows="all"), "default_risk")
     batchml.publish(project, "default_risk", new.run_id)
     assert run_file_reads == [new.run_id]  # the legacy run: copied, its old checksum met
-    with batchml.connect(project) as con:
+    with batchml.connect(project, history=True) as con:  # the legacy run read from its own files
         history = con.execute(
             "SELECT run_id, reasons[1].contribution IS NULL FROM prediction_history "
             "WHERE entity_id = 'L000000042'"

@@ -23,8 +23,8 @@ QUERIES = {
     "WHERE model = 'default_risk' AND entity_id = 'L000000042'",
     "aliases": "SELECT model, alias, version FROM model_aliases ORDER BY ALL",
     "alias_at": "SELECT alias_at('default_risk', 'champion', now()) AS version",
-    "history": "SELECT h.model_version, h.run_id, h.prediction FROM prediction_history h JOIN runs r USING "
-    "(run_id) WHERE h.model = 'default_risk' AND h.entity_id = 'L000000042' ORDER BY r.finished_at",
+    "history": "SELECT model, model_version, run_id, rows, len(files) FROM published_runs ORDER BY scored_at",
+    "index": "SELECT count(*) FROM duckdb_indexes() WHERE starts_with(table_name, 'run__')",
     "count": "SELECT count(*) AS n, count(DISTINCT entity_id) AS ids FROM predictions",
 }
 _READ = """

@@ -30,7 +30,7 @@ from batchml.serving.readers import connect_serving
 from tests.conftest import PROJECT_TOML
 
 VIEWS = {
-    "predictions", "prediction_history", "models", "model_aliases", "alias_events",
+    "predictions", "published_runs", "models", "model_aliases", "alias_events",
     "datasets", "runs", "publications",
 }  # fmt: skip
 
@@ -56,7 +56,9 @@ def test_published_tables_answer_sql(project: batchml.Project, published: batchm
         "SELECT prediction, run_id FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
     ).fetchone()
     assert row is not None and 0.0 <= row[0] <= 1.0 and row[1] == published.run_id
-    assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (published.rows,)
+    assert con.execute("SELECT run_id, rows FROM published_runs").fetchall() == [
+        (published.run_id, published.rows)
+    ]
     assert con.execute("SELECT alias_at('default_risk', 'champion', now())").fetchone() == (1,)
     assert con.execute("SELECT published FROM runs").fetchall() == [(True,)]
 
@@ -80,7 +82,7 @@ def test_open_readers_keep_their_snapshot_while_a_new_one_is_published(
     assert fingerprint(before) == old  # the file this reader holds was never touched
     after = batchml.connect(project)
     assert fingerprint(after)[1] == run.run_id and fingerprint(after) != old
-    assert after.execute("SELECT count(DISTINCT run_id) FROM prediction_history").fetchone() == (2,)
+    assert after.execute("SELECT count(*) FROM published_runs").fetchone() == (2,)
 
 
 def test_rollback_returns_to_the_previous_published_run(
@@ -167,7 +169,8 @@ def test_the_same_path_works_on_a_remote_filesystem(
     batchml.publish(project, "default_risk", run.run_id)
     con = batchml.connect(project)
     assert fingerprint(con)[:2] == (run.rows, run.run_id)
-    assert con.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
+    with batchml.connect(project, history=True) as history:  # run files read through the store's fsspec
+        assert history.execute("SELECT count(*) FROM prediction_history").fetchone() == (run.rows,)
 
 
 # -- building from the previous serving file -----------------------------------------------------------------
@@ -178,7 +181,8 @@ PREDICTION_TABLES = (
 
 
 def tables(project: batchml.Project) -> dict[str, list[tuple[Any, ...]]]:
-    with batchml.connect(project) as con:
+    """The prediction tables of the serving file, and history (from the run files) beside them."""
+    with batchml.connect(project, history=True) as con:
         return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in PREDICTION_TABLES}
 
 
@@ -189,43 +193,24 @@ def run_rows(project: batchml.Project, *runs: batchml.PredictionRun) -> list[tup
     return duckdb.connect().execute(f"SELECT {columns} FROM read_parquet(?) ORDER BY ALL", [files]).fetchall()
 
 
-def test_history_is_a_view_over_current_and_past_runs(
-    project: batchml.Project, published: batchml.PredictionRun
-) -> None:
-    run = second_run(project)
-    batchml.publish(project, "default_risk", run.run_id)
-    batchml.rollback_predictions(project, "default_risk")
-    got = tables(project)
-    assert got["prediction_history"] == run_rows(project, published, run)
-    assert got["predictions"] == run_rows(project, published)
-    assert got["past_predictions"] == run_rows(project, run)
-    with connect_serving(project.serving_dir) as con:  # external access off: the view reads only the file
-        kind = "SELECT table_type FROM information_schema.tables WHERE table_name = 'prediction_history'"
-        assert con.execute(kind).fetchone() == ("VIEW",)
-        lookup = "SELECT count(*) FROM prediction_history WHERE entity_id = 'L000000042'"
-        assert con.execute(lookup).fetchone() == (2,)
-        with pytest.raises(duckdb.PermissionException):
-            con.execute(f"ATTACH '{project.serving_dir / 'other.duckdb'}'")
-
-
 def test_publishing_copies_unchanged_runs_and_matches_a_full_rebuild(
     project: batchml.Project, published: batchml.PredictionRun, run_file_reads: list[str]
 ) -> None:
     run_file_reads.clear()
     run = second_run(project)
     batchml.publish(project, "default_risk", run.run_id)
-    assert run_file_reads == [run.run_id]  # the first run moved to past_predictions by copy
+    assert run_file_reads == [run.run_id]  # the first run left the file: not current, not staged
     api.stage(project, "default_risk", published.run_id)
+    assert run_file_reads == [run.run_id, published.run_id]  # staged: back in from its files
     batchml.rollback_predictions(project, "default_risk")
-    assert run_file_reads == [run.run_id]
+    assert run_file_reads == [run.run_id, published.run_id]  # both copied
     incremental = tables(project)
     assert len(incremental["prediction_history"]) == published.rows + run.rows
     with connect_serving(project.serving_dir) as con:  # still sorted for point lookups, without a sort
         order = "SELECT list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) FROM {}"
-        for each in (published, run):
-            assert con.execute(order.format(prediction_tables.run_table(each))).fetchone() == (True,)
+        assert con.execute(order.format(prediction_tables.run_table(published))).fetchone() == (True,)
     batchml.rebuild_catalog(project, full=True)
-    assert sorted(run_file_reads[1:]) == sorted([published.run_id, run.run_id])  # one table per run
+    assert run_file_reads[2:] == [published.run_id]  # current and staged: the same run, one table
     assert tables(project) == incremental
 
 
@@ -243,10 +228,12 @@ def damage_previous(project: batchml.Project, how: str) -> None:
         with duckdb.connect(str(target)) as con:
             runs = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
             runs = [f'"{t}"' for t in runs if t.startswith("run__")]
-            assert len(runs) == 2
+            assert len(runs) == 1  # the current run; the past one is not in the file
             if how == "old_schema":  # an older layout: one predictions table, fewer columns
-                for view in ("prediction_history", "predictions", "predictions_staging", "past_predictions"):
+                for view in ("predictions", "predictions_staging"):
                     con.execute(f"DROP VIEW {view}")
+                for (index,) in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall():
+                    con.execute(f'DROP INDEX "{index}"')  # an indexed column cannot be dropped
                 for table in runs:
                     con.execute(f"ALTER TABLE {table} DROP COLUMN flags")
                 con.execute(f"CREATE TABLE predictions AS SELECT * FROM {runs[0]}")
@@ -267,7 +254,7 @@ def test_a_damaged_or_foreign_previous_file_falls_back_to_storage(
     damage_previous(project, how)
     run_file_reads.clear()
     batchml.rebuild_catalog(project, full=False)
-    assert sorted(run_file_reads) == sorted([published.run_id, run.run_id])
+    assert run_file_reads == [run.run_id]
     assert tables(project) == expected
 
 

@@ -1,0 +1,305 @@
+"""Serving benchmark: publish cost against history depth, no-op publishes, point/batch and history lookups.
+
+    python benchmarks/serving.py publishes [--rows 1000000] [--publishes 100] [--trees 5] [--workdir ...]
+    python benchmarks/serving.py lookups [--rows 10000000] [--points 5000] [--trees 5] [--workdir ...]
+
+``publishes`` scores ``--publishes`` distinct runs of the same ``--rows``-row dataset version (each with its
+own content key: a ``max_quarantine_share`` that differs in the 9th decimal, so the same predictions) and
+publishes them one after another, timing each ``batchml.publish`` and the serving file's size after it; then
+publishes the current run again and scores it again (the no-op: seconds, files and bytes changed), and on a
+history reader (``batchml.connect(history=True)``) times ``batchml.lookup(con, model, [id], at=T)`` and the
+SQL ``prediction_at(model, id, T)`` at random times T over the whole history (p50/p99). Runs against any
+batchml that has ``publish`` (e.g. main's venv, for the before figures); the history part needs this branch.
+
+``lookups`` scores and publishes one ``--rows`` run and measures, on one kept-open read-only connection with
+batchml's reader settings: point lookups (``--points`` random served ids, one query each, p50/p99) and
+``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the fastest of 3), with the ART index
+and on a copy of the file with its indexes dropped ("zone maps only", rows still sorted by entity id).
+Results are printed and written to ``<workdir>/serving_<mode>_<rows>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from _harness import peak_rss_mib, run_child
+from score import MODEL, ensure_data, setup_batchml, train_baseline
+
+BATCHES = (1_000, 10_000, 100_000)
+POINT = "SELECT * FROM predictions WHERE model = ? AND entity_id = ?"
+SAMPLE = "SELECT entity_id FROM predictions USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7)"
+CHECKPOINTS = (1, 10, 100, 1000)
+
+
+def _quantiles(seconds: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(seconds, n=100)
+    return {"p50_ms": cuts[49] * 1e3, "p99_ms": cuts[98] * 1e3}
+
+
+def _files(*folders: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for folder in folders
+        for p in folder.rglob("*")
+        if not p.is_dir()
+    }
+
+
+def _history_lookups(project: Any, times: list[tuple[datetime, str]], points: int) -> dict[str, Any]:
+    """`lookup(..., at=T)` and `prediction_at` p50/p99 at random publish times on a history reader."""
+    import batchml
+
+    start = time.perf_counter()
+    con = batchml.connect(project, history=True)
+    result: dict[str, Any] = {"history_connect_ms": (time.perf_counter() - start) * 1e3}
+    ids = [str(r[0]) for r in con.execute(SAMPLE.format(rows=points)).fetchall()]
+    rng = random.Random(7)
+    asked = [(ids[i], *rng.choice(times)) for i in range(len(ids))]
+    api_s, sql_s = [], []
+    for entity, at, run_id in asked:
+        begin = time.perf_counter()
+        table = batchml.lookup(con, MODEL, [entity], at=at)
+        api_s.append(time.perf_counter() - begin)
+        assert table.column("run_id").to_pylist() == [run_id], (entity, at)
+    for entity, at, run_id in asked[: max(20, points // 10)]:
+        begin = time.perf_counter()
+        rows = con.execute("SELECT run_id FROM prediction_at(?, ?, ?)", [MODEL, entity, at]).fetchall()
+        sql_s.append(time.perf_counter() - begin)
+        assert rows == [(run_id,)], (entity, at)
+    con.close()
+    api, sql = _quantiles(api_s), _quantiles(sql_s)
+    return {
+        **result,
+        **{f"at_lookup_{k}": v for k, v in api.items()},
+        **{f"at_sql_{k}": v for k, v in sql.items()},
+    }
+
+
+def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dict[str, Any]:
+    """Score and publish `publishes` distinct runs; time each publish, the no-op and history lookups."""
+    import batchml
+    from batchml.data import datasets
+    from batchml.models.registry import Registry
+    from batchml.scoring.runs import ScoringOptions
+    from batchml.scoring.runs import score as score_dataset
+
+    project = batchml.Project.open(toml)
+    registry = Registry(project.storage)
+    chosen = registry.resolve(MODEL, alias="champion")
+    booster = registry.load_booster(chosen)
+    version = datasets.get_version(project.storage, dataset)
+    steps, times = [], []
+    for i in range(publishes):
+        options = ScoringOptions(max_quarantine_share=0.01 + i * 1e-9)  # a key of its own, same predictions
+        run = score_dataset(project.storage, chosen, booster, version, options=options)
+        start, cpu = time.perf_counter(), time.process_time()  # CPU: this process's, every thread's
+        path = batchml.publish(project, MODEL, run.run_id)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        times.append((datetime.now(UTC), run.run_id))
+        steps.append(
+            {
+                "publish": i + 1,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "file_mib": path.stat().st_size / 2**20,
+            }
+        )
+    folders = (Path(project.storage.root), project.serving_dir)
+    before = _files(*folders)
+    start = time.perf_counter()
+    batchml.publish(project, MODEL, run.run_id)  # what `batchml score` does after finding the run: publish
+    again = batchml.score(project, MODEL, alias=None, version=chosen.version, dataset=dataset)
+    noop = time.perf_counter() - start
+    after = _files(*folders)
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    result: dict[str, Any] = {
+        "seconds": sum(s["seconds"] for s in steps),
+        "steps": steps,
+        "noop_seconds": noop,
+        "noop_files_changed": len(changed),
+        "noop_bytes_changed": sum(after.get(p, (0, 0))[0] for p in changed),
+        "noop_new_run": not again.reused,
+    }
+    if "history" in batchml.connect.__code__.co_varnames:
+        result.update(_history_lookups(project, times, points))
+    return result
+
+
+def child_lookups(path: str, points: int) -> dict[str, Any]:
+    """Point and batch lookup timings on the serving file at ``path`` (opened read-only, as readers do)."""
+    import batchml
+    from batchml.serving.readers import READER_CONFIG, READER_MEMORY_LIMIT, READER_THREADS
+
+    config = {**READER_CONFIG, "memory_limit": READER_MEMORY_LIMIT, "threads": READER_THREADS}
+    con = duckdb.connect(path, read_only=True, config=config)
+    ids = [str(r[0]) for r in con.execute(SAMPLE.format(rows=points)).fetchall()]
+    for entity in ids[:200]:  # warm-up: the first queries load the index and the row groups they touch
+        con.execute(POINT, [MODEL, entity]).fetchall()
+    seconds = []
+    for entity in ids:
+        start = time.perf_counter()
+        found = con.execute(POINT, [MODEL, entity]).fetchall()
+        seconds.append(time.perf_counter() - start)
+        assert len(found) == 1, entity
+    result: dict[str, Any] = {"seconds": sum(seconds), **_quantiles(seconds)}
+    for size in BATCHES:
+        asked = [str(r[0]) for r in con.execute(SAMPLE.format(rows=size - size // 10)).fetchall()]
+        asked += [f"missing-{i}" for i in range(size // 10)]
+        random.Random(7).shuffle(asked)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            table = batchml.lookup(con, MODEL, asked)
+            best = min(best, time.perf_counter() - start)
+        assert table.num_rows == size - size // 10
+        result[f"batch_{size}_ids_per_s"] = size / best
+    return result
+
+
+def child_publish_one(toml: str, dataset: str) -> dict[str, Any]:
+    """Score and publish one run; the publish's seconds."""
+    import batchml
+
+    project = batchml.Project.open(toml)
+    run = batchml.score(project, MODEL, alias="champion", dataset=dataset)
+    start = time.perf_counter()
+    path = batchml.publish(project, MODEL, run.run_id)
+    return {"seconds": time.perf_counter() - start, "file_mib": path.stat().st_size / 2**20}
+
+
+def without_indexes(path: Path, workdir: Path) -> Path:
+    """A copy of the serving file at ``path`` with every index dropped (the same rows, sorted)."""
+    copy = workdir / "serving_without_index.duckdb"
+    copy.unlink(missing_ok=True)
+    shutil.copy(path, copy)
+    copy.chmod(0o644)
+    with duckdb.connect(str(copy)) as con:
+        for (name,) in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall():
+            con.execute(f'DROP INDEX "{name}"')
+        con.execute("CHECKPOINT")
+    return copy
+
+
+def _window(steps: list[dict[str, Any]], n: int, key: str) -> float:
+    """The median of `key` over the 3 publishes ending at publish n (the first 3 for n = 1)."""
+    end = max(n, 3)
+    return statistics.median(s[key] for s in steps[end - 3 : end])
+
+
+def report_publishes(r: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Publish wall and CPU seconds (median of 3) and file size at each checkpoint, against the first."""
+    steps = r["steps"]
+    wall1, cpu1, mib1 = (_window(steps, 1, k) for k in ("seconds", "cpu_seconds", "file_mib"))
+    lines = [
+        f"rows/run={meta['rows']:,}  publishes={meta['publishes']}  {meta['cores']} cores, "
+        f"duckdb {meta['duckdb']}",
+        f"{'publish #':>10}{'wall s':>8}{'x 1st':>7}{'CPU s':>8}{'x 1st':>7}{'file MiB':>10}{'x 1st':>7}",
+    ]
+    for n in sorted({c for c in CHECKPOINTS if c <= len(steps)} | {len(steps)}):
+        wall, cpu, mib = (_window(steps, n, k) for k in ("seconds", "cpu_seconds", "file_mib"))
+        lines.append(
+            f"{n:>10}{wall:>8.2f}{wall / wall1:>7.2f}{cpu:>8.2f}{cpu / cpu1:>7.2f}"
+            f"{mib:>10.1f}{mib / mib1:>7.2f}"
+        )
+    lines.append(
+        f"no-op (publish + score again): {r['noop_seconds']:.2f} s, {r['noop_files_changed']} files / "
+        f"{r['noop_bytes_changed']} bytes changed, new run: {r['noop_new_run']}"
+    )
+    if "at_lookup_p50_ms" in r:
+        lines.append(
+            f"history ({meta['publishes']} runs): connect {r['history_connect_ms']:.0f} ms; lookup(at=T) "
+            f"p50 {r['at_lookup_p50_ms']:.1f} ms p99 {r['at_lookup_p99_ms']:.1f} ms; prediction_at SQL "
+            f"p50 {r['at_sql_p50_ms']:.1f} ms p99 {r['at_sql_p99_ms']:.1f} ms"
+        )
+    return "\n".join(lines)
+
+
+def report_lookups(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Point and batch lookups per layout."""
+    lines = [
+        f"rows={meta['rows']:,}  point lookups={meta['points']:,}  {meta['cores']} cores, duckdb "
+        f"{meta['duckdb']}; publish {meta['publish_seconds']:.1f} s, file {meta['file_mib']:.0f} MiB",
+        f"{'layout':<16}{'p50 ms':>8}{'p99 ms':>8}"
+        + "".join(f"{f'{n // 1000}k ids/s':>13}" for n in BATCHES),
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"{name:<16}{r['p50_ms']:>8.3f}{r['p99_ms']:>8.3f}"
+            + "".join(f"{r[f'batch_{n}_ids_per_s']:>13,.0f}" for n in BATCHES)
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse arguments; in child mode run one measurement, otherwise set up, measure and report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["publishes", "lookups", "child"])
+    parser.add_argument("--rows", type=int, default=None, help="1M for publishes, 10M for lookups")
+    parser.add_argument("--publishes", type=int, default=100)
+    parser.add_argument("--trees", type=int, default=5, help="the booster is not what is measured here")
+    parser.add_argument("--points", type=int, default=2_000, help="point lookups per measurement")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode == "child":
+        kind, *rest = args.child
+        result = (
+            child_publishes(rest[0], rest[1], int(rest[2]), int(rest[3]))
+            if kind == "publishes"
+            else child_publish_one(rest[0], rest[1])
+            if kind == "publish"
+            else child_lookups(rest[0], int(rest[1]))
+        )
+        print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}, default=str))
+        return
+
+    import batchml
+
+    rows = args.rows or (1_000_000 if args.mode == "publishes" else 10_000_000)
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(workdir, rows, args.seed)
+    setup = setup_batchml(workdir, data, train_baseline(data, args.trees, workdir))
+    meta: dict[str, Any] = {"rows": rows, "cores": os.cpu_count(), "duckdb": duckdb.__version__}
+    try:
+        if args.mode == "publishes":
+            meta["publishes"] = args.publishes
+            child = ["publishes", setup["toml"], setup["dataset"], str(args.publishes), str(args.points)]
+            result: dict[str, Any] = run_child(__file__, ["child", "--child", *child])
+            text = report_publishes(result, meta)
+        else:
+            meta["points"] = args.points
+            published = run_child(__file__, ["child", "--child", "publish", setup["toml"], setup["dataset"]])
+            meta.update(publish_seconds=published["seconds"], file_mib=published["file_mib"])
+            served = batchml.database_path(batchml.Project.open(setup["toml"])).resolve()
+            plain = without_indexes(served, workdir)
+            result = {
+                "zone maps only": run_child(
+                    __file__, ["child", "--child", "lookups", str(plain), str(args.points)]
+                ),
+                "ART index": run_child(
+                    __file__, ["child", "--child", "lookups", str(served), str(args.points)]
+                ),
+            }
+            text = report_lookups(result, meta)
+    finally:
+        shutil.rmtree(setup["project"])
+        (workdir / "serving_without_index.duckdb").unlink(missing_ok=True)
+    print(text)
+    out = workdir / f"serving_{args.mode}_{rows}.json"
+    out.write_text(json.dumps({"meta": meta, "results": result}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

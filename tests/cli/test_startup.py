@@ -15,10 +15,10 @@ from pathlib import Path
 import batchml
 
 #: Libraries these commands must not import: each costs 0.1-2 s of CPU in a fresh process (pydantic with
-#: typer >= 0.29 or a pydantic config: ~0.17 s).
+#: typer >= 0.29 or a pydantic config: ~0.17 s; fsspec, on a project with local storage: ~0.03 s).
 HEAVY = (
     "numpy", "pyarrow", "polars", "pandas", "scipy", "sklearn",
-    "lightgbm", "evidently", "prefect", "pydantic",
+    "lightgbm", "evidently", "prefect", "pydantic", "fsspec",
 )  # fmt: skip
 
 LIGHT_COMMANDS = [

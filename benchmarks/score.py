@@ -69,7 +69,7 @@ def train_baseline(data: Path, trees: int, workdir: Path) -> Path:
     return path
 
 
-def setup_batchml(workdir: Path, data: Path, model_path: Path, engine: str) -> dict[str, Any]:
+def setup_batchml(workdir: Path, data: Path, model_path: Path, engine: str = "lightgbm") -> dict[str, Any]:
     """Create a fresh project, snapshot the data, register the baseline booster (its engines are checked on
     the dataset's first rows, compiled or taken from the cache) and promote it champion."""
     import batchml

@@ -330,7 +330,8 @@ class Config(_Strict, frozen=True):
         if not isinstance(data, dict):
             return data
         for kind, key in (("dataset", "datasets"), ("model", "models")):
-            for name in data.get(key) or {} if isinstance(data.get(key), dict) else ():
+            section = data.get(key)
+            for name in section if isinstance(section, dict) else ():
                 check_name(kind, name)
         models = data.get("models")
         if isinstance(models, dict):

@@ -30,3 +30,23 @@ def run_child(script: str, args: list[str], repeat: int = 1) -> dict[str, Any]:
             raise RuntimeError(f"child {args[:2]} failed with exit code {proc.returncode}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return {**min(runs, key=lambda r: r["seconds"]), "runs_seconds": [round(r["seconds"], 3) for r in runs]}
+
+
+def sample_project_toml(num_iterations: int) -> str:
+    """The batchml.toml of a benchmark project on `batchml sample-data loans.csv` (model `default_risk`)."""
+    return f"""
+[storage]
+root = "store"
+
+[datasets.loans]
+source = "loans.csv"
+
+[models.default_risk]
+dataset = "loans"
+entity_id = "loan_id"
+timestamp = "application_date"
+target = "defaulted"
+
+[models.default_risk.params]
+num_iterations = {num_iterations}
+"""

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _harness import sample_project_toml
+
 BASELINE = [sys.executable, "-c", "import duckdb, typer, rich"]
 COMMANDS = {
     "batchml --help": ["--help"],
@@ -26,22 +28,7 @@ COMMANDS = {
     "batchml models list": ["models", "list"],
     "batchml info": ["info"],
 }
-TOML = """
-[storage]
-root = "store"
-
-[datasets.loans]
-source = "loans.csv"
-
-[models.default_risk]
-dataset = "loans"
-entity_id = "loan_id"
-timestamp = "application_date"
-target = "defaulted"
-
-[models.default_risk.params]
-num_iterations = 20
-"""
+TOML = sample_project_toml(num_iterations=20)
 
 
 def cpu_seconds(argv: list[str], cwd: Path) -> float:

@@ -30,22 +30,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-TOML = """
-[storage]
-root = "store"
+from _harness import sample_project_toml
 
-[datasets.loans]
-source = "loans.csv"
-
-[models.default_risk]
-dataset = "loans"
-entity_id = "loan_id"
-timestamp = "application_date"
-target = "defaulted"
-
-[models.default_risk.params]
-num_iterations = 200
-"""
+TOML = sample_project_toml(num_iterations=200)
 MODEL = "default_risk"
 
 

@@ -92,6 +92,7 @@ def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dic
     from batchml.models.registry import Registry
     from batchml.scoring.runs import ScoringOptions
     from batchml.scoring.runs import score as score_dataset
+    from batchml.serving.pointer import GRACE_SECONDS
 
     project = batchml.Project.open(toml)
     registry = Registry(project.storage)
@@ -99,6 +100,7 @@ def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dic
     booster = registry.load_booster(chosen)
     version = datasets.get_version(project.storage, dataset)
     steps, times = [], []
+    began = time.perf_counter()
     for i in range(publishes):
         options = ScoringOptions(max_quarantine_share=0.01 + i * 1e-9)  # a key of its own, same predictions
         run = score_dataset(project.storage, chosen, booster, version, options=options)
@@ -114,6 +116,13 @@ def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dic
                 "file_mib": path.stat().st_size / 2**20,
             }
         )
+    serving_files = [p for p in project.serving_dir.glob("serving-*.duckdb") if not p.is_symlink()]
+    kept = {  # what the automatic collection left after the last publish
+        "loop_seconds": time.perf_counter() - began,
+        "serving_files": len(serving_files),
+        "serving_mib": sum(p.stat().st_size for p in serving_files) / 2**20,
+        "grace_seconds": GRACE_SECONDS,
+    }
     folders = (Path(project.storage.root), project.serving_dir)
     before = _files(*folders)
     start = time.perf_counter()
@@ -129,6 +138,7 @@ def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dic
         "noop_files_changed": len(changed),
         "noop_bytes_changed": sum(after.get(p, (0, 0))[0] for p in changed),
         "noop_new_run": not again.reused,
+        **kept,
     }
     if "history" in batchml.connect.__code__.co_varnames:
         result.update(_history_lookups(project, times, points))
@@ -215,6 +225,12 @@ def report_publishes(r: dict[str, Any], meta: dict[str, Any]) -> str:
         f"no-op (publish + score again): {r['noop_seconds']:.2f} s, {r['noop_files_changed']} files / "
         f"{r['noop_bytes_changed']} bytes changed, new run: {r['noop_new_run']}"
     )
+    if "serving_files" in r:
+        lines.append(
+            f"serving folder after {len(steps)} publishes in {r['loop_seconds']:.0f} s: "
+            f"{r['serving_files']} files, {r['serving_mib']:.0f} MiB (the current file and those replaced "
+            f"within the last {r['grace_seconds']:.0f} s)"
+        )
     if "at_lookup_p50_ms" in r:
         lines.append(
             f"history ({meta['publishes']} runs): connect {r['history_connect_ms']:.0f} ms; lookup(at=T) "

@@ -29,6 +29,7 @@ from batchml.models.registry import RegistryReader
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run, list_runs
 from batchml.serving import gc
+from batchml.serving.snapshots import newest_snapshot
 from batchml.store.storage import FileEntry, Storage
 from batchml.testing import write_loans
 
@@ -102,9 +103,14 @@ def _served(project: batchml.Project) -> tuple[set[str], int]:
 
 
 def _check_consistent(project: batchml.Project, before: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Previous published run readable, every referenced file intact, only complete versions visible."""
+    """Previous published run readable, every referenced file intact, only complete versions visible.
+
+    Referenced means by any record but a replaced snapshot's event: those files are pruned (`snapshots`)."""
     storage = project.storage
+    newest = newest_snapshot(storage)
     for record in _records(storage):
+        if record.get("action") == "snapshot" and newest is not None and record["seq"] != newest.seq:
+            continue
         for entry in _entries(record):
             storage.verify(entry)
     versions = [v.version for v in datasets.list_versions(storage, "loans")]

@@ -8,8 +8,13 @@ interrupted commit, and serving files no pointer names. They are invisible to re
   (dataset manifests, model cards, run manifests, report metadata, ...);
 - candidates: unreferenced files in the data-file areas (`datasets/*/files/`, `models/*/files/`,
   `runs/<model>/<run_id>/`, `monitoring/<model>/<run_id>/report-*`, `serving/snapshots/`), `.tmp-*` files
-  anywhere, and in the serving folder old `serving-*.duckdb` files the pointer no longer names plus
-  `.building-*`/`.link-*` files.
+  anywhere, and in the serving folder old `serving-*.duckdb` files the pointer no longer names (counted
+  from when a newer file replaced them, see `pointer.retired_files`) plus `.building-*`/`.link-*` files
+  and sidecars whose serving file is gone.
+
+The one exception to "referenced": serving snapshots that a newer snapshot replaced before the grace period
+(`snapshots.retired_snapshots`); their events stay as the record of what was served, and only the newest
+snapshot is ever pulled.
 
 JSON records themselves are never removed. A record that does not parse stops the collection with an
 IntegrityError naming it: when in doubt, nothing is deleted. The grace period protects writers in flight
@@ -18,14 +23,17 @@ IntegrityError naming it: when in doubt, nothing is deleted. The grace period pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from batchml.serving.pointer import current_file_name, remove_serving_file, retired_files, serving_lock
 
 if TYPE_CHECKING:  # `batchml gc --help` shows GRACE_SECONDS: importing this module stays cheap
     from batchml.store.storage import Storage
@@ -40,7 +48,7 @@ _DATA_AREAS = (
     re.compile(r"^monitoring/[^/]+/[^/]+/report-[^/]+$"),
     re.compile(r"^serving/snapshots/[^/]+$"),
 )
-_SERVING_LEFTOVERS = re.compile(r"^(serving-.*\.duckdb.*|\.building-.*|\.link-.*|\.tmp-.*)$")
+_SERVING_LEFTOVERS = re.compile(r"^(serving-.*\.duckdb\..*|\.building-.*|\.link-.*|\.tmp-.*)$")
 
 
 @dataclass
@@ -114,19 +122,37 @@ def _mtime(storage: Storage, path: str) -> float | None:
 
 
 def _serving_leftovers(serving_dir: Path) -> list[Path]:
-    """Files in the serving folder that the pointer does not name (never the pointer or the lock)."""
-    if not serving_dir.is_dir():
-        return []
-    link = serving_dir / "batchml.duckdb"
-    current = os.readlink(link) if link.is_symlink() else None
+    """Crash leftovers in the serving folder: half-built files, links, and sidecars whose file is gone."""
     return [
         p
         for p in sorted(serving_dir.iterdir())
         if p.is_file()
         and not p.is_symlink()
         and _SERVING_LEFTOVERS.fullmatch(p.name)
-        and not (current and p.name.startswith(current))  # the current file and its .wal
+        and not p.with_name(p.name.split(".duckdb.", 1)[0] + ".duckdb").exists()  # sidecars go with files
     ]
+
+
+def _collect_serving_dir(serving_dir: Path, cutoff: float, report: GcReport) -> None:
+    """Serving files replaced before `cutoff`, and leftovers older than it (under the build lock)."""
+    with serving_lock(serving_dir):
+        retired = retired_files(serving_dir, cutoff)
+        current = current_file_name(serving_dir)
+        report.kept_young += [
+            str(p)
+            for p in sorted(serving_dir.glob("serving-*.duckdb"))
+            if p.name != current and p not in retired and not p.is_symlink()
+        ]
+        for path in retired:
+            report.deleted.append(str(path))
+            if not report.dry_run:
+                remove_serving_file(path)
+        for old in _serving_leftovers(serving_dir):
+            with contextlib.suppress(FileNotFoundError):
+                young = old.stat().st_mtime > cutoff
+                (report.kept_young if young else report.deleted).append(str(old))
+                if not (young or report.dry_run):
+                    old.unlink()
 
 
 def collect(
@@ -160,18 +186,15 @@ def collect(
         report.deleted.append(path)
         if not dry_run:  # paths come from listing the root (and may start with '.'): no name check needed
             storage.fs.rm_file(f"{storage.root}/{path}")
-    for old in _serving_leftovers(serving_dir) if serving_dir is not None else []:
-        shown = str(old)
-        try:
-            young = old.stat().st_mtime > cutoff
-        except FileNotFoundError:
-            continue
-        if young:
-            report.kept_young.append(shown)
-            continue
-        report.deleted.append(shown)
-        if not dry_run:
-            old.unlink(missing_ok=True)
+    if not storage.is_local:  # serving snapshots exist only with object storage
+        from batchml.serving.snapshots import retired_snapshots
+
+        for path in retired_snapshots(storage, datetime.fromtimestamp(cutoff, UTC)):
+            report.deleted.append(path)
+            if not dry_run:
+                storage.delete(path)
+    if serving_dir is not None and serving_dir.is_dir():
+        _collect_serving_dir(serving_dir, cutoff, report)
     log.info(
         "gc: %s %d unreferenced files, kept %d younger than %.0f s",
         "would remove" if dry_run else "removed",

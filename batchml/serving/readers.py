@@ -8,8 +8,9 @@ first from object storage when another host published it (`snapshots`).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
@@ -19,6 +20,8 @@ from batchml.serving.pointer import serving_path
 
 if TYPE_CHECKING:
     from batchml.project import Project
+
+T = TypeVar("T")
 
 #: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
 #: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
@@ -49,16 +52,34 @@ def connect_serving(
     Its queries may use at most `memory_limit` (DuckDB spills or fails beyond it) and `threads` cores; the
     connection cannot change either. Every table is inside the file: readers need no access to the store.
     """
-    path = serving_file(serving_dir)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"reader threads {threads!r} is invalid: use a whole number >= 1")
     caps: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
+
+    def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(path), read_only=True, config={**READER_CONFIG, **caps})
+        except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
+            raise ConfigError(
+                f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
+            ) from None
+
+    return open_current(serving_dir, open_read_only)
+
+
+def open_current(serving_dir: Path, open_file: Callable[[Path], T]) -> T:
+    """`open_file(current serving file)`, once more if that file was replaced and collected meanwhile.
+
+    DuckDB resolves the link before it opens the file; a file collected in between (its grace period is
+    short, see `pointer.GRACE_SECONDS`) makes the open fail while the link already names a newer file.
+    """
+    path = serving_file(serving_dir)
     try:
-        return duckdb.connect(str(path), read_only=True, config={**READER_CONFIG, **caps})
-    except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
-        raise ConfigError(
-            f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
-        ) from None
+        return open_file(path)
+    except duckdb.IOException:
+        if path.exists():
+            raise
+        return open_file(serving_file(serving_dir))
 
 
 def connect(
@@ -89,7 +110,10 @@ def connect(
     if history:
         from batchml.serving.history import connect_history  # fsspec: only history readers pay for it
 
-        return connect_history(serving_file(project.serving_dir), project.storage, memory_limit=memory_limit)
+        return open_current(
+            project.serving_dir,
+            lambda path: connect_history(path, project.storage, memory_limit=memory_limit),
+        )
     return connect_serving(project.serving_dir, memory_limit=memory_limit, threads=threads)
 
 

@@ -20,6 +20,11 @@ Pulling (`batchml serving pull`, `batchml.connect()`): if the newest snapshot re
 file does not, it is streamed into a temp file in the serving folder, its sha256 and size checked against
 the event, made read-only and flipped in like a build (`pointer`); a mismatch is refused and the previous
 file stays. Local storage needs none of this: the serving file is built on the same disk.
+
+Pruning (after each commit, and `batchml gc`): a snapshot that a newer one replaced more than
+`SNAPSHOT_GRACE_SECONDS` ago (by its successor's event time) is deleted; its event stays as the record of
+what was served. Only the newest snapshot is ever pulled, so the grace covers a pull of the previous one in
+flight on another host (and clock skew between hosts).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import shutil
 import socket
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FILES = "serving/snapshots"
 SNAPSHOT_LOG = "serving/events"
+#: How long a replaced snapshot stays in storage (see the module docstring).
+SNAPSHOT_GRACE_SECONDS = 3600.0
 _CHUNK = 1 << 20
 _MAX_ATTEMPTS = 20
 
@@ -146,8 +154,36 @@ def commit_snapshot(storage: Storage, serving_dir: Path) -> Snapshot | None:
             continue  # another host committed first: decide again on the log as it is now
         snapshot = Snapshot.from_event(stored)
         log.info("committed serving %s to %s", snapshot.name, storage.uri(entry.path))
+        for path in retired_snapshots(storage, datetime.now(UTC) - timedelta(seconds=SNAPSHOT_GRACE_SECONDS)):
+            storage.delete(path)
         return snapshot
     raise ConflictError(f"could not commit a serving snapshot to {SNAPSHOT_LOG} after {_MAX_ATTEMPTS} tries")
+
+
+def retired_snapshots(storage: Storage, replaced_before: datetime) -> list[str]:
+    """Stored snapshot files that a newer snapshot replaced before `replaced_before`; never the newest's.
+
+    Walks the snapshot log back from the newest event while the events' files are still stored: a file is
+    replaced when the next event is appended, so once one event's file is gone (pruned), every older one's
+    is too, and a prune reads only the events of the files it keeps. Unreferenced files (a crash between
+    upload and event) are `gc`'s, by their age.
+    """
+    stored = {f"{SNAPSHOT_FILES}/{name}" for name in storage.list_dir(SNAPSHOT_FILES)}
+    events = EventLog(storage, SNAPSHOT_LOG)
+    keep: set[str] = set()
+    retired: list[str] = []
+    replaced_at: datetime | None = None  # the time the event after the one in hand was appended
+    for seq in range(events.last_seq(), 0, -1):
+        event = storage.read_json(f"{SNAPSHOT_LOG}/{seq:09d}.json")
+        path = str(event["file"]["path"])
+        if path not in stored:
+            break
+        if replaced_at is None or replaced_at >= replaced_before:
+            keep.add(path)  # the newest, or replaced within the grace period
+        elif path not in keep and path not in retired:
+            retired.append(path)
+        replaced_at = datetime.fromisoformat(event["at"])
+    return retired
 
 
 def _fetch(storage: Storage, snapshot: Snapshot, serving_dir: Path, grace_seconds: float) -> Path:

@@ -74,9 +74,9 @@ def fingerprint(project: batchml.Project, *, pull: bool = True) -> tuple[str, in
     return row[0], row[1], round(row[2], 9)
 
 
-def rescore(a: batchml.Project) -> str:
-    """Train, promote and publish a second champion from folder A; return its run id."""
-    challenger = batchml.train(a, MODEL, params={"num_leaves": 7})
+def rescore(a: batchml.Project, num_leaves: int = 7) -> str:
+    """Train, promote and publish a new champion from folder A; return its run id."""
+    challenger = batchml.train(a, MODEL, params={"num_leaves": num_leaves})
     batchml.promote(a, MODEL, challenger.version, reason="second")
     run = batchml.score(a, MODEL)
     batchml.publish(a, MODEL, run.run_id)
@@ -203,7 +203,8 @@ def test_a_crash_between_upload_and_event_is_completed_by_rerunning(
     assert fingerprint(host("b"))[0] == run.run_id
     batchml.publish(a, MODEL, run.run_id)  # and again: nothing at all
     assert newest_snapshot(a.storage) == snap
-    assert not gc.collect(a.storage, grace_seconds=0).deleted  # every snapshot object is referenced
+    assert a.storage.list_dir(SNAPSHOT_FILES) == sorted([*known, f"{snap.file.sha256}.duckdb"])
+    assert not gc.collect(a.storage, grace_seconds=3600).deleted  # replaced a moment ago, or newest
 
 
 def test_racing_publishers_make_exactly_one_snapshot_newest(
@@ -245,12 +246,33 @@ def test_racing_publishers_make_exactly_one_snapshot_newest(
     kept = set(known) | {f"{newest.file.sha256}.duckdb"}
     lost = sorted(set(a.storage.list_dir(SNAPSHOT_FILES)) - kept)  # the loser's upload, if it got that far
     assert len(lost) <= 1
-    assert gc.collect(a.storage, grace_seconds=0).deleted == [f"{SNAPSHOT_FILES}/{name}" for name in lost]
-    assert set(a.storage.list_dir(SNAPSHOT_FILES)) == kept
+    replaced = sorted(kept - {f"{newest.file.sha256}.duckdb"})  # snapshots the winner replaced
+    deleted = gc.collect(a.storage, grace_seconds=0).deleted
+    assert sorted(deleted) == sorted(f"{SNAPSHOT_FILES}/{name}" for name in [*lost, *replaced])
+    assert a.storage.list_dir(SNAPSHOT_FILES) == [f"{newest.file.sha256}.duckdb"]
     # The stale host's older file never becomes newest, and a reader on it is brought forward.
     assert commit_snapshot(stale.storage, stale.serving_dir) is None
     assert newest_snapshot(a.storage) == newest
     assert fingerprint(stale)[0] == run.run_id
+
+
+def test_replaced_snapshots_are_pruned_after_their_grace_period_and_the_newest_still_pulls(
+    publisher: batchml.Project, host: Hosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = publisher
+    first = newest_snapshot(a.storage)
+    assert first is not None
+    rescore(a)  # promote + publish: two more snapshots, the first replaced a moment ago
+    files = a.storage.list_dir(SNAPSHOT_FILES)
+    assert f"{first.file.sha256}.duckdb" in files and len(files) >= 3  # within the grace period: kept
+
+    monkeypatch.setattr(snapshots, "SNAPSHOT_GRACE_SECONDS", 0.0)
+    third = rescore(a, num_leaves=5)  # each commit prunes what was replaced before the grace period
+    newest = newest_snapshot(a.storage)
+    assert newest is not None and a.storage.list_dir(SNAPSHOT_FILES) == [f"{newest.file.sha256}.duckdb"]
+    assert len(EventLog(a.storage, SNAPSHOT_LOG).read()) == newest.seq  # the events stay: what was served
+    assert fingerprint(host("b"))[0] == third  # another host pulls the newest
+    assert not gc.collect(a.storage, grace_seconds=0).deleted  # nothing left to prune
 
 
 def test_local_storage_keeps_no_snapshot_copy(

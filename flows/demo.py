@@ -93,8 +93,8 @@ def show(
         print("\nWhere each run's scoring and publishing spent their time (run_stats; busy seconds):")
         print(
             con.sql(
-                "SELECT run_id, rows, read_s, encode_s, predict_s, write_s, wall_s, rows_per_s, "
-                "peak_rss_mib, publish_s FROM run_stats ORDER BY run_id"
+                "SELECT run_id, rows, predict_s, write_s, wall_s, rows_per_s, peak_rss_mib, publish_s "
+                "FROM run_stats ORDER BY run_id"
             )
         )
     finally:

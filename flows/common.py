@@ -186,6 +186,13 @@ def serving_examples(project: batchml.Project, model: str | None = None) -> dict
         row = con.execute(
             f"SELECT entity_id FROM predictions {where} ORDER BY entity_id LIMIT 1", args
         ).fetchone()
+        if model:  # the serving build that first served the published run (`run_stats`; NULL: not kept)
+            timed = con.execute(
+                "SELECT publish_s FROM run_stats WHERE model = ? "
+                "AND run_id IN (SELECT run_id FROM runs WHERE published)",
+                [model],
+            ).fetchone()
+            info["publish_s"] = timed[0] if timed else None
         info["tables"] = [
             f"{name} (view)" if kind == "VIEW" else name
             for name, kind in con.execute(

@@ -90,10 +90,10 @@ def show(
                 "predicted_class, run_id FROM predictions ORDER BY entity_id LIMIT 3"
             )
         )
-        print("\nWhere each run's scoring spent its time (run_stats; busy seconds per stage):")
+        print("\nWhere each run's scoring and publishing spent their time (run_stats; busy seconds):")
         print(
             con.sql(
-                "SELECT run_id, rows, read_s, encode_s, predict_s, write_s, wall_s, rows_per_s, peak_rss_mib "
+                "SELECT run_id, rows, predict_s, write_s, wall_s, rows_per_s, peak_rss_mib, publish_s "
                 "FROM run_stats ORDER BY run_id"
             )
         )
@@ -119,7 +119,7 @@ def show(
         "  predictions = the published run per model; prediction_history = every run ever published\n"
         "  (batchml.connect(history=True) or batchml query --history: read from the run files);\n"
         "  drift_metrics, drift_runs, alerts, retrains = monitoring; models, runs, datasets = the catalog;\n"
-        "  run_stats = each run's scoring: busy seconds per stage, rows/s, peak RSS"
+        "  run_stats = each run's scoring (busy seconds per stage, rows/s, peak RSS) and publish seconds"
     )
     print(f"Evidently report (open in a browser): {report}")
     print(

@@ -70,7 +70,7 @@ def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
     return [
         "",
         f"Scoring time{when}: busy seconds per stage (stages overlap, so they may sum past the wall time)."
-        " Publish time is not part of the run.",
+        " Publish time is the publication's: `run_stats.publish_s`.",
         "",
         markdown_table([row]),
     ]
@@ -269,7 +269,12 @@ def _score_and_publish(
         lines += [
             "",
             f"Published: {'yes' if publication['changed'] else 'already current'}. "
-            f"Serving DuckDB: `{publication['database']}`",
+            f"Serving DuckDB: `{publication['database']}`"
+            + (
+                f" (publish: its serving build took {examples['publish_s']:.3f} s)"
+                if examples.get("publish_s") is not None
+                else ""
+            ),
         ]
     if examples.get("sql"):
         lines += [

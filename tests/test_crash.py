@@ -381,7 +381,11 @@ COMMANDS: dict[str, tuple[list[str], int]] = {
 
 
 def _command_points(events: int) -> list[tuple[str, str, int | str]]:
-    """After each event is committed, as the rebuild starts, before the flip, and after the new link."""
+    """After each event is committed, as the rebuild starts, before the flip, and after the new link.
+
+    Not after the flip: the command is done then, and its rerun is a new request (a second rollback steps
+    back again); the publish times such a kill leaves unrecorded are tested in tests/serving/test_run_stats.
+    """
     return [
         *(("os.link", "after", k) for k in range(1, events + 1)),
         ("duckdb.connect", "before", "last"),
@@ -426,6 +430,7 @@ def _served_state(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "aliases": con.execute(aliases).fetchall(),
         "alias_events": one("SELECT count(*) FROM alias_events"),
         "publications": one("SELECT count(*) FROM publications"),
+        "publish_timed": one("SELECT list(seq ORDER BY seq) FROM publish_timings"),
     }
 
 
@@ -450,6 +455,7 @@ def _command_state(project: batchml.Project) -> dict[str, Any]:
         "published": _moves(published.events(MODEL), ("action", "run_id", "from_run_id")),
         "staged": _moves(staging.events(MODEL), ("action", "run_id", "from_run_id")),
         "served": served,
+        "timing_records": sorted(storage.list_dir(f"publications/{MODEL}/timings")),
     }
 
 

@@ -210,6 +210,7 @@ def test_pipeline_publishes_predictions_and_leaves_artifacts(
     assert summary["run_id"] in run_md and f"{SAMPLE_ROWS:,}" in run_md
     assert "WHERE entity_id = 'L" in run_md and result["database"] in run_md
     assert "predict s" in run_md and "peak RSS MiB" in run_md  # where scoring spent its time
+    assert "publish: its serving build took" in run_md  # and publishing (`run_stats.publish_s`)
     assert summary["dataset"] in str(artifacts["dataset-loans"].data)
     assert "auc" in str(artifacts["model-default-risk"].data)
     table = artifacts["pipeline-table"].data

@@ -19,6 +19,7 @@ from batchml.monitoring import alerts, drift, performance, reports
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import PredictionRun, list_runs
 from batchml.scoring.telemetry import STAGES
+from batchml.serving import publish_timing
 from batchml.store.eventlog import apply_event
 from batchml.store.storage import Storage
 
@@ -29,6 +30,7 @@ _FLOW_RUN = [(field, pa.string()) for field in provenance.FIELDS]
 
 def _flow_run(record: dict[str, Any]) -> dict[str, Any]:
     return {field: record.get(field) for field in provenance.FIELDS}
+
 
 SCHEMAS: dict[str, pa.Schema] = {
     "datasets": pa.schema(
@@ -113,20 +115,25 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("flagged", pa.int64()),  # scored rows with an unseen category or out-of-range value
             ("summary_json", pa.string()),  # the manifest's run summary
             *_FLOW_RUN,
-        ]
-    ),
-    # One row per run: where its scoring spent its time (busy seconds per stage, see
-    # `batchml.scoring.telemetry`); NULLs for runs committed before telemetry was recorded.
-    "run_stats": pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("model", pa.string()),
-            ("rows", pa.int64()),
+            # Where its scoring spent its time (busy seconds per stage, see `batchml.scoring.telemetry`);
+            # NULLs for runs committed before telemetry was recorded. `run_stats` shows them.
             *((f"{stage}_s", pa.float64()) for stage in STAGES),
             ("wall_s", pa.float64()),
             ("threads", pa.int64()),
             ("rows_per_s", pa.float64()),
             ("peak_rss_mib", pa.float64()),
+        ]
+    ),
+    # One row per publication event a build first served: the build's seconds (see `publish_timing`).
+    "publish_timings": pa.schema(
+        [
+            ("model", pa.string()),
+            ("seq", pa.int64()),  # the publication event (`publications.seq`)
+            ("action", pa.string()),  # publish or rollback
+            ("run_id", pa.string()),  # the run the event made current
+            ("publish_s", pa.float64()),
+            ("serving_file", pa.string()),  # the serving file whose build it was
+            ("built_at", _TS),
         ]
     ),
     "publications": pa.schema(
@@ -242,14 +249,11 @@ def alias_rows(registry: RegistryReader) -> tuple[list[dict[str, Any]], list[dic
     return events, aliases
 
 
-def run_stats_row(run: PredictionRun) -> dict[str, Any]:
-    """The `run_stats` row of `run` (its telemetry columns NULL when its manifest has none)."""
+def telemetry_columns(run: PredictionRun) -> dict[str, Any]:
+    """The telemetry columns of `run`'s `runs` row (NULL when its manifest has none)."""
     t = run.telemetry
     seconds = t.get("seconds") or {}
     return {
-        "run_id": run.run_id,
-        "model": run.model,
-        "rows": run.rows,
         **{f"{stage}_s": seconds.get(stage) for stage in STAGES},
         "wall_s": t.get("wall_seconds"),
         "threads": t.get("threads"),
@@ -258,11 +262,23 @@ def run_stats_row(run: PredictionRun) -> dict[str, Any]:
     }
 
 
+def publish_timing_rows(publications: PublicationLog) -> list[dict[str, Any]]:
+    """Every publish timing record in storage (the `publish_timings` rows of earlier builds)."""
+    rows = []
+    for model in publications.models():
+        folder = publish_timing.FOLDER.format(model=model)
+        for name in publications.storage.list_dir(folder):
+            if name.endswith(".json"):
+                record = publications.storage.read_json(f"{folder}/{name}")
+                rows.append({**record, "built_at": _ts(record["built_at"])})
+    return rows
+
+
 def build_tables(storage: Storage) -> dict[str, pa.Table]:
     """Every catalog table, from storage."""
     registry = RegistryReader(storage)
     publications = PublicationLog(storage)
-    runs, stats, pubs = [], [], []
+    runs, pubs = [], []
     events, aliases = alias_rows(registry)
     for name in publications.models():
         pubs += [{**e, "at": _ts(e["at"])} for e in publications.events(name)]
@@ -292,9 +308,9 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
                     "flagged": run.summary.get("flagged"),
                     "summary_json": json.dumps(run.summary) if run.summary else None,
                     **_flow_run(m),
+                    **telemetry_columns(run),
                 }
             )
-            stats.append(run_stats_row(run))
     return {
         "datasets": _table("datasets", dataset_rows(storage)),
         "models": _table("models", model_rows(registry)),
@@ -302,7 +318,7 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
         "gate_results": _table("gate_results", gate_rows(registry)),
         "model_aliases": _table("model_aliases", aliases),
         "runs": _table("runs", runs),
-        "run_stats": _table("run_stats", stats),
+        "publish_timings": _table("publish_timings", publish_timing_rows(publications)),
         "publications": _table("publications", pubs),
         "performance_metrics": performance.performance_table(storage),
         **alerts.catalog_tables(storage),

@@ -11,9 +11,11 @@ host can fetch it (`snapshots`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -22,9 +24,11 @@ from batchml.redact import redact_url
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
 from batchml.serving.catalog import build_tables
-from batchml.serving.logstate import LogState, log_state, write_state, write_state_file
+from batchml.serving.logstate import LogState, log_state, served_state, write_state, write_state_file
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
+from batchml.serving.publish_timing import RUN_STATS_VIEW, add_own_rows, newly_served, record_publish_timings
+from batchml.serving.publish_timing import TABLE as TIMINGS
 from batchml.serving.readers import SERVING_FILE
 from batchml.serving.snapshots import commit_snapshot
 from batchml.store.storage import Storage
@@ -61,10 +65,20 @@ def _create_quarantine_table(con: duckdb.DuckDBPyConnection, storage: Storage, l
     con.execute(sql)
 
 
-def _write_database(storage: Storage, path: Path, previous_path: Path | None) -> LogState:
-    """Write every serving table into the new file `path`, copying runs from `previous_path` where it can.
+def _write_database(
+    storage: Storage,
+    path: Path,
+    final: Path,
+    previous_path: Path | None,
+    before: LogState | None,
+    started: float,
+) -> tuple[LogState, list[dict[str, Any]]]:
+    """Write every serving table into the new file `path` (to become `final`), copying runs from
+    `previous_path` where it can. `before`: the log state the current file reflects; `started`: when the
+    build began (`time.perf_counter`).
 
-    Returns the state of the event logs the file reflects."""
+    Returns the state of the event logs the file reflects and its own publish timing rows
+    (`publish_timing`)."""
     state = log_state(storage)  # before reading any log: the file reflects at least this state
     publications = PublicationLog(storage)
     con = duckdb.connect(str(path), config={"storage_compatibility_version": SERVING_STORAGE_VERSION})
@@ -84,15 +98,21 @@ def _write_database(storage: Storage, path: Path, previous_path: Path | None) ->
             previous.detach()
         _create_quarantine_table(con, storage, publications)
         con.execute(_ALIAS_AT)
+        con.execute(RUN_STATS_VIEW)
+        built_at = datetime.now(UTC)
         con.execute(
             "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",
-            [redact_url(storage.url), datetime.now(UTC), path.name],
+            [redact_url(storage.url), built_at, path.name],
         )
         write_state(con, state)
         con.execute("CHECKPOINT")
+        # The publish time is measured up to here (the data is on disk); what follows is a few rows.
+        seconds = time.perf_counter() - started
+        timings = add_own_rows(con, newly_served(before, state), seconds, final.name, built_at)
+        con.execute("CHECKPOINT")
     finally:
         con.close()
-    return state
+    return state, timings
 
 
 def build_serving_db(
@@ -105,16 +125,24 @@ def build_serving_db(
     storage. The new file is read-only on disk before it becomes current.
     """
     with serving_lock(serving_dir):
+        started = time.perf_counter()
         link = serving_dir / SERVING_FILE
-        previous = None if full or not link.exists() else link.resolve()
+        current = link.resolve() if link.exists() else None
+        if current is not None:  # a crash after its flip may have kept its publish times from storage
+            record_publish_timings(storage, current)
+        previous = None if full else current
         final = new_serving_file(serving_dir, uuid.uuid4().hex[:8])
         building = serving_dir / f".building-{final.name}"
         try:
-            state = _write_database(storage, building, previous)
-            write_state_file(final, state)  # before the file: whoever finds the file finds its state
+            before = served_state(serving_dir)
+            state, timings = _write_database(storage, building, final, previous, before, started)
+            # Before the file: whoever finds the file finds its state (and its publish times, see
+            # `publish_timing`: they become storage records once the file is current).
+            write_state_file(final, state, **{TIMINGS: timings})
             install(serving_dir, building, final, grace_seconds)
         finally:
             building.unlink(missing_ok=True)
+        record_publish_timings(storage, final)
         if not storage.is_local:  # for other hosts; under the lock, so one commit at a time
             commit_snapshot(storage, serving_dir)
     log.info("serving database now %s", final)

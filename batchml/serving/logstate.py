@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -59,10 +60,20 @@ def write_state(con: duckdb.DuckDBPyConnection, state: LogState) -> None:
         con.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?)", rows)
 
 
-def write_state_file(serving_file: Path, state: LogState) -> None:
-    """Write `state` beside the (not yet current) serving file `serving_file`, for `served_state`."""
+def write_state_file(serving_file: Path, state: LogState, **extra: Any) -> None:
+    """Write `state` beside the (not yet current) serving file `serving_file`, for `served_state`.
+
+    `extra`: more JSON under their own keys (what the build records of itself, see `beside`)."""
     rows = [[model, log, seq] for (model, log), seq in sorted(state.items())]
-    _state_file(serving_file).write_text(json.dumps({TABLE: rows}))
+    _state_file(serving_file).write_text(json.dumps({**extra, TABLE: rows}))
+
+
+def beside(serving_file: Path, key: str) -> Any:
+    """The value the build of `serving_file` wrote beside it under `key` (None if none or unreadable)."""
+    try:
+        return json.loads(_state_file(serving_file).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _state_file(serving_file: Path) -> Path:

@@ -42,6 +42,7 @@ from batchml.errors import BatchMLError
 from batchml.project import Project
 from batchml.serving.logstate import LogState, event_log, lagging, log_state, served_state
 from batchml.serving.pointer import serving_lock
+from batchml.serving.publish_timing import record_publish_timings
 from batchml.serving.readers import serving_path
 from batchml.serving.snapshots import commit_snapshot, pull_if_current
 from batchml.store.eventlog import DERIVED_PREFIX, Operation, check_operation_key
@@ -120,7 +121,10 @@ class Mutation:
         current = log_state(self.project.storage)
         if _rebuild_if_behind(self.project, self._served, current):
             self._served = current
-        return serving_path(self.project.serving_dir).resolve()
+        served = serving_path(self.project.serving_dir).resolve()
+        if served.exists():  # a re-run after a crash between the flip and the publish times' record
+            record_publish_timings(self.project.storage, served)
+        return served
 
 
 def catch_up(project: Project) -> list[str]:

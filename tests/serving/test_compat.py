@@ -26,6 +26,7 @@ QUERIES = {
     "history": "SELECT model, model_version, run_id, rows, len(files) FROM published_runs ORDER BY scored_at",
     "index": "SELECT count(*) FROM duckdb_indexes() WHERE starts_with(table_name, 'run__')",
     "count": "SELECT count(*) AS n, count(DISTINCT entity_id) AS ids FROM predictions",
+    "run_stats": "SELECT run_id, publish_seq, publish_s > 0, rows_per_s > 0 FROM run_stats ORDER BY run_id",
 }
 _READ = """
 import json, sys, duckdb

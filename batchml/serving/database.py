@@ -102,7 +102,7 @@ def _write_database(
         built_at = datetime.now(UTC)
         con.execute(
             "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",
-            [redact_url(storage.url), built_at, path.name],
+            [redact_url(storage.url), built_at, final.name],
         )
         write_state(con, state)
         con.execute("CHECKPOINT")

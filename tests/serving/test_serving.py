@@ -122,6 +122,14 @@ def test_serving_file_is_rebuilt_identically_from_storage(
     assert fingerprint(batchml.connect(project)) == old
 
 
+def test_serving_info_names_the_file_it_is_in(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    con = batchml.connect(project)
+    file = batchml.database_path(project).resolve().name
+    assert con.execute("SELECT file FROM serving_info").fetchone() == (file,)
+
+
 def test_old_serving_files_are_collected_after_the_grace_period(
     project: batchml.Project, published: batchml.PredictionRun
 ) -> None:

@@ -279,8 +279,8 @@ def summarize(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[
             "seconds": round(r["publish_seconds"], 3),
             "cpu_s": round(r["publish_cpu_seconds"], 3),
         }
-        # What the speed ratios would be if every path had the cores to itself: CPU seconds are what other
-        # processes on the machine change least (wall seconds depend on the share of the cores each got).
+        # The ratio of work done (CPU seconds, which other processes on the cores change least; wall seconds
+        # follow the share of the cores each child got): the speed ratio if both kept the same cores busy.
         paths["batchml"]["cpu_vs_naive"] = round(results["naive"]["cpu_seconds"] / r["cpu_seconds"], 3)
         if "ceiling" in results:
             ratio = results["ceiling"]["seconds"] / results["batchml"]["seconds"]

@@ -181,6 +181,7 @@ def child_batchml(toml: str, dataset: str) -> dict[str, Any]:
         "publish_seconds": start + seconds - scored,
         "publish_cpu_seconds": cpu + used - scored_cpu,
         "stage_seconds": run.telemetry.get("seconds"),
+        "score_peak_rss_mib": run.telemetry.get("peak_rss_mib"),  # before publish: what scoring held
         "threads": run.telemetry.get("threads"),
     }
 
@@ -274,6 +275,7 @@ def summarize(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[
             "seconds": round(r["score_seconds"], 3),
             "cpu_s": round(r["score_cpu_seconds"], 3),
             "stage_seconds": r.get("stage_seconds"),
+            "peak_rss_mib": r.get("score_peak_rss_mib"),
         }
         paths["batchml"]["publish"] = {
             "seconds": round(r["publish_seconds"], 3),

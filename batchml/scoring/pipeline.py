@@ -1,6 +1,7 @@
 """The scoring pipeline shared by a whole run and by one partition of a run.
 
     read ──▶ check + encode (1 thread) ──▶ predict + receipts (several threads) ──▶ write parts (caller)
+                                                                  content checksum (1 thread) ◀──┘
 
 Batches are checked against the expectations (bad rows to quarantine), encoded into the model's input
 matrix, predicted with their receipts (input hash, reason codes, flags) and written as Parquet parts that

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -101,18 +102,30 @@ def setup_batchml(workdir: Path, data: Path, model_path: Path, engine: str = "li
     }
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used so far, in every thread."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
 def child_naive(data: Path, model: Path, out: Path) -> dict[str, Any]:
     """pandas.read_parquet -> Booster.predict on the whole frame -> DataFrame.to_parquet."""
     import pandas as pd
 
     booster = lgb.Booster(model_file=str(model))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     frame = pd.read_parquet(data)
     for column in CATEGORICAL:
         frame[column] = frame[column].astype("category")
     prediction = booster.predict(frame[booster.feature_name()])
     pd.DataFrame({ENTITY: frame[ENTITY], "prediction": prediction}).to_parquet(out / "naive.parquet")
-    return {"seconds": time.perf_counter() - start, "rows": len(frame), "trees": booster.num_trees()}
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "rows": len(frame),
+        "trees": booster.num_trees(),
+    }
 
 
 def child_ceiling(data: Path, model: Path, engine: str) -> dict[str, Any]:
@@ -134,10 +147,17 @@ def child_ceiling(data: Path, model: Path, engine: str) -> dict[str, Any]:
     codes = [pl.col(c).replace_strict(v, list(range(len(v))), default=None) for c, v in categories.items()]
     matrix = frame.with_columns(codes).select(pl.all().cast(pl.Float64)).to_numpy()
     del frame
-    start = time.perf_counter()
-    prediction = predictor.predict(matrix, 0)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    prediction = predictor.predict(matrix, 0)  # 0: the engine's default threads, one per core
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rows": len(prediction), "trees": booster.num_trees(), "engine": engine}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "threads": os.cpu_count(),
+        "rows": len(prediction),
+        "trees": booster.num_trees(),
+        "engine": engine,
+    }
 
 
 def child_batchml(toml: str, dataset: str) -> dict[str, Any]:
@@ -145,18 +165,24 @@ def child_batchml(toml: str, dataset: str) -> dict[str, Any]:
     import batchml
 
     project = batchml.Project.open(toml)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     run = batchml.score(project, MODEL, alias="champion", dataset=dataset)
-    scored = time.perf_counter()
+    scored, scored_cpu = time.perf_counter(), cpu_seconds()
     batchml.publish(project, MODEL, run.run_id)
-    seconds = time.perf_counter() - start
+    seconds, used = time.perf_counter() - start, cpu_seconds() - cpu
     if run.reused:
         raise RuntimeError(f"prediction run {run.run_id} was reused: the project is not fresh")
     return {
         "seconds": seconds,
+        "cpu_seconds": used,
         "rows": run.rows,
         "score_seconds": scored - start,
+        "score_cpu_seconds": scored_cpu - cpu,
         "publish_seconds": start + seconds - scored,
+        "publish_cpu_seconds": cpu + used - scored_cpu,
+        "stage_seconds": run.telemetry.get("seconds"),
+        "score_peak_rss_mib": run.telemetry.get("peak_rss_mib"),  # before publish: what scoring held
+        "threads": run.telemetry.get("threads"),
     }
 
 
@@ -190,7 +216,9 @@ def run_batchml(workdir: Path, data: Path, model: Path, repeat: int, engine: str
         **best,
         "runs_seconds": [round(r["seconds"], 3) for r in runs],
         "note": f"engine {best['engine']}: score {best['score_seconds']:.2f} s + publish "
-        f"{best['publish_seconds']:.2f} s; max |p - naive p| = {best['max_abs_diff_vs_naive']:.1e}",
+        f"{best['publish_seconds']:.2f} s, CPU {best['cpu_seconds']:.2f} s over {best['seconds']:.2f} s = "
+        f"{best['cpu_seconds'] / best['seconds']:.2f} of {os.cpu_count()} cores; "
+        f"max |p - naive p| = {best['max_abs_diff_vs_naive']:.1e}",
     }
 
 
@@ -224,6 +252,15 @@ def summarize(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[
             "speed_vs_naive": round(base / r["seconds"], 3),
             "peak_rss_mib": round(r["peak_rss_mib"]),
             **({"engine": r["engine"]} if "engine" in r else {}),
+            **(
+                {  # cores kept busy: CPU seconds of every thread over wall seconds (at most `cores`)
+                    "cpu_s": round(r["cpu_seconds"], 3),
+                    "cpu_utilisation": round(r["cpu_seconds"] / r["seconds"], 2),
+                    "threads": r.get("threads"),
+                }
+                if "cpu_seconds" in r
+                else {}
+            ),
         }
         for name, r in results.items()
     }
@@ -233,9 +270,26 @@ def summarize(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[
         tolerance = ScoringConfig().tolerance  # the benchmark's project keeps the default
         paths["batchml"]["within_tolerance"] = worst is not None and worst <= tolerance
         paths["batchml"]["engines_checked"] = results["batchml"].get("engines", {})
+        r = results["batchml"]
+        paths["batchml"]["score"] = {
+            "seconds": round(r["score_seconds"], 3),
+            "cpu_s": round(r["score_cpu_seconds"], 3),
+            "stage_seconds": r.get("stage_seconds"),
+            "peak_rss_mib": r.get("score_peak_rss_mib"),
+        }
+        paths["batchml"]["publish"] = {
+            "seconds": round(r["publish_seconds"], 3),
+            "cpu_s": round(r["publish_cpu_seconds"], 3),
+        }
+        # The ratio of work done (CPU seconds, which other processes on the cores change least; wall seconds
+        # follow the share of the cores each child got): the speed ratio if both kept the same cores busy.
+        paths["batchml"]["cpu_vs_naive"] = round(results["naive"]["cpu_seconds"] / r["cpu_seconds"], 3)
         if "ceiling" in results:
             ratio = results["ceiling"]["seconds"] / results["batchml"]["seconds"]
             paths["batchml"]["speed_vs_ceiling"] = round(ratio, 3)
+            paths["batchml"]["cpu_vs_ceiling"] = round(
+                results["ceiling"]["cpu_seconds"] / r["cpu_seconds"], 3
+            )
     return {"meta": meta, "paths": paths}
 
 
@@ -269,6 +323,7 @@ def main() -> None:
     os.environ.setdefault("BATCHML_ENGINE_CACHE", str(workdir / "engine-cache"))  # children inherit it
     data = ensure_data(workdir, args.rows, args.seed)
     model = train_baseline(data, args.trees, workdir)
+    load = os.getloadavg()[0]  # other processes sharing the cores change every figure
     paths = args.paths.split(",")
     results: dict[str, dict[str, Any]] = {}
     results["naive"] = run_child(
@@ -288,6 +343,7 @@ def main() -> None:
         "seed": args.seed,
         "repeat": args.repeat,
         "cores": os.cpu_count(),
+        "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)],  # before and after the paths
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "lightgbm": lgb.__version__,

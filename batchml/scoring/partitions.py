@@ -23,6 +23,7 @@ from batchml.models.lineage import code_version
 from batchml.models.registry import ModelVersion
 from batchml.scoring.engines import Engine
 from batchml.scoring.pipeline import BATCH_ROWS, ScoredParts, check_input, score_batches
+from batchml.scoring.run_checksum import combined
 from batchml.scoring.runs import (
     PredictionRun,
     ScoringOptions,
@@ -144,6 +145,7 @@ def score_partition(
         "rows": parts.rows,
         "tallies": tallies,
         "telemetry": parts.telemetry,
+        "checksum": parts.checksum,
     }
 
 
@@ -156,6 +158,7 @@ def _merged_parts(results: list[dict[str, Any]]) -> ScoredParts:
         files=[FileEntry.from_dict(f) for r in results for f in r["files"]],
         quarantine_files=[FileEntry.from_dict(f) for r in results for f in r["quarantine_files"]],
         rows=sum(int(r["rows"]) for r in results),
+        checksum=combined([r.get("checksum") for r in results if r["files"]]),
     )
 
 

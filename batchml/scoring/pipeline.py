@@ -1,6 +1,7 @@
 """The scoring pipeline shared by a whole run and by one partition of a run.
 
     read ──▶ check + encode (1 thread) ──▶ predict + receipts (several threads) ──▶ write parts (caller)
+                                                                  content checksum (1 thread) ◀──┘
 
 Batches are checked against the expectations (bad rows to quarantine), encoded into the model's input
 matrix, predicted with their receipts (input hash, reason codes, flags) and written as Parquet parts that
@@ -29,6 +30,7 @@ from batchml.scoring.engines import Engine, LightGBMEngine
 from batchml.scoring.prefetch import ordered_map, prefetch
 from batchml.scoring.reason_rows import ReasonPlan
 from batchml.scoring.receipts import REASONS, contributions, input_hashes, reason_codes
+from batchml.scoring.run_checksum import StreamingChecksum
 from batchml.scoring.telemetry import StageClock, telemetry
 from batchml.store.parts import write_parquet_parts
 from batchml.store.storage import FileEntry, Storage
@@ -192,6 +194,8 @@ class ScoredParts:
     rows: int
     #: Busy seconds per stage, wall seconds, rows/s, peak RSS (see `batchml.scoring.telemetry`).
     telemetry: dict[str, Any] = field(default_factory=dict)
+    #: The content checksum of the rows written (`run_checksum`), computed as they were; None: not known.
+    checksum: dict[str, Any] | None = None
 
 
 def score_batches(
@@ -223,6 +227,7 @@ def score_batches(
     encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine, clock))
     scored = ordered_map(clock.wrap("predict", scorer), encoded, workers)
     waited = StageClock()  # the writer's time waiting for predictions is not writing
+    checksum = StreamingChecksum()
     rows = 0
 
     def count(n: int) -> None:
@@ -235,19 +240,23 @@ def score_batches(
         files = write_parquet_parts(
             storage,
             prefix,
-            waited.iterate("write", scored),
+            checksum.tap(waited.iterate("write", scored)),
             scoring.schema,
             rows_per_file=ROWS_PER_FILE,
             dictionary_columns=_DICTIONARY_COLUMNS,
             progress=count,
         )
         quarantine.flush()
+        written = checksum.result()
     except BaseException:
         for stage in (scored, encoded):  # stop the stages (joining their threads) before removing files
             getattr(stage, "close", lambda: None)()
         quarantine.delete()  # the prediction parts were removed by write_parquet_parts
         raise
+    finally:
+        checksum.close()
     wall = time.perf_counter() - started
     clock.add("write", max(0.0, wall - waited.seconds["write"]))
-    # read + encode share one thread, predict has `workers`, the writer is this thread
-    return ScoredParts(files, quarantine.files, rows, telemetry(clock.seconds, wall, rows, workers + 2))
+    # read + encode share one thread, predict has `workers`, the writer is this thread, the checksum one
+    used = telemetry(clock.seconds, wall, rows, workers + 3)
+    return ScoredParts(files, quarantine.files, rows, used, written)

@@ -11,15 +11,22 @@ DuckDB's `hash` is not a stable format across versions: `probe` is the same aggr
 build whose engine hashes differently sees it cannot compare, and reads the run files (slower, never wrong).
 This is a 64-bit checksum of a non-cryptographic hash: it catches edits, not someone who crafts collisions.
 The run files' sha256s, in a manifest that carries its own hash, remain the record.
+
+Scoring computes it while it writes (`StreamingChecksum`: the same SQL over each batch, in a thread beside the
+writer), rather than reading the files back after them: the aggregate is a count and an XOR, so the batches'
+aggregates combine into the files' (Parquet stores the batches' values unchanged), and so do partitions'.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from batchml.store.storage import FileEntry, Storage
 
@@ -62,12 +69,19 @@ def _legacy_source(table: str) -> str:
     return f"(SELECT {columns} FROM {table})"
 
 
+def _count_and_xor(
+    con: duckdb.DuckDBPyConnection, source: str, params: Sequence[Any] = (), function: str = FUNCTION
+) -> tuple[int, int]:
+    found = con.execute(f"SELECT {function} FROM {source}", list(params)).fetchall()  # completes the result
+    rows, value = found[0] if found else (0, None)
+    return int(rows), int(value or 0)
+
+
 def _aggregate(
     con: duckdb.DuckDBPyConnection, source: str, params: Sequence[Any] = (), function: str = FUNCTION
 ) -> tuple[int, str]:
-    found = con.execute(f"SELECT {function} FROM {source}", list(params)).fetchone()
-    rows, value = found if found else (0, None)
-    return int(rows), f"{int(value or 0):016x}"
+    rows, value = _count_and_xor(con, source, params, function)
+    return rows, f"{value:016x}"
 
 
 @functools.cache
@@ -99,6 +113,60 @@ def files_checksum(storage: Storage, files: list[FileEntry]) -> dict[str, Any]:
         uris = [storage.uri(entry.path) for entry in files]
         rows, value = _aggregate(con, "read_parquet(?, union_by_name = true)", [uris])
     return {**_method(), "rows": rows, "value": value}
+
+
+class StreamingChecksum:
+    """The content checksum of a run's rows as they are written: each batch's aggregate is computed in one
+    background thread (DuckDB releases the GIL), at most `pending` batches behind the writer."""
+
+    def __init__(self, pending: int = 2) -> None:
+        self.pending = pending
+        self.rows, self.value = 0, 0
+        self._con = duckdb.connect()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchml-checksum")
+        self._queued: deque[Future[tuple[int, int]]] = deque()
+
+    def _batch(self, batch: pa.RecordBatch) -> tuple[int, int]:
+        self._con.register("scored_batch", pa.Table.from_batches([batch]))
+        try:
+            return _count_and_xor(self._con, "scored_batch")
+        finally:
+            self._con.unregister("scored_batch")
+
+    def _take_oldest(self) -> None:
+        rows, value = self._queued.popleft().result()
+        self.rows += rows
+        self.value ^= value
+
+    def tap(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """`batches` unchanged, each also added to the checksum (waiting when it falls `pending` behind)."""
+        for batch in batches:
+            while len(self._queued) >= self.pending:
+                self._take_oldest()
+            self._queued.append(self._pool.submit(self._batch, batch))
+            yield batch
+
+    def result(self) -> dict[str, Any]:
+        """The checksum of every batch tapped, in the form `files_checksum` gives for the files written."""
+        while self._queued:
+            self._take_oldest()
+        return {**_method(), "rows": self.rows, "value": f"{self.value:016x}"}
+
+    def close(self) -> None:
+        """Stop the thread (pending batches are dropped) and the connection."""
+        for future in self._queued:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._con.close()
+
+
+def combined(checksums: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One checksum of the rows of several parts from theirs (None unless each has one, by one method)."""
+    found = [c for c in checksums if c is not None]
+    if not found or len(found) < len(checksums) or any(c.get("probe") != _probe() for c in found):
+        return None  # computed by a DuckDB that hashes differently: the files are read instead
+    value = functools.reduce(lambda acc, c: acc ^ int(c["value"], 16), found, 0)
+    return {**_method(), "rows": sum(int(c["rows"]) for c in found), "value": f"{value:016x}"}
 
 
 def incomparable(recorded: dict[str, Any]) -> str | None:

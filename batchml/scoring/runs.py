@@ -232,7 +232,8 @@ def commit_run(
         "entity_id_column": str(model.card["entity_id"]),
         "task": model.task,
         "rows": parts.rows,
-        "content_checksum": files_checksum(storage, parts.files),  # what a copied serving table must match
+        # what a copied serving table must match; computed while the files were written, when it was
+        "content_checksum": parts.checksum or files_checksum(storage, parts.files),
         "files": [f.to_dict() for f in parts.files],
         "quarantine_files": [f.to_dict() for f in parts.quarantine_files],
         "summary": summary,

@@ -17,6 +17,7 @@ from batchml.api import scoring_inputs
 from batchml.errors import DataError
 from batchml.models.registry import Registry
 from batchml.scoring.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
+from batchml.scoring.run_checksum import files_checksum
 from batchml.scoring.runs import get_run
 from flows.score import score_and_publish_on_dask
 from tests.checks.test_expectations import AGE, REGION, ROW, scoring_limit, snapshot_variant
@@ -110,3 +111,23 @@ def test_partitions_over_the_quarantine_limit_commit_nothing(
     with pytest.raises(DataError, match=r"over max_quarantine_share 0\.004"):
         commit_partitions(project.storage, model, dataset, results, scored_at=stamp, options=strict)
     assert not [p for p in Path(project.storage.root, "runs").rglob("*") if p.is_file()]
+
+
+def test_the_checksum_computed_while_writing_is_the_files_checksum(
+    twins: tuple[batchml.Project, batchml.Project, str],
+) -> None:
+    """Scoring checksums each batch as it writes it; the manifest must hold what reading the files gives,
+    for a whole run and for partitions combined (reasons, flags and quarantined rows included)."""
+    first, second, ref = twins
+    sequential = batchml.score(first, "default_risk", dataset=ref)
+    assert sequential.manifest["content_checksum"] == files_checksum(first.storage, sequential.files)
+    model, dataset, options = scoring_inputs(second, "default_risk", dataset=ref)
+    booster, stamp = Registry(second.storage).load_booster(model), new_scored_at()
+    results = [
+        score_partition(second.storage, model, booster, dataset, p, index=i, scored_at=stamp, options=options)
+        for i, p in enumerate(plan_partitions(second.storage, dataset, 3))
+    ]
+    assert all(r["checksum"]["rows"] > 0 for r in results)
+    partitioned = commit_partitions(second.storage, model, dataset, results, scored_at=stamp, options=options)
+    assert partitioned.manifest["content_checksum"] == files_checksum(second.storage, partitioned.files)
+    assert partitioned.manifest["content_checksum"] == sequential.manifest["content_checksum"]

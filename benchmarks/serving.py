@@ -1,7 +1,8 @@
 """Serving benchmark: publish cost against history depth, no-op publishes, point/batch and history lookups.
 
     python benchmarks/serving.py publishes [--rows 1000000] [--publishes 100] [--trees 5] [--workdir ...]
-    python benchmarks/serving.py lookups [--rows 10000000] [--points 5000] [--trees 5] [--workdir ...]
+    python benchmarks/serving.py lookups [--rows 10000000] [--points 2000] [--trees 5] [--readers 8]
+                                         [--threads N] [--serving FILE] [--workdir ...]
 
 ``publishes`` scores ``--publishes`` distinct runs of the same ``--rows``-row dataset version (each with its
 own content key: a ``max_quarantine_share`` that differs in the 9th decimal, so the same predictions) and
@@ -12,10 +13,15 @@ SQL ``prediction_at(model, id, T)`` at random times T over the whole history (p5
 batchml that has ``publish`` (e.g. main's venv, for the before figures); the history part needs this branch.
 
 ``lookups`` scores and publishes one ``--rows`` run and measures, on one kept-open read-only connection with
-batchml's reader settings: point lookups (``--points`` random served ids, one query each, p50/p99) and
-``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the fastest of 3), with the ART index
-and on a copy of the file with its indexes dropped ("zone maps only", rows still sorted by entity id).
-Results are printed and written to ``<workdir>/serving_<mode>_<rows>.json``.
+batchml's reader settings: point lookups (``--points`` random served ids, each asked as SQL on the view,
+``SELECT * FROM predictions WHERE model = ? AND entity_id = ?``, and as ``batchml.lookup(con, model, [id])``
+in turn, p50/p99 of each) and ``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the
+fastest of 3), with the ART index and on a copy of the file with its indexes dropped ("zone maps only", rows
+still sorted by entity id); then ``--readers`` processes at once on the indexed file, each with its own
+kept-open connection, doing the same point lookups (their p50/p99 merged). ``--serving FILE`` measures an
+existing serving file instead (no setup, no copy): run it with main's venv and this one's for side-by-side
+figures on the same file. Results are printed with the 1-minute load average (the machine may be shared)
+and written to ``<workdir>/serving_<mode>_<rows>.json``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Serving benchmark: publish cost against history depth, no-op publishes, point/batch and history lookups.
 
     python benchmarks/serving.py publishes [--rows 1000000] [--publishes 100] [--trees 5] [--workdir ...]
-    python benchmarks/serving.py lookups [--rows 10000000] [--points 5000] [--trees 5] [--workdir ...]
+    python benchmarks/serving.py lookups [--rows 10000000] [--points 2000] [--trees 5] [--readers 8]
+                                         [--threads N] [--serving FILE] [--workdir ...]
 
 ``publishes`` scores ``--publishes`` distinct runs of the same ``--rows``-row dataset version (each with its
 own content key: a ``max_quarantine_share`` that differs in the 9th decimal, so the same predictions) and
@@ -12,10 +13,15 @@ SQL ``prediction_at(model, id, T)`` at random times T over the whole history (p5
 batchml that has ``publish`` (e.g. main's venv, for the before figures); the history part needs this branch.
 
 ``lookups`` scores and publishes one ``--rows`` run and measures, on one kept-open read-only connection with
-batchml's reader settings: point lookups (``--points`` random served ids, one query each, p50/p99) and
-``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the fastest of 3), with the ART index
-and on a copy of the file with its indexes dropped ("zone maps only", rows still sorted by entity id).
-Results are printed and written to ``<workdir>/serving_<mode>_<rows>.json``.
+batchml's reader settings: point lookups (``--points`` random served ids, each asked as SQL on the view,
+``SELECT * FROM predictions WHERE model = ? AND entity_id = ?``, and as ``batchml.lookup(con, model, [id])``
+in turn, p50/p99 of each) and ``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the
+fastest of 3), with the ART index and on a copy of the file with its indexes dropped ("zone maps only", rows
+still sorted by entity id); then ``--readers`` processes at once on the indexed file, each with its own
+kept-open connection, doing the same point lookups (their p50/p99 merged). ``--serving FILE`` measures an
+existing serving file instead (no setup, no copy): run it with main's venv and this one's for side-by-side
+figures on the same file. Results are printed with the 1-minute load average (the machine may be shared)
+and written to ``<workdir>/serving_<mode>_<rows>.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,23 +153,45 @@ def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dic
     return result
 
 
-def child_lookups(path: str, points: int) -> dict[str, Any]:
-    """Point and batch lookup timings on the serving file at ``path`` (opened read-only, as readers do)."""
-    import batchml
-    from batchml.serving.readers import READER_CONFIG, READER_MEMORY_LIMIT, READER_THREADS
+def _reader(path: str, threads: int | None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to ``path`` with batchml's reader settings (``threads``: its default)."""
+    from batchml.serving import readers
 
-    config = {**READER_CONFIG, "memory_limit": READER_MEMORY_LIMIT, "threads": READER_THREADS}
-    con = duckdb.connect(path, read_only=True, config=config)
-    ids = [str(r[0]) for r in con.execute(SAMPLE.format(rows=points)).fetchall()]
-    for entity in ids[:200]:  # warm-up: the first queries load the index and the row groups they touch
-        con.execute(POINT, [MODEL, entity]).fetchall()
-    seconds = []
-    for entity in ids:
+    caps = {"memory_limit": readers.READER_MEMORY_LIMIT, "threads": threads or readers.READER_THREADS}
+    return duckdb.connect(path, read_only=True, config={**readers.READER_CONFIG, **caps})
+
+
+def _points(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, list[float]]:
+    """Seconds of each point lookup of ``ids``, as SQL on the view and as ``batchml.lookup`` of one id,
+    taken in turn (so both see the same load); the first 200 of each warm the index and row groups."""
+    import batchml
+
+    seconds: dict[str, list[float]] = {"sql": [], "api": []}
+    for i, entity in enumerate(ids):
         start = time.perf_counter()
         found = con.execute(POINT, [MODEL, entity]).fetchall()
-        seconds.append(time.perf_counter() - start)
-        assert len(found) == 1, entity
-    result: dict[str, Any] = {"seconds": sum(seconds), **_quantiles(seconds)}
+        middle = time.perf_counter()
+        table = batchml.lookup(con, MODEL, [entity])
+        end = time.perf_counter()
+        assert len(found) == 1 and table.num_rows == 1, entity
+        if i >= 200:
+            seconds["sql"].append(middle - start)
+            seconds["api"].append(end - middle)
+    return seconds
+
+
+def _point_figures(seconds: dict[str, list[float]]) -> dict[str, float]:
+    return {f"{kind}_{k}": v for kind, s in seconds.items() for k, v in _quantiles(s).items()}
+
+
+def child_lookups(path: str, points: int, threads: int | None) -> dict[str, Any]:
+    """Point and batch lookup timings on the serving file at ``path`` (opened read-only, as readers do)."""
+    import batchml
+
+    con = _reader(path, threads)
+    ids = [str(r[0]) for r in con.execute(SAMPLE.format(rows=points + 200)).fetchall()]
+    seconds = _points(con, ids)
+    result: dict[str, Any] = {"seconds": sum(seconds["sql"]), **_point_figures(seconds)}
     for size in BATCHES:
         asked = [str(r[0]) for r in con.execute(SAMPLE.format(rows=size - size // 10)).fetchall()]
         asked += [f"missing-{i}" for i in range(size // 10)]
@@ -174,6 +204,37 @@ def child_lookups(path: str, points: int) -> dict[str, Any]:
         assert table.num_rows == size - size // 10
         result[f"batch_{size}_ids_per_s"] = size / best
     return result
+
+
+def child_reader(path: str, points: int, threads: int | None, start_at: float, seed: int) -> dict[str, Any]:
+    """One of several reader processes: point lookups from ``start_at`` on (all readers at once)."""
+    con = _reader(path, threads)
+    ids = [str(r[0]) for r in con.execute(SAMPLE.format(rows=points + 200)).fetchall()]
+    random.Random(seed).shuffle(ids)
+    time.sleep(max(0.0, start_at - time.time()))
+    begin = time.perf_counter()
+    seconds = _points(con, ids)
+    return {"seconds": time.perf_counter() - begin, **seconds}
+
+
+def parallel_readers(path: str, points: int, threads: int | None, readers: int) -> dict[str, Any]:
+    """``readers`` processes, each with its own kept-open connection, looking up at the same time."""
+    start_at = time.time() + 10 + readers  # every reader connected and sampled before the first lookup
+    args = [str(points), str(threads or 0), repr(start_at)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "child", "--child", "reader", path, *args, str(i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(readers)
+    ]
+    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a reader failed: exit codes {[p.returncode for p in procs]}")
+    merged = {kind: [s for r in results for s in r[kind]] for kind in ("sql", "api")}
+    late = max(r["seconds"] for r in results) - min(r["seconds"] for r in results)
+    return {"readers": readers, "spread_s": late, **_point_figures(merged)}
 
 
 def child_publish_one(toml: str, dataset: str) -> dict[str, Any]:
@@ -241,17 +302,27 @@ def report_publishes(r: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def report_lookups(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    """Point and batch lookups per layout."""
+    """Point lookups (SQL on the view, `batchml.lookup` of one id) and batch lookups per layout."""
+    published = f"publish {meta['publish_seconds']:.1f} s, " if meta.get("publish_seconds") else ""
     lines = [
         f"rows={meta['rows']:,}  point lookups={meta['points']:,}  {meta['cores']} cores, duckdb "
-        f"{meta['duckdb']}; publish {meta['publish_seconds']:.1f} s, file {meta['file_mib']:.0f} MiB",
-        f"{'layout':<16}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{meta['duckdb']}, reader threads {meta['threads']}; {published}file {meta['file_mib']:.0f} MiB",
+        f"{'layout':<16}{'SQL p50':>9}{'p99 ms':>8}{'lookup p50':>12}{'p99 ms':>8}"
         + "".join(f"{f'{n // 1000}k ids/s':>13}" for n in BATCHES),
     ]
     for name, r in results.items():
+        if name == "parallel":
+            continue
         lines.append(
-            f"{name:<16}{r['p50_ms']:>8.3f}{r['p99_ms']:>8.3f}"
-            + "".join(f"{r[f'batch_{n}_ids_per_s']:>13,.0f}" for n in BATCHES)
+            f"{name:<16}{r['sql_p50_ms']:>9.3f}{r['sql_p99_ms']:>8.3f}{r['api_p50_ms']:>12.3f}"
+            f"{r['api_p99_ms']:>8.3f}" + "".join(f"{r[f'batch_{n}_ids_per_s']:>13,.0f}" for n in BATCHES)
+        )
+    if "parallel" in results:
+        r = results["parallel"]
+        lines.append(
+            f"{r['readers']} readers at once{'':<0}{r['sql_p50_ms']:>8.3f}{r['sql_p99_ms']:>8.3f}"
+            f"{r['api_p50_ms']:>12.3f}{r['api_p99_ms']:>8.3f}  (each its own process and connection; "
+            f"finish spread {r['spread_s']:.1f} s)"
         )
     return "\n".join(lines)
 
@@ -266,6 +337,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=2_000, help="point lookups per measurement")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--serving", type=Path, help="lookups on this serving file (no setup)")
+    parser.add_argument("--threads", type=int, default=0, help="reader threads (0: batchml's default)")
+    parser.add_argument("--readers", type=int, default=8, help="reader processes at once (0: none)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "child":
@@ -275,9 +349,20 @@ def main() -> None:
             if kind == "publishes"
             else child_publish_one(rest[0], rest[1])
             if kind == "publish"
-            else child_lookups(rest[0], int(rest[1]))
+            else child_reader(rest[0], int(rest[1]), int(rest[2]) or None, float(rest[3]), int(rest[4]))
+            if kind == "reader"
+            else child_lookups(rest[0], int(rest[1]), int(rest[2]) or None)
         )
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}, default=str))
+        return
+
+    if args.mode == "lookups" and args.serving:  # an existing file: no setup, no copy without indexes
+        served = args.serving.resolve()
+        with duckdb.connect(str(served), read_only=True) as con:
+            (rows,) = con.execute("SELECT count(*) FROM predictions").fetchone() or (0,)
+        meta = _meta(args, rows, publish_seconds=None, file_mib=served.stat().st_size / 2**20)
+        result = measure_lookups(args, {"ART index": served})
+        _report(args, rows, meta, result, report_lookups(result, meta))
         return
 
     import batchml
@@ -287,33 +372,53 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     data = ensure_data(workdir, rows, args.seed)
     setup = setup_batchml(workdir, data, train_baseline(data, args.trees, workdir))
-    meta: dict[str, Any] = {"rows": rows, "cores": os.cpu_count(), "duckdb": duckdb.__version__}
     try:
         if args.mode == "publishes":
-            meta["publishes"] = args.publishes
+            meta = _meta(args, rows, publishes=args.publishes)
             child = ["publishes", setup["toml"], setup["dataset"], str(args.publishes), str(args.points)]
             result: dict[str, Any] = run_child(__file__, ["child", "--child", *child])
             text = report_publishes(result, meta)
         else:
-            meta["points"] = args.points
             published = run_child(__file__, ["child", "--child", "publish", setup["toml"], setup["dataset"]])
-            meta.update(publish_seconds=published["seconds"], file_mib=published["file_mib"])
+            meta = _meta(args, rows, publish_seconds=published["seconds"], file_mib=published["file_mib"])
             served = batchml.database_path(batchml.Project.open(setup["toml"])).resolve()
-            plain = without_indexes(served, workdir)
-            result = {
-                "zone maps only": run_child(
-                    __file__, ["child", "--child", "lookups", str(plain), str(args.points)]
-                ),
-                "ART index": run_child(
-                    __file__, ["child", "--child", "lookups", str(served), str(args.points)]
-                ),
-            }
+            layouts = {"zone maps only": without_indexes(served, args.workdir.resolve()), "ART index": served}
+            result = measure_lookups(args, layouts)
             text = report_lookups(result, meta)
     finally:
         shutil.rmtree(setup["project"])
         (workdir / "serving_without_index.duckdb").unlink(missing_ok=True)
+    _report(args, rows, meta, result, text)
+
+
+def _meta(args: argparse.Namespace, rows: int, **more: Any) -> dict[str, Any]:
+    import batchml.serving.readers as readers
+
+    threads = args.threads or readers.READER_THREADS
+    load = os.getloadavg()[0]
+    return {"rows": rows, "points": args.points, "cores": os.cpu_count(), "duckdb": duckdb.__version__,
+            "threads": threads, "load_1min": load, **more}  # fmt: skip
+
+
+def measure_lookups(args: argparse.Namespace, layouts: dict[str, Path]) -> dict[str, Any]:
+    """Lookups on each layout's file, one reader process; then ``--readers`` at once on the last one."""
+    points, threads = str(args.points), str(args.threads)
+    result: dict[str, Any] = {
+        name: run_child(__file__, ["child", "--child", "lookups", str(path), points, threads])
+        for name, path in layouts.items()
+    }
+    if args.readers:
+        last = str(list(layouts.values())[-1])
+        result["parallel"] = parallel_readers(last, args.points, args.threads, args.readers)
+    return result
+
+
+def _report(args: argparse.Namespace, rows: int, meta: dict[str, Any], result: Any, text: str) -> None:
+    meta["load_1min_after"] = os.getloadavg()[0]
     print(text)
-    out = workdir / f"serving_{args.mode}_{rows}.json"
+    print(f"load average (1 min) before {meta['load_1min']:.1f}, after {meta['load_1min_after']:.1f}")
+    out = args.workdir.resolve() / f"serving_{args.mode}_{rows}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": result}, indent=2, default=str))
 
 

@@ -1,15 +1,23 @@
-"""Batch lookup: the served predictions of many entity ids in one query, as an Arrow table.
+"""Batch and point lookup: the served predictions of entity ids in one query, as an Arrow table.
 
-The ids reach DuckDB as one list parameter (`unnest($ids)` joined to `predictions`), so they are never SQL
-text and the reader connection needs no file access and no registered object: it stays locked down
-(`enable_external_access = false`, `lock_configuration = true`). One query scans the model's run table
-once, whatever the number of ids; a single id is faster as `entity_id = ?`, which reads only the row groups
-whose zone maps can hold it (run tables are sorted by entity id).
+The ids reach DuckDB as parameters (one list: `unnest($1)`), so they are never SQL text and the reader
+connection needs no file access and no registered object: it stays locked down (`enable_external_access =
+false`, `lock_configuration = true`). Many ids: one query over the model's run table, whatever their number;
+one id: `entity_id = $1`, one leaf of the run table's ART index, its row fetched as Python values (DuckDB's
+Arrow export of one row costs more than the lookup).
+
+Both read the model's run table itself, not the `predictions` view: the view's constant columns and its
+model filter cost DuckDB more to bind and optimize than the lookup costs to run (a third of a point lookup).
+The run's constants are read once per connection and model (one row of the view) and added as Arrow
+columns: the result is the view's, column for column. A file without the run table (or a model without
+rows) is asked through the view.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +27,7 @@ import pyarrow as pa
 from batchml.errors import ConfigError, DataError, NotFoundError
 from batchml.names import check_name
 from batchml.serving.readers import connect
+from batchml.serving.run_tables import STORED_COLUMNS, run_table_name
 
 if TYPE_CHECKING:
     from batchml.project import Project
@@ -31,6 +40,11 @@ _LOOKUP = """SELECT * FROM predictions
 _AT = """SELECT * FROM prediction_history
     WHERE model = $model AND run_id = $run_id AND entity_id IN (SELECT unnest(CAST($ids AS VARCHAR[])))
     ORDER BY entity_id"""
+#: One row of the view: the run's constants (the same on every row of the model) and the columns' order.
+_ONE_ROW = "SELECT * FROM predictions WHERE model = $model LIMIT 1"
+_STORED = ", ".join(STORED_COLUMNS)
+_TABLE_EXISTS = """SELECT count(*) FROM duckdb_tables()
+    WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
 _ALLOWED = "all str ids, or all int ids for integer entity ids (served entity ids are their text)"
 
 
@@ -61,6 +75,65 @@ def entity_ids(ids: Iterable[str] | Iterable[int] | Any) -> list[str]:
         return [str(v) for v in values]
     first = type(values[0])  # not empty: an empty list passed the str check
     raise _bad(next(v for v in values if type(v) is not first or first not in (str, int)))
+
+
+@dataclass(frozen=True)
+class _ServedRun:
+    """A model's current run in one serving file: its table's queries and its constants (one row)."""
+
+    one: str  # the stored columns of one id
+    many: str  # of many ids, once each, in entity id order
+    constants: pa.Table  # one row of the view: its columns, in its order, and the run's constants
+
+    def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> pa.Table:
+        """The view's rows for `keys`: the table's stored columns with the constants alongside."""
+        schema = self.constants.schema
+        stored: dict[str, pa.Array | pa.ChunkedArray]
+        if len(keys) == 1:  # Python values, not DuckDB's Arrow export: that costs more than the lookup
+            found = con.execute(self.one, [keys[0]]).fetchall()
+            stored = {
+                n: pa.array([r[i] for r in found], schema.field(n).type) for i, n in enumerate(STORED_COLUMNS)
+            }
+            count = len(found)
+        else:
+            table = con.sql(self.many, params=[keys]).to_arrow_table()
+            stored, count = {n: table.column(n) for n in STORED_COLUMNS}, table.num_rows
+        constants = (  # the one row, once per row found (mostly once: no copy)
+            self.constants
+            if count == 1
+            else self.constants.slice(0, 0)
+            if count == 0
+            else self.constants.take(pa.array([0] * count, pa.int64()))
+        )
+        columns = [stored[n] if n in stored else constants.column(n) for n in schema.names]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+
+#: Per open connection, each model's served run (None: the file has no run table for it, the view answers).
+#: A reader connection reads one serving file, which is never changed once published, for its whole life:
+#: the connection and the model determine the run. Weak keys: an entry goes with its connection.
+_SERVED: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, dict[str, _ServedRun | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _served_run(con: duckdb.DuckDBPyConnection, model: str) -> _ServedRun | None:
+    """`model`'s current run on `con` (cached); None if it serves no row or the file has no run table."""
+    runs = _SERVED.setdefault(con, {})
+    if model not in runs:
+        row = con.sql(_ONE_ROW, params={"model": model}).to_arrow_table()
+        run = None
+        if row.num_rows == 1:
+            table = run_table_name(model, str(row.column("run_id")[0]))
+            if con.execute(_TABLE_EXISTS, {"name": table.strip('"')}).fetchall()[0][0]:
+                run = _ServedRun(
+                    one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",
+                    many=f"""SELECT {_STORED} FROM {table}
+                        WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))) ORDER BY entity_id""",
+                    constants=row,
+                )
+        runs[model] = run
+    return runs[model]
 
 
 def _served_models(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -103,9 +176,11 @@ def lookup(
 ) -> pa.Table:
     """The served predictions of `model` for `ids`, in one query: an Arrow table of `predictions` columns.
 
-    `source` is an open reader connection (`batchml.connect()`, reuse it: opening costs ~15 ms), a project,
-    or None for the project of the current directory. The table has one row per distinct id that `model`
-    serves, in entity id order; ids it does not serve are absent (duplicates in `ids` give one row).
+    `source` is an open reader connection (`batchml.connect()`, reuse it: opening costs ~15 ms, and the
+    model's run is found once per connection), a project, or None for the project of the current directory.
+    One id is the fastest point lookup (see "Serving benchmark"). The table has one row per distinct id
+    that `model` serves, in entity id order; ids it does not serve are absent (duplicates in `ids` give
+    one row).
     `at` (a datetime or ISO 8601 text; naive means UTC): what `model` served at that time instead, read from
     that one run's files; `source` must then be a history reader (`batchml.connect(history=True)`) or a
     project (one is opened).
@@ -119,6 +194,9 @@ def lookup(
             run_id = _run_at(con, model, at)
             params = {"model": model, "run_id": run_id, "ids": keys}
             return con.sql(_AT, params=params).to_arrow_table()
+        run = _served_run(con, model) if keys else None
+        if run is not None:
+            return run.rows(con, keys)
         table = con.sql(_LOOKUP, params={"model": model, "ids": keys}).to_arrow_table()
         if table.num_rows == 0:  # nothing found: say so if the model itself is not served
             served = _served_models(con)

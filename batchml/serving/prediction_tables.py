@@ -45,6 +45,7 @@ from batchml.scoring.run_checksum import (
     table_checksum,
 )
 from batchml.scoring.runs import PredictionRun, get_run
+from batchml.serving.run_tables import run_table_name
 from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def literal(text: str) -> str:
 
 def run_table(run: PredictionRun) -> str:
     """The quoted name of `run`'s table (model and run id are validated names: no quotes inside)."""
-    return f'"run__{run.model}__{run.run_id}"'
+    return run_table_name(run.model, run.run_id)
 
 
 def index_name(run: PredictionRun) -> str:

@@ -122,6 +122,24 @@ def test_serving_file_is_rebuilt_identically_from_storage(
     assert fingerprint(batchml.connect(project)) == old
 
 
+def test_a_run_too_big_to_index_on_this_machine_is_served_without_the_index(
+    project: batchml.Project,
+    champion: batchml.ModelVersion,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(prediction_tables, "physical_memory", lambda: 1 << 30)  # 60% < the 1 GiB floor
+    run = batchml.score(project, "default_risk")
+    with caplog.at_level(logging.WARNING):
+        batchml.publish(project, "default_risk", run.run_id)
+    assert f"run {run.run_id}: indexing its {run.rows} rows on entity_id takes ~1.0 GiB" in caplog.text
+    con = batchml.connect(project)
+    assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchone() == (0,)
+    sql = "SELECT run_id FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
+    assert con.execute(sql).fetchall() == [(run.run_id,)]
+    assert batchml.lookup(con, "default_risk", ["L000000042"]).column("run_id").to_pylist() == [run.run_id]
+
+
 def test_serving_info_names_the_file_it_is_in(
     project: batchml.Project, published: batchml.PredictionRun
 ) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchml.checks import gates
 from batchml.checks.expectations import check_training_data
-from batchml.config import ScoringConfig
+from batchml.config import ScoringConfig, ShadowConfig
 from batchml.data import datasets
 from batchml.data.datasets import DatasetVersion
 from batchml.errors import ConfigError, SchemaError
@@ -18,6 +18,7 @@ from batchml.models.lineage import actor, code_lineage, code_version, engine, gi
 from batchml.models.profiles import training_profile
 from batchml.models.registry import ModelVersion, Registry
 from batchml.monitoring.drift_reference import reference_profile, training_reference
+from batchml.monitoring.shadow import SERVED_ALIAS, ShadowScoring, compare_shadow, shadow_versions
 from batchml.names import check_name
 from batchml.project import Project
 from batchml.scoring.engine_choice import choose, load_engine, registered_checks, trained_checks
@@ -25,6 +26,7 @@ from batchml.scoring.publications import PublicationLog
 from batchml.scoring.reason_rows import top_threshold
 from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring.runs import score as score_dataset
+from batchml.scoring.together import Scorer, score_together
 from batchml.serving.database import build_serving_db
 from batchml.serving.gc import GRACE_SECONDS, GcReport, collect
 from batchml.serving.logstate import ALIASES, PUBLISHED, STAGING
@@ -68,6 +70,10 @@ def read_dataset(
     return datasets.read_frame(project.storage, version, columns)
 
 
+#: Model spec sections that do not change the trained model (how it is scored, watched and released).
+_NOT_RECIPE = ("scoring", "monitoring", "shadow")
+
+
 def _training_key(dataset: DatasetVersion, spec_json: str, params: dict[str, Any]) -> str:
     payload = json.dumps(
         [dataset.ref, spec_json, params, code_version(), engine()], sort_keys=True, default=str
@@ -85,8 +91,8 @@ def train(
     spec = project.config.model(check_name("model", model))
     version = datasets.get_version(project.storage, dataset or f"{spec.dataset}@latest")
     registry = Registry(project.storage)
-    # Scoring and monitoring settings do not change the model: editing them must not retrain.
-    recipe_fields = {k: v for k, v in spec.to_dict().items() if k not in ("scoring", "monitoring")}
+    # Scoring, monitoring and release settings do not change the model: editing them must not retrain.
+    recipe_fields = {k: v for k, v in spec.to_dict().items() if k not in _NOT_RECIPE}
     if spec.scoring.engine != "lightgbm":  # a compiled engine adds its exactness checks to the card
         recipe_fields["engine"] = {"engine": spec.scoring.engine, "tolerance": spec.scoring.tolerance}
     recipe = json.dumps(recipe_fields)
@@ -270,17 +276,55 @@ def score(
     version: int | str | None = None,
     dataset: str | None = None,
     progress: Progress | None = None,
+    shadows: bool = True,
 ) -> PredictionRun:
     """Score a dataset version (default: the latest of the model's dataset) with the model's alias/version.
 
+    Scoring the champion also scores the `[models.X.shadow]` versions from the same read, into runs that
+    are never served, and compares each with it (`score_with_shadows`; `shadows=False` skips them).
     First brings a serving file left behind the event logs (a crash) up to date.
     """
+    if shadows and alias == SERVED_ALIAS and version is None:
+        return score_with_shadows(project, model, dataset=dataset, progress=progress).served
     catch_up(project)
     chosen, version_, options = scoring_inputs(project, model, alias=alias, version=version, dataset=dataset)
     booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
     return score_dataset(
         project.storage, chosen, booster, version_, options=options, progress=progress, engine=engine
     )
+
+
+def score_with_shadows(
+    project: Project, model: str, *, dataset: str | None = None, progress: Progress | None = None
+) -> ShadowScoring:
+    """Score the champion and its shadow versions with one read of the dataset version; compare each
+    shadow run with the champion's (recorded, and an alert when beyond the limits). A shadow that fails
+    is reported in `failed`; the champion's run does not depend on it."""
+    catch_up(project)
+    registry = Registry(project.storage)
+    chosen, version_, options = scoring_inputs(project, model, alias=SERVED_ALIAS, dataset=dataset)
+    spec = project.config.models.get(model)
+    config = spec.shadow if spec is not None else ShadowConfig()
+    scorers = [Scorer(chosen, *load_engine(registry, chosen, options.engine), options)]
+    for shadow in shadow_versions(registry, model, config, chosen):
+        _, _, shadow_options = scoring_inputs(project, model, version=shadow.version, dataset=version_.ref)
+        scorers.append(Scorer(shadow, *load_engine(registry, shadow, shadow_options.engine), shadow_options))
+    if len(scorers) == 1:
+        run = score_dataset(project.storage, chosen, scorers[0].booster, version_, options=options,
+                            progress=progress, engine=scorers[0].engine)  # fmt: skip
+        return ShadowScoring(run, [], [], {})
+    results = score_together(project.storage, scorers, version_, progress=progress)
+    served = results[0]
+    if not isinstance(served, PredictionRun):
+        raise served
+    runs, comparisons, failed = [], [], {}
+    for scorer, result in zip(scorers[1:], results[1:], strict=True):
+        if isinstance(result, PredictionRun):
+            runs.append(result)
+            comparisons.append(compare_shadow(project.storage, served, result, config))
+        else:
+            failed[scorer.model.version] = str(result)
+    return ShadowScoring(served, runs, comparisons, failed)
 
 
 def scoring_inputs(

@@ -15,7 +15,7 @@ import pyarrow as pa
 from batchml import provenance
 from batchml.data import datasets
 from batchml.models.registry import RegistryReader
-from batchml.monitoring import alerts, drift, performance, reports
+from batchml.monitoring import alerts, drift, performance, reports, shadow
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import PredictionRun, list_runs
 from batchml.scoring.telemetry import STAGES
@@ -29,6 +29,7 @@ _FLOW_RUN = [(field, pa.string()) for field in provenance.FIELDS]
 
 def _flow_run(record: dict[str, Any]) -> dict[str, Any]:
     return {field: record.get(field) for field in provenance.FIELDS}
+
 
 SCHEMAS: dict[str, pa.Schema] = {
     "datasets": pa.schema(
@@ -306,6 +307,7 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
         "publications": _table("publications", pubs),
         "performance_metrics": performance.performance_table(storage),
         **alerts.catalog_tables(storage),
+        **shadow.catalog_tables(storage),
         **drift.catalog_tables(storage),
         **reports.catalog_tables(storage),
     }

@@ -27,6 +27,7 @@ from batchml.scoring.reason_rows import top_threshold
 from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring.runs import score as score_dataset
 from batchml.scoring.together import Scorer, score_together
+from batchml.serving import canary
 from batchml.serving.database import build_serving_db
 from batchml.serving.gc import GRACE_SECONDS, GcReport, collect
 from batchml.serving.logstate import ALIASES, PUBLISHED, STAGING
@@ -71,7 +72,7 @@ def read_dataset(
 
 
 #: Model spec sections that do not change the trained model (how it is scored, watched and released).
-_NOT_RECIPE = ("scoring", "monitoring", "shadow")
+_NOT_RECIPE = ("scoring", "monitoring", "shadow", "canary")
 
 
 def _training_key(dataset: DatasetVersion, spec_json: str, params: dict[str, Any]) -> str:
@@ -297,18 +298,25 @@ def score(
 def score_with_shadows(
     project: Project, model: str, *, dataset: str | None = None, progress: Progress | None = None
 ) -> ShadowScoring:
-    """Score the champion and its shadow versions with one read of the dataset version; compare each
-    shadow run with the champion's (recorded, and an alert when beyond the limits). A shadow that fails
-    is reported in `failed`; the champion's run does not depend on it."""
+    """Score the champion, its shadow versions and its canary (if any) with one read of the dataset
+    version; compare each shadow run with the champion's (recorded; an alert when beyond the limits) and
+    step the canary's ramp (advance when healthy, roll back on a breach). A shadow that fails is reported
+    in `failed`; the champion's run does not depend on it."""
     catch_up(project)
     registry = Registry(project.storage)
     chosen, version_, options = scoring_inputs(project, model, alias=SERVED_ALIAS, dataset=dataset)
     spec = project.config.models.get(model)
     config = spec.shadow if spec is not None else ShadowConfig()
+    extra = shadow_versions(registry, model, config, chosen)
+    shadowed = {v.version for v in extra}
+    held = canary.holding(registry, model, spec.canary.alias) if spec and spec.canary else None
+    canary_version = held[0] if held and held[0] != chosen.version else None
+    if canary_version is not None and canary_version not in [v.version for v in extra]:
+        extra.append(registry.get(model, canary_version))
     scorers = [Scorer(chosen, *load_engine(registry, chosen, options.engine), options)]
-    for shadow in shadow_versions(registry, model, config, chosen):
-        _, _, shadow_options = scoring_inputs(project, model, version=shadow.version, dataset=version_.ref)
-        scorers.append(Scorer(shadow, *load_engine(registry, shadow, shadow_options.engine), shadow_options))
+    for other in extra:
+        _, _, other_options = scoring_inputs(project, model, version=other.version, dataset=version_.ref)
+        scorers.append(Scorer(other, *load_engine(registry, other, other_options.engine), other_options))
     if len(scorers) == 1:
         run = score_dataset(project.storage, chosen, scorers[0].booster, version_, options=options,
                             progress=progress, engine=scorers[0].engine)  # fmt: skip
@@ -317,14 +325,18 @@ def score_with_shadows(
     served = results[0]
     if not isinstance(served, PredictionRun):
         raise served
-    runs, comparisons, failed = [], [], {}
+    scored = ShadowScoring(served, [], [], {})
     for scorer, result in zip(scorers[1:], results[1:], strict=True):
-        if isinstance(result, PredictionRun):
-            runs.append(result)
-            comparisons.append(compare_shadow(project.storage, served, result, config))
-        else:
-            failed[scorer.model.version] = str(result)
-    return ShadowScoring(served, runs, comparisons, failed)
+        version = scorer.model.version
+        if not isinstance(result, PredictionRun):
+            scored.failed[version] = str(result)
+            continue
+        if version == canary_version and spec is not None and spec.canary is not None:
+            scored.canary.update(canary.step(project.storage, model, spec.canary, served, result))
+        if version in shadowed:
+            scored.shadows.append(result)
+            scored.comparisons.append(compare_shadow(project.storage, served, result, config))
+    return scored
 
 
 def scoring_inputs(

@@ -46,7 +46,8 @@ def score(model: str, alias: str, dataset: str | None, config: str | None) -> di
         for c in scored.comparisons
     ]
     shadows += [{"shadow_version": v, "failed": error} for v, error in scored.failed.items()]
-    return {**_summary(model, alias, scored.served), "shadows": shadows}
+    canary = {k: scored.canary[k] for k in ("action", "version", "share", "reason") if k in scored.canary}
+    return {**_summary(model, alias, scored.served), "shadows": shadows, "canary": canary or None}
 
 
 def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, Any]:
@@ -63,6 +64,10 @@ def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, An
         "checks": describe_summary(run.summary),
         "telemetry": run.telemetry,  # {} for a run committed before telemetry was recorded
     }
+
+
+#: Result keys the artifact shows in sections of their own, not in the run's table.
+_NOT_IN_TABLE = ("alias", "checks", "telemetry", "shadows", "canary")
 
 
 def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
@@ -272,14 +277,15 @@ def _score_and_publish(
         f"{result['rows']:,} predictions of `{model}@{alias}` (v{result['model_version']}) "
         f"on `{result['dataset']}`.",
         "",
-        markdown_table(
-            [{k: v for k, v in result.items() if k not in ("alias", "checks", "telemetry", "shadows")}]
-        ),
+        markdown_table([{k: v for k, v in result.items() if k not in _NOT_IN_TABLE}]),
         *telemetry_lines(result.get("telemetry") or {}, result["reused"]),
     ]
     if result.get("shadows"):
         lines += ["", "Shadow versions (scored from the same read, never served), against this run:", ""]
         lines.append(markdown_table(result["shadows"]))
+    if result.get("canary"):
+        canary = result["canary"]
+        lines += ["", f"Canary v{canary['version']}: {canary['action']} ({canary['reason']})."]
     if result["checks"]:
         lines += ["", "Input checks:", "", *(f"- {line}" for line in result["checks"])]
     if publication is not None:

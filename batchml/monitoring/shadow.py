@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 
-from batchml.config import ShadowConfig
+from batchml.config import DivergenceLimits, ShadowConfig
 from batchml.errors import ConflictError
 from batchml.models.registry import ModelVersion, RegistryReader
 from batchml.monitoring import alerts
@@ -46,12 +46,13 @@ _LIMITS = {
 
 @dataclass(frozen=True)
 class ShadowScoring:
-    """A served run scored with its shadows: their runs, comparisons, and why any shadow failed."""
+    """A served run scored with its shadows: their runs, comparisons, why any failed, the canary's step."""
 
     served: PredictionRun
     shadows: list[PredictionRun]
     comparisons: list[dict[str, Any]]
-    failed: dict[int, str]  # shadow version -> the error that stopped it
+    failed: dict[int, str]  # shadow (or canary) version -> the error that stopped it
+    canary: dict[str, Any] = field(default_factory=dict)  # the canary event of this run ({}: no canary)
 
 
 def shadow_versions(
@@ -96,7 +97,7 @@ def _folder(model: str) -> str:
 
 
 def compare_shadow(
-    storage: Storage, served: PredictionRun, shadow: PredictionRun, config: ShadowConfig
+    storage: Storage, served: PredictionRun, shadow: PredictionRun, config: DivergenceLimits
 ) -> dict[str, Any]:
     """Compare `shadow` with `served` and record it, or return the record made before; a divergence
     beyond the limits is recorded as an alert too."""

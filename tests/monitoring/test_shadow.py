@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
+import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
@@ -155,3 +157,26 @@ def test_divergences_name_value_and_limit() -> None:
         {"max_psi": 0.2, "max_ks": 0.1, "min_top_k_overlap": 0.5, "max_flip_rate": 0.0},
     )
     assert found == ["psi 0.31 > max_psi 0.2", "top_k_overlap 0.4 < min_top_k_overlap 0.5"]
+
+
+def test_a_failing_shadow_does_not_stop_the_champion(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    project = make_project(
+        PROJECT_TOML.format(source=loans_csv) + "\n[models.default_risk.shadow]\nversions = [2]\n"
+    )
+    batchml.snapshot_dataset(project, "loans")
+    batchml.promote(project, "default_risk", batchml.train(project, "default_risk").version, reason="first")
+    # v2 needs a column the dataset does not have: its scoring fails before reading a row.
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(200, 2))
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1}, lgb.Dataset(matrix, rng.integers(0, 2, 200)), 3
+    )
+    batchml.register_model(
+        project, "default_risk", booster, entity_id="loan_id", feature_names=["amount", "nope"]
+    )
+    result = batchml.api.score_with_shadows(project, "default_risk")
+    assert result.served.manifest["model_version"] == 1 and result.served.rows > 0
+    assert list(result.failed) == [2] and "nope" in result.failed[2]
+    assert result.shadows == [] and result.comparisons == []

@@ -277,11 +277,19 @@ class Registry(RegistryReader):
         return append_decided(log, events, {**event, "reason": reason}, actor, operation, subject)
 
     def withdraw(
-        self, name: str, alias: str, version: int, reason: str, actor: str | None = None
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        reason: str,
+        actor: str | None = None,
+        *,
+        automatic: bool = True,
     ) -> dict[str, Any]:
-        """Take `alias` off `version` (an automatic canary rollback): it returns to its previous holder, or
-        to none. Compare-and-append; if `alias` no longer holds `version`, the event that moved it last is
-        returned and nothing is appended (a rerun after a crash, or another writer was first)."""
+        """Take `alias` off `version` (a canary rolled back, automatically or by hand): it returns to its
+        previous holder, or to none. Compare-and-append; if `alias` no longer holds `version`, the event
+        that moved it last is returned and nothing is appended (a rerun after a crash, or another writer
+        was first)."""
         check_name("alias", alias)
         log = self._events(name)
         events = log.read()
@@ -294,7 +302,7 @@ class Registry(RegistryReader):
             "from_version": version,
             "to_version": stack[-2] if len(stack) > 1 else None,
             "reason": reason,
-            "automatic": True,
+            "automatic": automatic,
         }
         return append_decided(log, events, event, actor, None, self._subject(name))
 

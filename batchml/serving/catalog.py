@@ -79,6 +79,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("by", pa.string()),
             ("at", _TS),
             ("forced", pa.bool_()),
+            ("automatic", pa.bool_()),  # a canary rollback batchml decided (a breach), not a person
             *_FLOW_RUN,
         ]
     ),
@@ -233,6 +234,7 @@ def alias_rows(registry: RegistryReader) -> tuple[list[dict[str, Any]], list[dic
                     "version_after": stack[-1] if stack else None,
                     "at": _ts(e["at"]),
                     "forced": bool(e.get("forced")),
+                    "automatic": bool(e.get("automatic")),
                 }
             )
         aliases += [

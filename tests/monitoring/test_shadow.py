@@ -14,7 +14,7 @@ from scipy import stats
 
 import batchml
 from batchml.errors import ConfigError
-from batchml.monitoring import alerts, shadow
+from batchml.monitoring import alerts, run_compare, shadow
 from batchml.scoring import runs, together
 from tests.conftest import PROJECT_TOML
 
@@ -180,3 +180,12 @@ def test_a_failing_shadow_does_not_stop_the_champion(
     assert result.served.manifest["model_version"] == 1 and result.served.rows > 0
     assert list(result.failed) == [2] and "nope" in result.failed[2]
     assert result.shadows == [] and result.comparisons == []
+
+
+def test_ks_statistic_is_scipys_with_ties_and_unequal_sizes() -> None:
+    rng = np.random.default_rng(3)
+    for a, b in [
+        (rng.normal(size=1000), rng.normal(0.1, size=1500)),
+        (rng.integers(0, 5, 100).astype(float), rng.integers(0, 6, 80).astype(float)),
+    ]:
+        assert run_compare.ks_statistic(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic)

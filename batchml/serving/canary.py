@@ -14,8 +14,9 @@ already stepped on is not stepped again, so re-running is a no-op. Steps are cou
 alias (`alias_seq`: the alias event that gave the canary its version), so a re-promoted version starts the
 ramp again. Every append is a compare-and-append on the log as read.
 
-The `predictions` view serves a step only while it is current: its control run is the published run, and
-the alias still holds its version by the same event. Each entity of the control run gets exactly one row:
+The `predictions` view serves the newest step on the published run (a step on a run scored but not yet
+published leaves it standing) while no rollback came after it and the alias still holds its version by the
+same event. Each entity of the control run gets exactly one row:
 from the canary run if its bucket is below the share and the canary scored it, else from the control run.
 """
 
@@ -92,10 +93,15 @@ def serving(storage: Storage, model: str, control_run_id: str | None) -> ServedC
     """The canary step to serve beside `control_run_id` (the published run), if one is current."""
     if control_run_id is None:
         return None
-    found = events(storage, model)
-    if not found or found[-1]["action"] != "advance" or found[-1]["control_run_id"] != control_run_id:
+    # The newest step on the published run; a newer step on a run not published yet (scored, publish to
+    # come) leaves it standing, a rollback after it ends it.
+    for step in reversed(events(storage, model)):
+        if step["action"] == "rollback":
+            return None
+        if step["control_run_id"] == control_run_id:
+            break
+    else:
         return None
-    step = found[-1]
     if holding(RegistryReader(storage), model, step["alias"]) != (step["version"], step["alias_seq"]):
         return None  # withdrawn, or re-promoted since: this step no longer stands
     return ServedCanary(get_run(storage, model, step["run_id"]), step["share"], step["salt"], step["alias"])

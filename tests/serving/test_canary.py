@@ -77,6 +77,8 @@ def test_canary_serves_its_share_one_row_per_entity_and_ramps_per_new_run(
     batchml.snapshot_dataset(project, "loans", str(write_loans(tmp_path / "new.csv", SAMPLE_ROWS, seed=8)))
     second = score_with_shadows(project, "default_risk")
     assert (second.canary["share"], second.canary["step"]) == (0.5, 1)
+    batchml.api.catch_up(project)  # the canary log moved: rebuilt, the published run's step still stands
+    assert set(served(project).filter(pl.col("variant") == "canary")["entity_id"]) == expected
     batchml.publish(project, "default_risk", second.served.run_id)
     wider = served(project)
     assert wider.height == wider["entity_id"].n_unique() == second.served.rows

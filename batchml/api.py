@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from batchml.checks import gates
 from batchml.checks.expectations import check_training_data
-from batchml.config import ScoringConfig
+from batchml.config import CanaryConfig, ScoringConfig, ShadowConfig
 from batchml.data import datasets
 from batchml.data.datasets import DatasetVersion
-from batchml.errors import ConfigError, SchemaError
+from batchml.errors import ConfigError, NotFoundError, SchemaError
 from batchml.models.features import Feature, check_bindable, renamed
 from batchml.models.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
 from batchml.models.profiles import training_profile
 from batchml.models.registry import ModelVersion, Registry
 from batchml.monitoring.drift_reference import reference_profile, training_reference
+from batchml.monitoring.shadow import SERVED_ALIAS, ShadowScoring, compare_shadow, shadow_versions
 from batchml.names import check_name
 from batchml.project import Project
 from batchml.scoring.engine_choice import choose, load_engine, registered_checks, trained_checks
@@ -25,6 +26,8 @@ from batchml.scoring.publications import PublicationLog
 from batchml.scoring.reason_rows import top_threshold
 from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring.runs import score as score_dataset
+from batchml.scoring.together import Scorer, score_together
+from batchml.serving import canary
 from batchml.serving.database import build_serving_db
 from batchml.serving.gc import GRACE_SECONDS, GcReport, collect
 from batchml.serving.logstate import ALIASES, PUBLISHED, STAGING
@@ -68,6 +71,10 @@ def read_dataset(
     return datasets.read_frame(project.storage, version, columns)
 
 
+#: Model spec sections that do not change the trained model (how it is scored, watched and released).
+_NOT_RECIPE = ("scoring", "monitoring", "shadow", "canary")
+
+
 def _training_key(dataset: DatasetVersion, spec_json: str, params: dict[str, Any]) -> str:
     payload = json.dumps(
         [dataset.ref, spec_json, params, code_version(), engine()], sort_keys=True, default=str
@@ -85,8 +92,8 @@ def train(
     spec = project.config.model(check_name("model", model))
     version = datasets.get_version(project.storage, dataset or f"{spec.dataset}@latest")
     registry = Registry(project.storage)
-    # Scoring and monitoring settings do not change the model: editing them must not retrain.
-    recipe_fields = {k: v for k, v in spec.to_dict().items() if k not in ("scoring", "monitoring")}
+    # Scoring, monitoring and release settings do not change the model: editing them must not retrain.
+    recipe_fields = {k: v for k, v in spec.to_dict().items() if k not in _NOT_RECIPE}
     if spec.scoring.engine != "lightgbm":  # a compiled engine adds its exactness checks to the card
         recipe_fields["engine"] = {"engine": spec.scoring.engine, "tolerance": spec.scoring.tolerance}
     recipe = json.dumps(recipe_fields)
@@ -243,6 +250,35 @@ def promote(
     return event
 
 
+def _canary_holding(project: Project, model: str) -> tuple[CanaryConfig, int]:
+    spec = project.config.model(check_name("model", model))
+    if spec.canary is None:
+        raise ConfigError(f"model {model!r} has no [models.{model}.canary] section: add one to run a canary")
+    held = canary.holding(Registry(project.storage), model, spec.canary.alias)
+    if held is None:
+        hint = f"start one: batchml experiments start {model} VERSION"
+        raise NotFoundError(f"canary of model {model!r}", spec.canary.alias, [f"none ({hint})"])
+    return spec.canary, held[0]
+
+
+def stop_canary(project: Project, model: str, reason: str) -> dict[str, Any]:
+    """Stop the running canary by hand: its alias leaves the version (an alias event with `reason`)."""
+    config, version = _canary_holding(project, model)
+    event = Registry(project.storage).withdraw(model, config.alias, version, reason, automatic=False)
+    catch_up(project)  # the alias log moved: the serving file stops serving the canary arm
+    return event
+
+
+def conclude_canary(project: Project, model: str, reason: str, *, force: bool = False) -> dict[str, Any]:
+    """Promote the canary's version to champion (gates apply) and end the canary; re-running after a crash
+    between the two finishes the second."""
+    config, version = _canary_holding(project, model)
+    promoted = promote(project, model, version, SERVED_ALIAS, reason, force=force)
+    withdrawn = Registry(project.storage).withdraw(model, config.alias, version, reason, automatic=False)
+    catch_up(project)
+    return {"promoted": promoted, "withdrawn": withdrawn}
+
+
 def rollback_model(
     project: Project,
     model: str,
@@ -270,17 +306,66 @@ def score(
     version: int | str | None = None,
     dataset: str | None = None,
     progress: Progress | None = None,
+    shadows: bool = True,
 ) -> PredictionRun:
     """Score a dataset version (default: the latest of the model's dataset) with the model's alias/version.
 
+    Scoring the champion also scores the `[models.X.shadow]` versions from the same read, into runs that
+    are never served, and compares each with it (`score_with_shadows`; `shadows=False` skips them).
     First brings a serving file left behind the event logs (a crash) up to date.
     """
+    if shadows and alias == SERVED_ALIAS and version is None:
+        return score_with_shadows(project, model, dataset=dataset, progress=progress).served
     catch_up(project)
     chosen, version_, options = scoring_inputs(project, model, alias=alias, version=version, dataset=dataset)
     booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
     return score_dataset(
         project.storage, chosen, booster, version_, options=options, progress=progress, engine=engine
     )
+
+
+def score_with_shadows(
+    project: Project, model: str, *, dataset: str | None = None, progress: Progress | None = None
+) -> ShadowScoring:
+    """Score the champion, its shadow versions and its canary (if any) with one read of the dataset
+    version; compare each shadow run with the champion's (recorded; an alert when beyond the limits) and
+    step the canary's ramp (advance when healthy, roll back on a breach). A shadow that fails is reported
+    in `failed`; the champion's run does not depend on it."""
+    catch_up(project)
+    registry = Registry(project.storage)
+    chosen, version_, options = scoring_inputs(project, model, alias=SERVED_ALIAS, dataset=dataset)
+    spec = project.config.models.get(model)
+    config = spec.shadow if spec is not None else ShadowConfig()
+    extra = shadow_versions(registry, model, config, chosen)
+    shadowed = {v.version for v in extra}
+    held = canary.holding(registry, model, spec.canary.alias) if spec and spec.canary else None
+    canary_version = held[0] if held and held[0] != chosen.version else None
+    if canary_version is not None and canary_version not in [v.version for v in extra]:
+        extra.append(registry.get(model, canary_version))
+    scorers = [Scorer(chosen, *load_engine(registry, chosen, options.engine), options)]
+    for other in extra:
+        _, _, other_options = scoring_inputs(project, model, version=other.version, dataset=version_.ref)
+        scorers.append(Scorer(other, *load_engine(registry, other, other_options.engine), other_options))
+    if len(scorers) == 1:
+        run = score_dataset(project.storage, chosen, scorers[0].booster, version_, options=options,
+                            progress=progress, engine=scorers[0].engine)  # fmt: skip
+        return ShadowScoring(run, [], [], {})
+    results = score_together(project.storage, scorers, version_, progress=progress)
+    served = results[0]
+    if not isinstance(served, PredictionRun):
+        raise served
+    scored = ShadowScoring(served, [], [], {})
+    for scorer, result in zip(scorers[1:], results[1:], strict=True):
+        version = scorer.model.version
+        if not isinstance(result, PredictionRun):
+            scored.failed[version] = str(result)
+            continue
+        if version == canary_version and spec is not None and spec.canary is not None:
+            scored.canary.update(canary.step(project.storage, model, spec.canary, served, result))
+        if version in shadowed:
+            scored.shadows.append(result)
+            scored.comparisons.append(compare_shadow(project.storage, served, result, config))
+    return scored
 
 
 def scoring_inputs(

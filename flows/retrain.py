@@ -52,7 +52,12 @@ def claim_retrain(model: str, breaches: list[dict[str, Any]], config: str | None
     """A retrain trigger for the breaches the config retrains on, unless debounced (None)."""
     project = open_project(config)
     retrain = project.config.model(model).monitoring.retrain
-    wanted = [b for b in breaches if b["kind"] == "model_age" or getattr(retrain, _TRIGGERS[b["kind"]])]
+    # Other kinds (shadow divergence) are for people to judge: they never retrain.
+    wanted = [
+        b
+        for b in breaches
+        if b["kind"] == "model_age" or (b["kind"] in _TRIGGERS and getattr(retrain, _TRIGGERS[b["kind"]]))
+    ]
     if not wanted:
         return None
     return alerts.claim_retrain(project.storage, model, wanted, retrain.debounce_hours)

@@ -11,9 +11,10 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 import batchml
-from batchml.api import scoring_inputs
+from batchml.api import score_with_shadows, scoring_inputs
 from batchml.checks.validation import describe_summary
 from batchml.models.registry import Registry
+from batchml.monitoring.shadow import SERVED_ALIAS
 from batchml.scoring.engine_choice import load_engine
 from batchml.scoring.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
 from batchml.scoring.publications import PublicationLog
@@ -32,9 +33,21 @@ from flows.common import (
 
 @batch_task
 def score(model: str, alias: str, dataset: str | None, config: str | None) -> dict[str, Any]:
-    """Score `dataset` (default: latest of the model's dataset) with `model@alias`; return the run's ref."""
-    run = batchml.score(open_project(config), model, alias=alias, dataset=dataset)
-    return _summary(model, alias, run)
+    """Score `dataset` (default: latest of the model's dataset) with `model@alias`; return the run's ref.
+
+    The champion brings its shadow versions along (one read); their comparisons are in `shadows`."""
+    project = open_project(config)
+    if alias != SERVED_ALIAS:
+        return _summary(model, alias, batchml.score(project, model, alias=alias, dataset=dataset))
+    scored = score_with_shadows(project, model, dataset=dataset)
+    shadows = [
+        {k: c[k] for k in ("shadow_version", "shadow_run_id", "psi", "ks_statistic", "flip_rate")}
+        | {k: c[k] for k in ("top_k_overlap", "mean_abs_delta", "diverged", "divergences")}
+        for c in scored.comparisons
+    ]
+    shadows += [{"shadow_version": v, "failed": error} for v, error in scored.failed.items()]
+    canary = {k: scored.canary[k] for k in ("action", "version", "share", "reason") if k in scored.canary}
+    return {**_summary(model, alias, scored.served), "shadows": shadows, "canary": canary or None}
 
 
 def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, Any]:
@@ -51,6 +64,10 @@ def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, An
         "checks": describe_summary(run.summary),
         "telemetry": run.telemetry,  # {} for a run committed before telemetry was recorded
     }
+
+
+#: Result keys the artifact shows in sections of their own, not in the run's table.
+_NOT_IN_TABLE = ("alias", "checks", "telemetry", "shadows", "canary")
 
 
 def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
@@ -260,9 +277,15 @@ def _score_and_publish(
         f"{result['rows']:,} predictions of `{model}@{alias}` (v{result['model_version']}) "
         f"on `{result['dataset']}`.",
         "",
-        markdown_table([{k: v for k, v in result.items() if k not in ("alias", "checks", "telemetry")}]),
+        markdown_table([{k: v for k, v in result.items() if k not in _NOT_IN_TABLE}]),
         *telemetry_lines(result.get("telemetry") or {}, result["reused"]),
     ]
+    if result.get("shadows"):
+        lines += ["", "Shadow versions (scored from the same read, never served), against this run:", ""]
+        lines.append(markdown_table(result["shadows"]))
+    if result.get("canary"):
+        canary = result["canary"]
+        lines += ["", f"Canary v{canary['version']}: {canary['action']} ({canary['reason']})."]
     if result["checks"]:
         lines += ["", "Input checks:", "", *(f"- {line}" for line in result["checks"])]
     if publication is not None:

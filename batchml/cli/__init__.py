@@ -46,6 +46,7 @@ COMMANDS = {
     "catalog": ("_serving", "catalog_app"),
     "serving": ("_serving", "serving_app"),
     "labels": ("_monitoring", "labels_app"),
+    "experiments": ("_experiments", "app"),
 }
 
 

@@ -102,9 +102,12 @@ def score(
     project = project_of(ctx)
     total = _rows_to_score(project, model, dataset) if not as_json else None
     with progress_bar(f"scoring {model}", total, as_json) as progress:
-        run = api.score(
-            project, model, alias=alias or "champion", version=version, dataset=dataset, progress=progress
-        )
+        if version is None and alias in (None, "champion"):  # with its shadows and canary, if configured
+            scored = api.score_with_shadows(project, model, dataset=dataset, progress=progress)
+            run, comparisons, step = scored.served, scored.comparisons, scored.canary
+        else:
+            run = api.score(project, model, alias=alias, version=version, dataset=dataset, progress=progress)
+            comparisons, step = [], {}
     publish = publish and not stage
     if stage:
         api.stage(project, model, run.run_id)
@@ -126,6 +129,8 @@ def score(
         "summary": run.summary,
         "engine": manifest["key"].get("engine"),
         "engine_fallback": manifest.get("engine_fallback"),
+        "shadows": comparisons,
+        "canary": step or None,
     }
 
     def render(console: Console) -> None:
@@ -137,6 +142,15 @@ def score(
             console.print(f"  engine auto fell back to lightgbm: {data['engine_fallback']}", markup=False)
         for line in describe_summary(run.summary):
             console.print(f"  {line}", markup=False)
+        for c in comparisons:
+            verdict = "DIVERGED: " + "; ".join(c["divergences"]) if c["diverged"] else "within limits"
+            console.print(
+                f"  shadow v{c['shadow_version']} (run {c['shadow_run_id']}): psi {c['psi']:.3g}, "
+                f"flip rate {c['flip_rate']:.3g}, top-k overlap {c['top_k_overlap']:.3g}; {verdict}",
+                markup=False,
+            )
+        if step:
+            console.print(f"  canary v{step['version']}: {step['action']}: {step['reason']}", markup=False)
         if publish:
             console.print(f"published; query it read-only at {data['serving_db']}")
         if stage:

@@ -276,6 +276,36 @@ class Registry(RegistryReader):
         subject = self._subject(name)
         return append_decided(log, events, {**event, "reason": reason}, actor, operation, subject)
 
+    def withdraw(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        reason: str,
+        actor: str | None = None,
+        *,
+        automatic: bool = True,
+    ) -> dict[str, Any]:
+        """Take `alias` off `version` (a canary rolled back, automatically or by hand): it returns to its
+        previous holder, or to none. Compare-and-append; if `alias` no longer holds `version`, the event
+        that moved it last is returned and nothing is appended (a rerun after a crash, or another writer
+        was first)."""
+        check_name("alias", alias)
+        log = self._events(name)
+        events = log.read()
+        stack = replay_stacks(events, group="alias", value="to_version").get(alias, [])
+        if not stack or stack[-1] != version:
+            return next((e for e in reversed(events) if e["alias"] == alias), {})
+        event = {
+            "action": "rollback",
+            "alias": alias,
+            "from_version": version,
+            "to_version": stack[-2] if len(stack) > 1 else None,
+            "reason": reason,
+            "automatic": automatic,
+        }
+        return append_decided(log, events, event, actor, None, self._subject(name))
+
     def recorded(self, name: str, operation: Operation) -> dict[str, Any] | None:
         """The event `operation` already appended to `name`'s alias log (see `Operation.recorded`)."""
         return operation.recorded(self.events(name), self._subject(name))

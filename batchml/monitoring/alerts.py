@@ -24,7 +24,7 @@ from batchml.names import check_name
 from batchml.store.eventlog import EventLog, now
 from batchml.store.storage import Storage
 
-KINDS = ("drift", "prediction_drift", "performance", "model_age")
+KINDS = ("drift", "prediction_drift", "performance", "model_age", "shadow_divergence")
 
 
 def _folder(model: str, kind: str) -> str:

@@ -11,6 +11,7 @@ no manifest references yet. Memory is bounded by a few batches per stage, whatev
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchml.checks.entity_ids import find_duplicates
+from batchml.checks.entity_ids import DuplicateIds, find_duplicates
 from batchml.checks.validation import QuarantineWriter, ScoringChecks
 from batchml.data.datasets import DatasetVersion
 from batchml.errors import SchemaError
-from batchml.models.features import check_input_schema, encode
+from batchml.models.features import Feature, check_input_schema, encode
 from batchml.models.registry import ModelVersion
 from batchml.scoring.engines import Engine, LightGBMEngine
 from batchml.scoring.prefetch import ordered_map, prefetch
@@ -45,6 +46,8 @@ BINARY_THRESHOLD = 0.5
 #: writing stages take turns on them; one call spread over all cores waits for its slowest thread.
 MAX_PREDICT_WORKERS = 4
 Progress = Callable[[int], None]
+#: A batch ready to predict: entity ids, input matrix, flags, input hashes (None: not computed yet).
+Encoded = tuple[pa.Array, np.ndarray, pa.Array, pa.Array | None]
 
 
 def output_schema(entity_type: pa.DataType) -> pa.Schema:
@@ -107,10 +110,16 @@ class ScoringInput:
 
 
 def check_input(
-    storage: Storage, model: ModelVersion, dataset: DatasetVersion, entry: FileEntry, checks: ScoringChecks
+    storage: Storage,
+    model: ModelVersion,
+    dataset: DatasetVersion,
+    entry: FileEntry,
+    checks: ScoringChecks,
+    duplicates: DuplicateIds | None = None,
 ) -> ScoringInput:
     """Check the schema of `entry` (a file of `dataset`) before any output: entity id, features, rules; and
-    find the entity ids that repeat anywhere in `dataset` (all their copies will be quarantined)."""
+    find the entity ids that repeat anywhere in `dataset` (all their copies will be quarantined), unless
+    `duplicates` already holds them (several versions scored from one read)."""
     entity_id = str(model.card["entity_id"])
     storage.verify(entry)  # a damaged file fails with IntegrityError, not a Parquet error
     with storage.open_read(entry.path) as f:
@@ -119,30 +128,62 @@ def check_input(
         raise SchemaError(f"dataset {dataset.ref} has no entity id column {entity_id!r}", input_schema.names)
     check_input_schema(input_schema, model.features)
     checks.check_schema(input_schema, f"dataset {dataset.ref}")
-    checks.quarantine_duplicates(find_duplicates(storage, dataset, entity_id))
+    if duplicates is None:
+        duplicates = find_duplicates(storage, dataset, entity_id)
+    checks.quarantine_duplicates(duplicates)
     columns = list(dict.fromkeys([entity_id, *(f.name for f in model.features), *checks.columns]))
     return ScoringInput(entity_id, columns, output_schema(input_schema.field(entity_id).type))
 
 
+class SharedBatch:
+    """One batch read once for several scorers (shadow versions): each distinct encoding is computed once.
+
+    Scorers whose `encoding_key` is equal keep the same rows (same rules and entity id) and encode them the
+    same way (same features), so the first to ask computes the matrix and its input hashes, and the others
+    reuse both.
+    """
+
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        self.batch = batch
+        self._lock = threading.Lock()
+        self._encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
+
+    def encoded(self, key: str, kept: pa.RecordBatch, features: list[Feature]) -> tuple[np.ndarray, pa.Array]:
+        """The matrix of `kept` (this batch's rows that pass the checks) for `key`, and its input hashes."""
+        with self._lock:
+            if key not in self._encoded:
+                # Shared between scorers; the predict stage only reads it (engines copy what they convert).
+                matrix = encode(kept, features)
+                self._encoded[key] = matrix, pa.array(input_hashes(matrix), pa.uint64())
+            return self._encoded[key]
+
+
 def _encoded_batches(
-    batches: Iterator[pa.RecordBatch],
+    batches: Iterator[pa.RecordBatch | SharedBatch],
     model: ModelVersion,
     entity_id: str,
     checks: ScoringChecks,
     quarantine: QuarantineWriter,
     clock: StageClock,
-) -> Iterator[tuple[pa.Array, np.ndarray, pa.Array]]:
-    """Entity ids, the model's input matrix and each row's flags, batch by batch; bad rows to quarantine."""
+    encoding_key: str | None = None,
+) -> Iterator[Encoded]:
+    """Entity ids, the model's input matrix, each row's flags (and input hashes, when shared), batch by
+    batch; bad rows to quarantine."""
     features = model.features
-    for batch in clock.iterate("read", batches):
+    for item in clock.iterate("read", batches):
         with clock.timed("encode"):
+            batch = item.batch if isinstance(item, SharedBatch) else item
             batch, records = checks.split(batch, entity_id)
             if records is not None:
                 quarantine.add(records)
             if not batch.num_rows:
                 continue
-            matrix = encode(batch, features)
-            encoded = batch.column(entity_id), matrix, checks.flags(batch, matrix)
+            hashes = None  # computed by the predict stage, unless shared
+            if isinstance(item, SharedBatch) and encoding_key is not None:
+                matrix, hashes = item.encoded(encoding_key, batch, features)
+            else:
+                matrix = encode(batch, features)
+            encoded = batch.column(entity_id), matrix, checks.flags(batch, matrix), hashes
         yield encoded
 
 
@@ -167,13 +208,13 @@ class _BatchScorer:
             pa.repeat(pa.scalar(stamp[c], schema.field(c).type), BATCH_ROWS) for c in _STAMP_COLUMNS
         ]
 
-    def __call__(self, encoded: tuple[pa.Array, np.ndarray, pa.Array]) -> pa.RecordBatch:
-        ids, matrix, flags = encoded
+    def __call__(self, encoded: Encoded) -> pa.RecordBatch:
+        ids, matrix, flags, hashes = encoded
         n = len(ids)
         values, labels = predict_rows(self.engine, self.model, matrix, self.threads)
         columns = [ids, pa.array(values, pa.float64()), labels]
         columns += [c.slice(0, n) if n <= len(c) else pa.repeat(c[0], n) for c in self.stamp]
-        columns.append(pa.array(input_hashes(matrix), pa.uint64()))
+        columns.append(pa.array(input_hashes(matrix), pa.uint64()) if hashes is None else hashes)
         selected = self.reasons.selected(values, flags) if self.reasons.top else None
         if selected is not None and selected.any():  # contributions only for the rows that get reasons
             rows = matrix if selected.all() else matrix[selected]
@@ -201,7 +242,7 @@ class ScoredParts:
 def score_batches(
     storage: Storage,
     prefix: str,
-    batches: Iterator[pa.RecordBatch],
+    batches: Iterator[pa.RecordBatch] | Iterator[SharedBatch],
     *,
     model: ModelVersion,
     booster: lgb.Booster,
@@ -211,12 +252,14 @@ def score_batches(
     reasons: ReasonPlan,
     progress: Progress | None = None,
     engine: Engine | None = None,
+    encoding_key: str | None = None,
 ) -> ScoredParts:
     """Check, encode, predict and write `batches` as parts under `prefix`; on any error, nothing is left.
 
     `stamp` holds the run's constant columns (model, model_version, dataset_version, code_version, run_id,
     scored_at); `reasons` says how many top features to store for which rows. `engine` predicts (default:
-    the booster's own predict); reason codes always come from the booster.
+    the booster's own predict); reason codes always come from the booster. `encoding_key` (with batches
+    shared by several scorers) names this scorer's encoding, so equal ones encode each batch once.
     """
     quarantine = QuarantineWriter(storage, f"{prefix}-quarantine")
     workers, threads = predict_plan()
@@ -224,7 +267,9 @@ def score_batches(
     scorer = _BatchScorer(booster, engine, model, scoring.schema, stamp, reasons, threads)
     clock = StageClock()
     started = time.perf_counter()
-    encoded = prefetch(_encoded_batches(batches, model, scoring.entity_id, checks, quarantine, clock))
+    encoded = prefetch(
+        _encoded_batches(batches, model, scoring.entity_id, checks, quarantine, clock, encoding_key)
+    )
     scored = ordered_map(clock.wrap("predict", scorer), encoded, workers)
     waited = StageClock()  # the writer's time waiting for predictions is not writing
     checksum = StreamingChecksum()

@@ -15,7 +15,7 @@ import pyarrow as pa
 from batchml import provenance
 from batchml.data import datasets
 from batchml.models.registry import RegistryReader
-from batchml.monitoring import alerts, drift, performance, reports
+from batchml.monitoring import alerts, drift, performance, reports, shadow
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import PredictionRun, list_runs
 from batchml.scoring.telemetry import STAGES
@@ -80,6 +80,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("by", pa.string()),
             ("at", _TS),
             ("forced", pa.bool_()),
+            ("automatic", pa.bool_()),  # a canary rollback batchml decided (a breach), not a person
             *_FLOW_RUN,
         ]
     ),
@@ -239,6 +240,7 @@ def alias_rows(registry: RegistryReader) -> tuple[list[dict[str, Any]], list[dic
                     "version_after": stack[-1] if stack else None,
                     "at": _ts(e["at"]),
                     "forced": bool(e.get("forced")),
+                    "automatic": bool(e.get("automatic")),
                 }
             )
         aliases += [
@@ -322,6 +324,7 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
         "publications": _table("publications", pubs),
         "performance_metrics": performance.performance_table(storage),
         **alerts.catalog_tables(storage),
+        **shadow.catalog_tables(storage),
         **drift.catalog_tables(storage),
         **reports.catalog_tables(storage),
     }

@@ -125,6 +125,10 @@ def _layouts(con: duckdb.DuckDBPyConnection, uris: list[str]) -> list[list[str]]
     return [sorted(group) for group in groups.values()]
 
 
+#: History replays the published runs, not canary arms: which arm served a row then is not known here.
+NO_VARIANT = "CAST(NULL AS VARCHAR)"
+
+
 def _history_select(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> str:
     """The body of `prediction_history`: runs of one file layout in one joined scan each (almost always one),
     runs that store reasons as names only one branch each."""
@@ -137,6 +141,7 @@ def _history_select(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) 
         else f"h.{name}"
         for name, _ in PREDICTION_SCHEMA
     )
+    columns += f", {NO_VARIANT} AS variant"
     branches = [
         _JOINED.format(columns=columns, files=", ".join(literal(u) for u in group))
         for group in _layouts(con, current)
@@ -145,8 +150,12 @@ def _history_select(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) 
         if row["reasons_names_only"] and row["files"]:
             files = ", ".join(literal(uri(p)) for p in row["files"])
             expressions = {"entity_id": "CAST(entity_id AS VARCHAR)", "reasons": LEGACY_REASONS}
-            branches.append(prediction_select(row, f"read_parquet([{files}])", expressions))
-    return " UNION ALL ".join(branches) or "SELECT * FROM predictions WHERE false"
+            branches.append(
+                prediction_select(row, f"read_parquet([{files}])", expressions, variant=NO_VARIANT)
+            )
+    names = ", ".join(n for n, _ in PREDICTION_SCHEMA)  # not `*`: files of older builds have no `variant`
+    empty = f"SELECT {names}, {NO_VARIANT} AS variant FROM predictions WHERE false"
+    return " UNION ALL ".join(branches) or empty
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, storage: Storage, paths: list[str]) -> None:

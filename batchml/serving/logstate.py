@@ -1,9 +1,10 @@
 """Which state of the event logs a serving file reflects, and whether storage has moved past it.
 
-Three logs per model decide what is served: `aliases` (models/<m>/events), `published`
-(publications/<m>/events) and `staging` (publications/<m>/staging). A log's state is the seq of its newest
-event, known from a folder listing alone. Every serving file records the state it was built from in its
-`serving_logs` table (model, log, seq); a file is behind when a log has a newer event than it records.
+Four logs per model decide what is served: `aliases` (models/<m>/events), `published`
+(publications/<m>/events), `staging` (publications/<m>/staging) and `canary` (releases/<m>/canary). A
+log's state is the seq of its newest event, known from a folder listing alone. Every serving file records
+the state it was built from in its `serving_logs` table (model, log, seq); a file is behind when a log has a
+newer event than it records.
 The builder also writes that state beside the file (`<file>.logs`: JSON, though not named `.json`, which
 storage-wide gc would take for a record), so that the check every command makes first reads a few bytes
 instead of starting a DuckDB database (~0.04 s of CPU); a file without one (built by an older batchml, or
@@ -25,14 +26,15 @@ from batchml.store.storage import Storage
 #: (model, log) → seq of its newest event.
 LogState = dict[tuple[str, str], int]
 
-ALIASES, PUBLISHED, STAGING = "aliases", "published", "staging"
+ALIASES, PUBLISHED, STAGING, CANARY = "aliases", "published", "staging", "canary"
 LOGS: dict[str, str] = {
     ALIASES: "models/{model}/events",
     PUBLISHED: "publications/{model}/events",
     STAGING: "publications/{model}/staging",
+    CANARY: "releases/{model}/canary",
 }
 TABLE = "serving_logs"
-_PARENTS = {"models": (ALIASES,), "publications": (PUBLISHED, STAGING)}
+_PARENTS = {"models": (ALIASES,), "publications": (PUBLISHED, STAGING), "releases": (CANARY,)}
 
 
 def event_log(storage: Storage, model: str, log: str) -> EventLog:

@@ -9,8 +9,8 @@ Arrow export of one row costs more than the lookup).
 Both read the model's run table itself, not the `predictions` view: the view's constant columns and its
 model filter cost DuckDB more to bind and optimize than the lookup costs to run (a third of a point lookup).
 The run's constants are read once per connection and model (one row of the view) and added as Arrow
-columns: the result is the view's, column for column. A file without the run table (or a model without
-rows) is asked through the view.
+columns: the result is the view's, column for column. A file without the run table, a model without rows,
+or one served by two runs (a canary arm beside the control run) is asked through the view.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ _AT = """SELECT * FROM prediction_history
     ORDER BY entity_id"""
 #: One row of the view: the run's constants (the same on every row of the model) and the columns' order.
 _ONE_ROW = "SELECT * FROM predictions WHERE model = $model LIMIT 1"
+#: Another run serving rows of the model (a canary arm beside the control run): then the view answers. Cheap:
+#: each branch of the view has its run id as a literal, so DuckDB drops the branches of the known run.
+_OTHER_RUN = "SELECT 1 FROM predictions WHERE model = $model AND run_id <> $run_id LIMIT 1"
 _STORED = ", ".join(STORED_COLUMNS)
 _TABLE_EXISTS = """SELECT count(*) FROM duckdb_tables()
     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
@@ -118,13 +121,15 @@ _SERVED: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, dict[str, _ServedR
 
 
 def _served_run(con: duckdb.DuckDBPyConnection, model: str) -> _ServedRun | None:
-    """`model`'s current run on `con` (cached); None if it serves no row or the file has no run table."""
+    """`model`'s current run on `con` (cached); None if it serves no row, rows of two runs (a canary), or
+    the file has no run table."""
     runs = _SERVED.setdefault(con, {})
     if model not in runs:
         row = con.sql(_ONE_ROW, params={"model": model}).to_arrow_table()
         run = None
-        if row.num_rows == 1:
-            table = run_table_name(model, str(row.column("run_id")[0]))
+        run_id = str(row.column("run_id")[0]) if row.num_rows == 1 else None
+        if run_id and not con.execute(_OTHER_RUN, {"model": model, "run_id": run_id}).fetchall():
+            table = run_table_name(model, run_id)
             if con.execute(_TABLE_EXISTS, {"name": table.strip('"')}).fetchall()[0][0]:
                 run = _ServedRun(
                     one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",

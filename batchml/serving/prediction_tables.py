@@ -47,6 +47,8 @@ from batchml.scoring.run_checksum import (
     table_checksum,
 )
 from batchml.scoring.runs import PredictionRun, get_run
+from batchml.serving import canary
+from batchml.serving.canary import CONTROL, ServedCanary, bucket_sql
 from batchml.serving.run_tables import run_table_name
 from batchml.store.storage import Storage
 
@@ -142,11 +144,15 @@ def run_constants(run: PredictionRun) -> dict[str, Any]:
 
 
 def prediction_select(
-    constants: dict[str, Any], source: str, expressions: dict[str, str] | None = None
+    constants: dict[str, Any],
+    source: str,
+    expressions: dict[str, str] | None = None,
+    variant: str | None = None,
 ) -> str:
     """`SELECT <every prediction column> FROM source`: the constants as typed literals, in schema order.
 
-    `expressions` gives a stored column's SQL where it is not the column itself.
+    `expressions` gives a stored column's SQL where it is not the column itself; `variant`, if given, is
+    the SQL of one more column, `variant` (the arm that served the row: `predictions` and history only).
     """
     given = expressions or {}
     columns = [
@@ -157,6 +163,8 @@ def prediction_select(
         else name
         for name, kind in PREDICTION_SCHEMA
     ]
+    if variant is not None:
+        columns.append(f"CAST({variant} AS VARCHAR) AS variant")
     return f"SELECT {', '.join(columns)} FROM {source}"
 
 
@@ -262,6 +270,38 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, runs: list[PredictionRun]) 
     con.execute(f"CREATE VIEW {name} AS {body}")
 
 
+def _predictions_view(
+    con: duckdb.DuckDBPyConnection, current: list[PredictionRun], canaries: dict[str, ServedCanary]
+) -> None:
+    """`predictions`: each model's published run, with `variant`; with a canary step current, exactly one
+    row per entity of the control run, from the canary run when its bucket is below the share."""
+    branches = []
+    for run in current:
+        served = canaries.get(run.model)
+        if served is None:
+            branches.append(prediction_select(run_constants(run), run_table(run), variant=literal(CONTROL)))
+            continue
+        control, arm = run_table(run), run_table(served.run)
+        inside = f"{bucket_sql(served.salt)} < {served.share!r}"
+        branches.append(
+            prediction_select(
+                run_constants(served.run),
+                f"{arm} WHERE {inside} AND entity_id IN (SELECT entity_id FROM {control})",
+                variant=literal(served.variant),
+            )
+        )
+        branches.append(
+            prediction_select(
+                run_constants(run),
+                f"{control} WHERE NOT ({inside} AND entity_id IN (SELECT entity_id FROM {arm}))",
+                variant=literal(CONTROL),
+            )
+        )
+    empty = _EMPTY.removesuffix(" WHERE false") + ", CAST(NULL AS VARCHAR) AS variant WHERE false"
+    body = " UNION ALL ".join(branches) or empty
+    con.execute(f"CREATE VIEW predictions AS {body}")
+
+
 def stores_names_only(run: PredictionRun) -> bool:
     """Whether `run`'s files store reasons as names only, as its manifest's content checksum says."""
     recorded = run.manifest.get("content_checksum") or {}
@@ -284,19 +324,23 @@ def create_prediction_tables(
     """The current and staged run tables (indexed), the views over them and `published_runs`."""
     published, staging = PublicationLog(storage), PublicationLog(storage, "staging")
     current, staged, ever = [], [], []
+    canaries: dict[str, ServedCanary] = {}
     for model in sorted(published.models()):
         now = published.current(model)
         current += [get_run(storage, model, now)] if now else []
+        served = canary.serving(storage, model, now)
+        if served is not None:
+            canaries[model] = served
         run_ids = dict.fromkeys(e["run_id"] for e in published.events(model) if e.get("run_id"))
         ever += [get_run(storage, model, run_id) for run_id in run_ids]  # manifests only: no run file
     for model in sorted(staging.models()):
         run_id = staging.current(model)
         staged += [get_run(storage, model, run_id)] if run_id else []
     placed: set[str] = set()
-    for run in current + staged:
+    for run in current + staged + [c.run for c in canaries.values()]:
         if run_table(run) not in placed:
             _place_run(con, storage, run, previous)
             placed.add(run_table(run))
-    _view(con, "predictions", current)
+    _predictions_view(con, current, canaries)
     _view(con, "predictions_staging", staged)
     _create_published_runs(con, ever)

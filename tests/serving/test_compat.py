@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,17 @@ def _ours(con: object, queries: dict[str, str]) -> dict[str, list[list[str]]]:
     }
 
 
+def lts_answers(lts_venv: Path, path: Path, queries: dict[str, str]) -> dict[str, Any]:
+    """DuckDB 1.4's version and answers to `queries` on the serving file `path`, from its Python client."""
+    done = subprocess.run(
+        [str(lts_venv / "bin" / "python"), "-c", _READ, str(path), json.dumps(READER_CONFIG),
+         json.dumps(queries)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
 def _as_text(answers: dict[str, list[list[object]]]) -> dict[str, list[list[str]]]:
     return {name: [[str(v) for v in row] for row in rows] for name, rows in answers.items()}
 
@@ -75,13 +87,7 @@ def test_serving_files_open_in_duckdb_lts_python_and_cli(
         expected = _ours(con, QUERIES)
     assert expected["aliases"] and expected["alias_at"][0][0] != "None" and len(expected["history"]) == 2
 
-    done = subprocess.run(
-        [str(lts_venv / "bin" / "python"), "-c", _READ, str(path), json.dumps(READER_CONFIG),
-         json.dumps(QUERIES)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    lts = json.loads(done.stdout)
+    lts = lts_answers(lts_venv, path, QUERIES)
     assert lts["version"].startswith("1.4.")
     assert _as_text(lts["answers"]) == expected
 

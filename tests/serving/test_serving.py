@@ -207,9 +207,11 @@ PREDICTION_TABLES = (
 
 
 def tables(project: batchml.Project) -> dict[str, list[tuple[Any, ...]]]:
-    """The prediction tables of the serving file, and history (from the run files) beside them."""
+    """The prediction tables of the serving file, and history (from the run files) beside them (the
+    columns every one has: not `variant`, which `predictions` and history add)."""
+    sql = "SELECT COLUMNS(lambda c: c != 'variant') FROM {} ORDER BY ALL"
     with batchml.connect(project, history=True) as con:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in PREDICTION_TABLES}
+        return {t: con.execute(sql.format(t)).fetchall() for t in PREDICTION_TABLES}
 
 
 def run_rows(project: batchml.Project, *runs: batchml.PredictionRun) -> list[tuple[Any, ...]]:

@@ -1,0 +1,136 @@
+"""Shadow scoring benchmark: the champion alone against the champion + N shadow versions (one read).
+
+    python benchmarks/shadow.py [--rows 1000000] [--trees 200] [--shadows 2] [--engine lightgbm] [--json]
+
+Paths, each in its own child process on a fresh project (setup not timed): ``alone`` scores the champion
+(``batchml.score(..., shadows=False)``); ``shadows`` scores the champion and ``--shadows`` other versions
+(same size, other seeds) with ``batchml.api.score_with_shadows`` from one read of the data, and compares each
+shadow run with the champion's (the comparisons are timed too). Target: ratio <= 2.2 for 2 shadows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import polars as pl
+from _harness import peak_rss_mib, run_child
+from score import CATEGORICAL, ENTITY, MODEL, TARGET, TIMESTAMP, TRAIN_ROWS, ensure_data, feature_names
+
+
+def train_variant(data: Path, trees: int, seed: int, workdir: Path) -> Path:
+    """A LightGBM model of `trees` trees; another `seed` makes another model of the same size."""
+    path = workdir / f"{data.stem}_trees{trees}_seed{seed}.txt"
+    if path.exists():
+        return path
+    frame = pl.scan_parquet(data).head(TRAIN_ROWS).collect().to_pandas()
+    for column in CATEGORICAL:
+        frame[column] = frame[column].astype("category")
+    params = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "verbose": -1, "seed": seed,
+              "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1}  # fmt: skip
+    booster = lgb.train(params, lgb.Dataset(frame[feature_names(data)], label=frame[TARGET]), trees)
+    booster.save_model(str(path))
+    return path
+
+
+def setup(workdir: Path, data: Path, models: list[Path], engine: str) -> dict[str, Any]:
+    """A fresh project: the data snapshot, the models registered (v1 champion), v2.. configured as shadows."""
+    import batchml
+
+    root = Path(tempfile.mkdtemp(prefix="shadow_", dir=workdir))
+    toml = root / "batchml.toml"
+    shadows = ", ".join(str(v) for v in range(2, len(models) + 1))
+    toml.write_text(
+        f'[storage]\nroot = "store"\n\n[models.{MODEL}]\ndataset = "loans"\nentity_id = "{ENTITY}"\n'
+        f'timestamp = "{TIMESTAMP}"\ntarget = "{TARGET}"\ntask = "binary"\n\n'
+        f'[models.{MODEL}.scoring]\nengine = "{engine}"\n\n[models.{MODEL}.shadow]\nversions = [{shadows}]\n'
+    )
+    project = batchml.Project.open(toml)
+    dv = batchml.snapshot_dataset(project, "loans", str(data))
+    for path in models:
+        booster = lgb.Booster(model_file=str(path))
+        batchml.register_model(project, MODEL, booster, entity_id=ENTITY, dataset=dv.ref, target=TARGET)
+    batchml.promote(project, MODEL, 1, alias="champion", reason="benchmark")
+    return {"toml": str(toml), "dataset": dv.ref, "project": str(root)}
+
+
+def child(kind: str, toml: str, dataset: str) -> dict[str, Any]:
+    """Score the champion alone, or with its shadows (and their comparisons)."""
+    import batchml
+    from batchml.api import score_with_shadows
+
+    project = batchml.Project.open(toml)
+    start = time.perf_counter()
+    if kind == "alone":
+        runs = [batchml.score(project, MODEL, dataset=dataset, shadows=False)]
+    else:
+        result = score_with_shadows(project, MODEL, dataset=dataset)
+        if result.failed:
+            raise RuntimeError(f"shadows failed: {result.failed}")
+        runs = [result.served, *result.shadows]
+    seconds = time.perf_counter() - start
+    if any(r.reused for r in runs):
+        raise RuntimeError("a run was reused: the project is not fresh")
+    stages = {k: round(v, 2) for k, v in runs[0].telemetry.get("seconds", {}).items()}
+    return {"seconds": seconds, "rows": runs[0].rows, "runs": len(runs), "champion_stages": stages}
+
+
+def main() -> None:
+    """Set up, run both paths (fastest of --repeat each) and print them side by side with the ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--trees", type=int, default=200)
+    parser.add_argument("--shadows", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--engine", default="lightgbm")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps({**child(*args.child), "peak_rss_mib": peak_rss_mib()}))
+        return
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("BATCHML_ENGINE_CACHE", str(workdir / "engine-cache"))
+    data = ensure_data(workdir, args.rows, args.seed)
+    models = [train_variant(data, args.trees, 1 + i, workdir) for i in range(args.shadows + 1)]
+    results: dict[str, dict[str, Any]] = {}
+    for kind in ("alone", "shadows"):
+        best: dict[str, Any] | None = None
+        for _ in range(args.repeat):
+            project = setup(workdir, data, models, args.engine)
+            try:
+                result = run_child(__file__, ["--child", kind, project["toml"], project["dataset"]])
+            finally:
+                shutil.rmtree(project["project"])
+            best = result if best is None or result["seconds"] < best["seconds"] else best
+        assert best is not None
+        results[kind] = best
+    ratio = results["shadows"]["seconds"] / results["alone"]["seconds"]
+    summary = {"rows": args.rows, "trees": args.trees, "shadows": args.shadows, "engine": args.engine,
+               "cores": os.cpu_count(), "results": results, "ratio": round(ratio, 3)}  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(f"rows={args.rows:,} trees={args.trees} engine={args.engine} cores={os.cpu_count()}")
+    print(f"{'path':<34}{'seconds':>9}{'rows/s':>13}{'peak MiB':>10}")
+    for kind, label in (("alone", "champion alone"), ("shadows", f"champion + {args.shadows} shadows")):
+        r = results[kind]
+        print(
+            f"{label:<34}{r['seconds']:>9.2f}{r['rows'] / r['seconds']:>13,.0f}{r['peak_rss_mib']:>10.0f}"
+            f"  champion busy s: {r['champion_stages']}"
+        )
+    print(f"ratio (champion + {args.shadows} shadows / champion alone): {ratio:.2f}  (target <= 2.2)")
+
+
+if __name__ == "__main__":
+    main()

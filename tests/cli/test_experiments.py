@@ -1,0 +1,67 @@
+"""`batchml experiments`: start a canary, see it ramp, stop it or conclude it (the winner promoted)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import batchml
+from batchml.models.registry import RegistryReader
+from tests.cli.test_cli import cli, cli_error, cli_json
+from tests.conftest import PROJECT_TOML
+
+CANARY = (
+    "\n[models.default_risk.canary]\nshares = [0.1, 1.0]\n"
+    + "max_psi = 100.0\nmax_ks = 1.0\nmax_flip_rate = 1.0\n"
+)
+
+
+def trained(make_project: Callable[..., batchml.Project], loans_csv: Path, extra: str) -> batchml.Project:
+    project = make_project(PROJECT_TOML.format(source=loans_csv) + extra)
+    batchml.snapshot_dataset(project, "loans")
+    batchml.promote(project, "default_risk", batchml.train(project, "default_risk").version, reason="first")
+    batchml.train(project, "default_risk", params={"num_leaves": 4, "num_iterations": 10})
+    return project
+
+
+def test_start_score_show_and_conclude_a_canary(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    project = trained(make_project, loans_csv, CANARY)
+    started = cli_json(project, "experiments", "start", "default_risk", "2", "--reason", "try v2")
+    assert (started["alias"], started["to_version"], started["reason"]) == ("canary", 2, "try v2")
+    scored = cli_json(project, "score", "default_risk")
+    assert (scored["canary"]["action"], scored["canary"]["share"]) == ("advance", 0.1)
+    (row,) = cli_json(project, "experiments", "list")["experiments"]
+    assert (row["champion"], row["canary_version"], row["last_step"]["share"]) == (1, 2, 0.1)
+    shown = cli_json(project, "experiments", "show", "default_risk")
+    assert [e["action"] for e in shown["canary"]] == ["advance"]
+    assert [c["shadow_version"] for c in shown["shadow_comparisons"]] == [2]  # the canary's comparison
+    with batchml.connect(project) as con:
+        arms = dict(con.execute("SELECT variant, count(*) FROM predictions GROUP BY ALL").fetchall())
+    assert set(arms) == {"control", "canary"} and sum(arms.values()) == scored["rows"]
+    concluded = cli_json(project, "experiments", "conclude", "default_risk", "--reason", "v2 won")
+    assert concluded["promoted"]["to_version"] == 2 and not concluded["withdrawn"]["automatic"]
+    assert RegistryReader(project.storage).aliases("default_risk") == {"champion": 2}
+    assert "canary of model 'default_risk'" in cli_error(project, "experiments", "stop", "default_risk")
+    assert "v2 won" in cli(project, "models", "history", "default_risk").stdout
+
+
+def test_stop_ends_the_canary_by_hand(make_project: Callable[..., batchml.Project], loans_csv: Path) -> None:
+    project = trained(make_project, loans_csv, CANARY)
+    cli(project, "experiments", "start", "default_risk", "2")
+    stopped = cli_json(project, "experiments", "stop", "default_risk", "--reason", "support tickets")
+    assert (stopped["action"], stopped["from_version"], stopped["reason"]) == (
+        "rollback",
+        2,
+        "support tickets",
+    )
+    assert "canary" not in RegistryReader(project.storage).aliases("default_risk")
+
+
+def test_a_model_without_a_canary_section_is_one_line(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    project = trained(make_project, loans_csv, "")
+    error = cli_error(project, "experiments", "start", "default_risk", "2")
+    assert "has no [models.default_risk.canary] section" in error and error.count("\n") == 1

@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow, get_client, get_run_logger
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
@@ -172,13 +173,18 @@ def publish_run(model: str, run_id: str, reason: str, config: str | None) -> dic
     return {"database": str(database), "changed": not already}
 
 
+def limit_name(model: str) -> str:
+    """The name of `model`'s global concurrency limit."""
+    return f"batchml-score-{model}"
+
+
 def model_limit(model: str) -> str:
     """The name of `model`'s global concurrency limit, created with one slot if it does not exist yet.
 
     An operator may raise or lower it on the server (`prefect gcl update batchml-score-MODEL --limit N`);
     an existing limit is never overwritten.
     """
-    name = f"batchml-score-{model}"
+    name = limit_name(model)
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
@@ -208,7 +214,13 @@ def score_and_publish(
     task runner (in parallel on e.g. a `DaskTaskRunner`, see `score_and_publish_on_dask`), then committed as
     one run with the same rows, scores and run id as sequential scoring.
     """
-    with concurrency(model_limit(model), occupy=1, strict=True):
+    with contextlib.ExitStack() as slot:
+        # The limit exists after a model's first run: acquire at once and look it up (one more request) only
+        # when acquiring fails, e.g. because it does not exist yet.
+        try:
+            slot.enter_context(concurrency(limit_name(model), occupy=1, strict=True))
+        except ConcurrencySlotAcquisitionError:
+            slot.enter_context(concurrency(model_limit(model), occupy=1, strict=True))
         return _score_and_publish(model, alias, dataset, publish, config, reason, partitions)
 
 

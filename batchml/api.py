@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from batchml.checks import gates
 from batchml.checks.expectations import check_training_data
-from batchml.config import CanaryConfig, ScoringConfig, ShadowConfig
+from batchml.config import ScoringConfig, ShadowConfig
 from batchml.data import datasets
 from batchml.data.datasets import DatasetVersion
-from batchml.errors import ConfigError, NotFoundError, SchemaError
+from batchml.errors import ConfigError, SchemaError
 from batchml.models.features import Feature, check_bindable, renamed
 from batchml.models.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
 from batchml.models.profiles import training_profile
@@ -248,35 +248,6 @@ def promote(
         event = registry.promote(model, target, alias, reason, force=force, operation=op.on(model, ALIASES))
         op.finish()
     return event
-
-
-def _canary_holding(project: Project, model: str) -> tuple[CanaryConfig, int]:
-    spec = project.config.model(check_name("model", model))
-    if spec.canary is None:
-        raise ConfigError(f"model {model!r} has no [models.{model}.canary] section: add one to run a canary")
-    held = canary.holding(Registry(project.storage), model, spec.canary.alias)
-    if held is None:
-        hint = f"start one: batchml experiments start {model} VERSION"
-        raise NotFoundError(f"canary of model {model!r}", spec.canary.alias, [f"none ({hint})"])
-    return spec.canary, held[0]
-
-
-def stop_canary(project: Project, model: str, reason: str) -> dict[str, Any]:
-    """Stop the running canary by hand: its alias leaves the version (an alias event with `reason`)."""
-    config, version = _canary_holding(project, model)
-    event = Registry(project.storage).withdraw(model, config.alias, version, reason, automatic=False)
-    catch_up(project)  # the alias log moved: the serving file stops serving the canary arm
-    return event
-
-
-def conclude_canary(project: Project, model: str, reason: str, *, force: bool = False) -> dict[str, Any]:
-    """Promote the canary's version to champion (gates apply) and end the canary; re-running after a crash
-    between the two finishes the second."""
-    config, version = _canary_holding(project, model)
-    promoted = promote(project, model, version, SERVED_ALIAS, reason, force=force)
-    withdrawn = Registry(project.storage).withdraw(model, config.alias, version, reason, automatic=False)
-    catch_up(project)
-    return {"promoted": promoted, "withdrawn": withdrawn}
 
 
 def rollback_model(

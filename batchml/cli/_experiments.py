@@ -99,15 +99,11 @@ def start(
     as_json: JsonFlag = False,
 ) -> None:
     """Point MODEL's canary alias at VERSION (gates apply); the next champion score serves its first share."""
-    from batchml import api
-    from batchml.errors import ConfigError
+    from batchml import releases
 
     project = project_of(ctx, catch_up=False)
-    spec = project.config.model(model)
-    if spec.canary is None:
-        raise ConfigError(f"model {model!r} has no [models.{model}.canary] section: add one to run a canary")
-    alias = spec.canary.alias
-    event = api.promote(project, model, version, alias=alias, reason=reason)
+    event = releases.start_canary(project, model, version, reason)
+    alias = event["alias"]
     emit(
         as_json,
         event,
@@ -123,9 +119,9 @@ def stop(
     as_json: JsonFlag = False,
 ) -> None:
     """Stop MODEL's canary: its alias leaves the version (an alias event); every entity is served control."""
-    from batchml import api
+    from batchml import releases
 
-    event = api.stop_canary(project_of(ctx, catch_up=False), model, reason)
+    event = releases.stop_canary(project_of(ctx, catch_up=False), model, reason)
     emit(as_json, event, lambda c: c.print(f"{model}: canary v{event['from_version']} stopped ({reason})"))
 
 
@@ -140,8 +136,8 @@ def conclude(
     as_json: JsonFlag = False,
 ) -> None:
     """Promote MODEL's canary version to champion (the winner) and end the canary, in one command."""
-    from batchml import api
+    from batchml import releases
 
-    result = api.conclude_canary(project_of(ctx, catch_up=False), model, reason, force=force)
+    result = releases.conclude_canary(project_of(ctx, catch_up=False), model, reason, force=force)
     version = result["promoted"]["to_version"]
     emit(as_json, result, lambda c: c.print(f"{model}: champion -> v{version}; canary ended ({reason})"))

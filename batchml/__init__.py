@@ -24,7 +24,6 @@ if TYPE_CHECKING:
         publish,
         read_dataset,
         rebuild_catalog,
-        register_model,
         rollback_model,
         rollback_predictions,
         score,
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
     )
     from batchml.models.registry import ModelVersion
     from batchml.project import Project
+    from batchml.registration import register_model
     from batchml.scoring.runs import PredictionRun
     from batchml.serving.lookup import lookup
     from batchml.serving.readers import connect, database_path, query
@@ -96,9 +96,10 @@ __all__ = [
 #: them. A name is imported from its module the first time it is used (PEP 562).
 _HOMES = {
     "batchml.api": [
-        *("promote", "publish", "read_dataset", "rebuild_catalog", "register_model", "rollback_model"),
+        *("promote", "publish", "read_dataset", "rebuild_catalog", "rollback_model"),
         *("rollback_predictions", "score", "snapshot_dataset", "train"),
     ],
+    "batchml.registration": ["register_model"],
     # What apps and `batchml query` use: DuckDB and nothing heavy.
     "batchml.serving.readers": ["connect", "database_path", "query"],
     "batchml.serving.lookup": ["lookup"],  # returns Arrow: imports pyarrow, so not in `readers`

@@ -27,14 +27,6 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _relation(storage: Storage, version: DatasetVersion) -> str:
-    uris = []
-    for entry in version.files:
-        storage.verify(entry)
-        uris.append("'" + storage.uri(entry.path).replace("'", "''") + "'")
-    return f"read_parquet([{', '.join(uris)}])"
-
-
 def _check_unique(con: duckdb.DuckDBPyConnection, view: str, key: str, version: DatasetVersion) -> None:
     found = con.execute(f"SELECT count(*) FROM (SELECT {key} FROM {view} GROUP BY ALL HAVING count(*) > 1)")
     repeated = (found.fetchone() or (0,))[0]
@@ -72,8 +64,8 @@ def row_diff(storage: Storage, old: DatasetVersion, new: DatasetVersion, by: str
         try:
             if not storage.is_local:
                 con.register_filesystem(storage.fs)
-            con.execute(f"CREATE VIEW all_a AS SELECT * FROM {_relation(storage, old)}")
-            con.execute(f"CREATE VIEW all_b AS SELECT * FROM {_relation(storage, new)}")
+            con.execute(f"CREATE VIEW all_a AS SELECT * FROM {storage.verified_parquet(old.files)}")
+            con.execute(f"CREATE VIEW all_b AS SELECT * FROM {storage.verified_parquet(new.files)}")
             without_id = {"old": _nulls(con, "all_a", key), "new": _nulls(con, "all_b", key)}
             con.execute(f"CREATE VIEW a AS SELECT * FROM all_a WHERE {key} IS NOT NULL")
             con.execute(f"CREATE VIEW b AS SELECT * FROM all_b WHERE {key} IS NOT NULL")

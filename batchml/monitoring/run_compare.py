@@ -18,14 +18,6 @@ from batchml.store.storage import Storage
 DEFAULT_TOP_SHARE = 0.01
 
 
-def _relation(storage: Storage, run: PredictionRun) -> str:
-    uris = []
-    for entry in run.files:
-        storage.verify(entry)
-        uris.append("'" + storage.uri(entry.path).replace("'", "''") + "'")
-    return f"read_parquet([{', '.join(uris)}])"
-
-
 def _describe(run: PredictionRun, rows: int) -> dict[str, Any]:
     return {"run_id": run.run_id, "model_version": run.manifest["model_version"], "rows": rows}
 
@@ -61,7 +53,7 @@ def compare_runs(
         for name, run in (("n_run", new), ("o_run", old)):
             con.execute(
                 f"CREATE TEMP TABLE {name} AS "
-                f"SELECT entity_id, prediction, predicted_class FROM {_relation(storage, run)}"
+                f"SELECT entity_id, prediction, predicted_class FROM {storage.verified_parquet(run.files)}"
             )
         n, o = "n_run", "o_run"
         new_values = con.sql(f"SELECT prediction FROM {n}").fetchnumpy()["prediction"]

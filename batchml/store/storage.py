@@ -231,6 +231,14 @@ class Storage:
                 f"sha256 {actual.sha256} ({actual.size} bytes)",
             )
 
+    def verified_parquet(self, entries: list[FileEntry]) -> str:
+        """`read_parquet([...])` over `entries`, each checked against its recorded hash first (DuckDB SQL)."""
+        quoted = []
+        for entry in entries:
+            self.verify(entry)
+            quoted.append("'" + self.uri(entry.path).replace("'", "''") + "'")
+        return f"read_parquet([{', '.join(quoted)}])"
+
     # -- writing -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def open_write(self, relpath: str) -> Iterator[_HashingWriter]:

@@ -2,7 +2,7 @@
 
     scoring_inputs   the model version, dataset version and options scoring one version uses
     extra_arms       the versions scored beside the champion, each once, with why (shadow, canary)
-    arm_scorer       one arm's model, engine and options, ready to score
+    arm_scorer       one arm's model, engine and options, ready to score (arm_inputs: without the engine)
     after_scoring    the shadow comparisons (recorded; alerts) and the canary's step, from the arms' runs
 
 Both ways of scoring a champion use these, so they score the same arms and do the same after scoring:
@@ -76,11 +76,17 @@ def planned_arms(project: Project, model: str, served: ModelVersion, dataset: st
     ]
 
 
-def arm_scorer(project: Project, model: str, arm: Arm, dataset: str) -> Scorer:
-    """What scores `arm` on dataset version `dataset` (`NAME@VERSION`)."""
+def arm_inputs(project: Project, model: str, arm: Arm, dataset: str) -> tuple[ModelVersion, ScoringOptions]:
+    """`arm`'s model version and scoring options on dataset version `dataset` (`NAME@VERSION`)."""
     chosen, _, options = scoring_inputs(
         project, model, version=arm.version, dataset=dataset, engine=arm.engine
     )
+    return chosen, options
+
+
+def arm_scorer(project: Project, model: str, arm: Arm, dataset: str) -> Scorer:
+    """What scores `arm` on dataset version `dataset` (`NAME@VERSION`)."""
+    chosen, options = arm_inputs(project, model, arm, dataset)
     return Scorer(chosen, *load_engine(Registry(project.storage), chosen, options.engine), options)
 
 

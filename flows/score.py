@@ -106,7 +106,11 @@ def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
 
 def _arms(plan: dict[str, Any]) -> list[Arm]:
     """Every version the plan scores, the served one first."""
-    return [Arm(plan["version"], (), plan.get("engine")), *(Arm.from_dict(a) for a in plan["arms"])]
+    return [Arm(plan["version"], (), plan.get("engine")), *_extra(plan)]
+
+
+def _extra(plan: dict[str, Any]) -> list[Arm]:
+    return [Arm.from_dict(a) for a in plan.get("arms", [])]  # a plan made before arms were planned: none
 
 
 @batch_task
@@ -163,8 +167,8 @@ def commit_parts(
         raise served
     if alias != SERVED_ALIAS:
         return _summary(plan["model"], alias, served)
-    arms = [Arm.from_dict(a) for a in plan["arms"]]
-    return _with_arms(plan["model"], alias, after_scoring(project, plan["model"], served, arms, runs))
+    scored = after_scoring(project, plan["model"], served, _extra(plan), runs)
+    return _with_arms(plan["model"], alias, scored)
 
 
 @batch_task
@@ -218,7 +222,8 @@ def score_and_publish(
 
     With `partitions` > 1 the dataset's row groups are scored by that many tasks submitted to the flow's
     task runner (in parallel on e.g. a `DaskTaskRunner`, see `score_and_publish_on_dask`), then committed as
-    one run with the same rows, scores and run id as sequential scoring.
+    one run with the same rows, scores and run id as sequential scoring. The champion brings its shadows and
+    canary along either way: each partition reads its rows once for all of them (see `batchml.arms`).
     """
     with contextlib.ExitStack() as slot:
         # The limit exists after a model's first run: acquire at once and look it up (one more request) only

@@ -7,26 +7,25 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchml.arms import after_scoring, arm_scorer, extra_arms
+from batchml.arms import scoring_inputs as scoring_inputs  # re-exported: flows and notebooks call it
 from batchml.checks import gates
 from batchml.checks.expectations import check_training_data
-from batchml.config import ShadowConfig
 from batchml.data import datasets
 from batchml.data.datasets import DatasetVersion
 from batchml.errors import ConfigError, SchemaError
 from batchml.models.lineage import actor, code_lineage, code_version, engine, git_state, package_versions
 from batchml.models.profiles import training_profile
 from batchml.models.registry import ModelVersion, Registry
-from batchml.monitoring.drift_reference import reference_profile, training_reference
-from batchml.monitoring.shadow import SERVED_ALIAS, ShadowScoring, compare_shadow, shadow_versions
+from batchml.monitoring.drift_reference import training_reference
+from batchml.monitoring.shadow import SERVED_ALIAS, ShadowScoring
 from batchml.names import check_name
 from batchml.project import Project
-from batchml.scoring.engine_choice import choose, load_engine, trained_checks
+from batchml.scoring.engine_choice import load_engine, trained_checks
 from batchml.scoring.publications import PublicationLog
-from batchml.scoring.reason_rows import top_threshold
-from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
+from batchml.scoring.runs import PredictionRun, Progress, get_run
 from batchml.scoring.runs import score as score_dataset
 from batchml.scoring.together import Scorer, score_together
-from batchml.serving import canary
 from batchml.serving.database import build_serving_db
 from batchml.serving.gc import GRACE_SECONDS, GcReport, collect
 from batchml.serving.logstate import ALIASES, PUBLISHED, STAGING
@@ -219,89 +218,21 @@ def score_with_shadows(
     """Score the champion, its shadow versions and its canary (if any) with one read of the dataset
     version; compare each shadow run with the champion's (recorded; an alert when beyond the limits) and
     step the canary's ramp (advance when healthy, roll back on a breach). A shadow that fails is reported
-    in `failed`; the champion's run does not depend on it."""
+    in `failed`; the champion's run does not depend on it. Which arms, and what follows: `batchml.arms`."""
     catch_up(project)
-    registry = Registry(project.storage)
     chosen, version_, options = scoring_inputs(project, model, alias=SERVED_ALIAS, dataset=dataset)
-    spec = project.config.models.get(model)
-    config = spec.shadow if spec is not None else ShadowConfig()
-    extra = shadow_versions(registry, model, config, chosen)
-    shadowed = {v.version for v in extra}
-    held = canary.holding(registry, model, spec.canary.alias) if spec and spec.canary else None
-    canary_version = held[0] if held and held[0] != chosen.version else None
-    if canary_version is not None and canary_version not in [v.version for v in extra]:
-        extra.append(registry.get(model, canary_version))
-    scorers = [Scorer(chosen, *load_engine(registry, chosen, options.engine), options)]
-    for other in extra:
-        _, _, other_options = scoring_inputs(project, model, version=other.version, dataset=version_.ref)
-        scorers.append(Scorer(other, *load_engine(registry, other, other_options.engine), other_options))
-    if len(scorers) == 1:
-        run = score_dataset(project.storage, chosen, scorers[0].booster, version_, options=options,
-                            progress=progress, engine=scorers[0].engine)  # fmt: skip
+    booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
+    arms = extra_arms(project, model, chosen)
+    if not arms:
+        run = score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress,
+                            engine=engine)  # fmt: skip
         return ShadowScoring(run, [], [], {})
-    results = score_together(project.storage, scorers, version_, progress=progress)
-    served = results[0]
+    scorers = [Scorer(chosen, booster, engine, options)]
+    scorers += [arm_scorer(project, model, arm, version_.ref) for arm in arms]
+    served, *results = score_together(project.storage, scorers, version_, progress=progress)
     if not isinstance(served, PredictionRun):
         raise served
-    scored = ShadowScoring(served, [], [], {})
-    for scorer, result in zip(scorers[1:], results[1:], strict=True):
-        version = scorer.model.version
-        if not isinstance(result, PredictionRun):
-            scored.failed[version] = str(result)
-            continue
-        if version == canary_version and spec is not None and spec.canary is not None:
-            scored.canary.update(canary.step(project.storage, model, spec.canary, served, result))
-        if version in shadowed:
-            scored.shadows.append(result)
-            scored.comparisons.append(compare_shadow(project.storage, served, result, config))
-    return scored
-
-
-def scoring_inputs(
-    project: Project,
-    model: str,
-    *,
-    alias: str | None = "champion",
-    version: int | str | None = None,
-    dataset: str | None = None,
-    engine: str | None = None,
-) -> tuple[ModelVersion, DatasetVersion, ScoringOptions]:
-    """The model version, dataset version and options `score` would use (for partitioned scoring).
-
-    The options name the engine that predicts here: `auto` is resolved now (see `engine_choice.choose`).
-    `engine` replaces the configured one: partitions pass the engine their plan chose, so that every
-    partition scores with it (or fails saying why) and all of them write to one run.
-    """
-    registry = Registry(project.storage)
-    chosen = registry.resolve(model, alias=None if version is not None else alias, version=version)
-    if dataset is None:
-        configured = project.config.models.get(model)
-        trained_on = chosen.card.get("dataset_version") or ""
-        name = configured.dataset if configured else trained_on.partition("@")[0]
-        if not name:
-            raise ConfigError(f"model {model!r} has no configured dataset: pass dataset='NAME@VERSION'")
-        dataset = f"{name}@latest"
-    version_ = datasets.get_version(project.storage, dataset)
-    spec = project.config.models.get(model)
-    if spec is None:
-        return chosen, version_, ScoringOptions()
-    scoring = spec.scoring
-    engine_name, fallback = choose(chosen, engine or scoring.engine, scoring.tolerance)
-    threshold = None
-    if scoring.reason_codes and scoring.reason_rows == "top":  # fixed by the model, not by the batch
-        predictions = reference_profile(project.storage, chosen).get("predictions")
-        threshold = top_threshold(predictions, scoring.reason_share, chosen.ref)
-    options = ScoringOptions(
-        reason_codes=scoring.reason_codes,
-        reason_rows=scoring.reason_rows,
-        reason_share=scoring.reason_share,
-        reason_threshold=threshold,
-        expectations=spec.expectations,
-        max_quarantine_share=scoring.max_quarantine_share,
-        engine=engine_name,
-        engine_fallback=fallback,
-    )
-    return chosen, version_, options
+    return after_scoring(project, model, served, arms, results)
 
 
 def publish(

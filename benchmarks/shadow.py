@@ -1,11 +1,15 @@
 """Shadow scoring benchmark: the champion alone against the champion + N shadow versions (one read).
 
-    python benchmarks/shadow.py [--rows 1000000] [--trees 200] [--shadows 2] [--engine lightgbm] [--json]
+    python benchmarks/shadow.py [--rows 1000000] [--trees 200] [--shadows 2] [--engine lightgbm]
+                                [--partitions 1] [--json]
 
 Paths, each in its own child process on a fresh project (setup not timed): ``alone`` scores the champion
 (``batchml.score(..., shadows=False)``); ``shadows`` scores the champion and ``--shadows`` other versions
 (same size, other seeds) with ``batchml.api.score_with_shadows`` from one read of the data, and compares each
 shadow run with the champion's (the comparisons are timed too). Target: ratio <= 2.2 for 2 shadows.
+``--partitions N`` (> 1) scores both paths as the score flow's partitioned path does, without Prefect: N
+partitions on N threads (the default task runner's way), each reading its rows once for every version, then
+the commit of each version's run and the shadow comparisons.
 """
 
 from __future__ import annotations
@@ -61,14 +65,48 @@ def setup(workdir: Path, data: Path, models: list[Path], engine: str) -> dict[st
     return {"toml": str(toml), "dataset": dv.ref, "project": str(root)}
 
 
-def child(kind: str, toml: str, dataset: str) -> dict[str, Any]:
+def partitioned(project: Any, dataset: str, partitions: int, shadows: bool) -> list[Any]:
+    """The champion's run (and its shadows' runs), scored and committed as the partitioned flow does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from batchml.arms import Arm, after_scoring, arm_inputs, arm_scorer, planned_arms, scoring_inputs
+    from batchml.scoring import partitions as parts
+
+    chosen, version, options = scoring_inputs(project, MODEL, dataset=dataset)
+    arms = planned_arms(project, MODEL, chosen, version.ref) if shadows else []
+    every = [Arm(chosen.version, (), options.engine), *arms]
+    scorers = [arm_scorer(project, MODEL, arm, version.ref) for arm in every]
+    stamp, plan = parts.new_scored_at(), parts.plan_partitions(project.storage, version, partitions)
+
+    def score(index: int) -> list[dict[str, Any]]:
+        return parts.score_partition_together(
+            project.storage, scorers, version, plan[index], index=index, scored_at=stamp
+        )
+
+    with ThreadPoolExecutor(partitions) as pool:
+        results = list(pool.map(score, range(partitions)))
+    versions = [arm_inputs(project, MODEL, arm, version.ref) for arm in every]
+    served, *runs = parts.commit_partitions_together(
+        project.storage, versions, version, results, scored_at=stamp
+    )
+    if isinstance(served, Exception):  # commit_partitions_together raises the champion's error
+        raise served
+    scored = after_scoring(project, MODEL, served, arms, runs)
+    if scored.failed:
+        raise RuntimeError(f"shadows failed: {scored.failed}")
+    return [scored.served, *scored.shadows]
+
+
+def child(kind: str, toml: str, dataset: str, partitions: str = "1") -> dict[str, Any]:
     """Score the champion alone, or with its shadows (and their comparisons)."""
     import batchml
     from batchml.api import score_with_shadows
 
     project = batchml.Project.open(toml)
     start = time.perf_counter()
-    if kind == "alone":
+    if int(partitions) > 1:
+        runs = partitioned(project, dataset, int(partitions), kind != "alone")
+    elif kind == "alone":
         runs = [batchml.score(project, MODEL, dataset=dataset, shadows=False)]
     else:
         result = score_with_shadows(project, MODEL, dataset=dataset)
@@ -91,10 +129,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--engine", default="lightgbm")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.partitions < 1:
+        parser.error(f"--partitions {args.partitions} is invalid: use 1 (sequential) or more")
     if args.child:
         print(json.dumps({**child(*args.child), "peak_rss_mib": peak_rss_mib()}))
         return
@@ -109,7 +150,9 @@ def main() -> None:
         for _ in range(args.repeat):
             project = setup(workdir, data, models, args.engine)
             try:
-                result = run_child(__file__, ["--child", kind, project["toml"], project["dataset"]])
+                result = run_child(
+                    __file__, ["--child", kind, project["toml"], project["dataset"], str(args.partitions)]
+                )
             finally:
                 shutil.rmtree(project["project"])
             best = result if best is None or result["seconds"] < best["seconds"] else best
@@ -117,11 +160,15 @@ def main() -> None:
         results[kind] = best
     ratio = results["shadows"]["seconds"] / results["alone"]["seconds"]
     summary = {"rows": args.rows, "trees": args.trees, "shadows": args.shadows, "engine": args.engine,
-               "cores": os.cpu_count(), "results": results, "ratio": round(ratio, 3)}  # fmt: skip
+               "partitions": args.partitions, "cores": os.cpu_count(), "results": results,
+               "ratio": round(ratio, 3)}  # fmt: skip
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"rows={args.rows:,} trees={args.trees} engine={args.engine} cores={os.cpu_count()}")
+    print(
+        f"rows={args.rows:,} trees={args.trees} engine={args.engine} partitions={args.partitions}"
+        f" cores={os.cpu_count()}"
+    )
     print(f"{'path':<34}{'seconds':>9}{'rows/s':>13}{'peak MiB':>10}")
     for kind, label in (("alone", "champion alone"), ("shadows", f"champion + {args.shadows} shadows")):
         r = results[kind]

@@ -13,12 +13,18 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 import batchml
 from batchml.api import score_with_shadows, scoring_inputs
+from batchml.arms import Arm, after_scoring, arm_inputs, arm_scorer, planned_arms
 from batchml.checks.validation import describe_summary
-from batchml.models.registry import Registry
-from batchml.monitoring.shadow import SERVED_ALIAS
-from batchml.scoring.engine_choice import load_engine
-from batchml.scoring.partitions import commit_partitions, new_scored_at, plan_partitions, score_partition
+from batchml.data import datasets
+from batchml.monitoring.shadow import SERVED_ALIAS, ShadowScoring
+from batchml.scoring.partitions import (
+    commit_partitions_together,
+    new_scored_at,
+    plan_partitions,
+    score_partition_together,
+)
 from batchml.scoring.publications import PublicationLog
+from batchml.scoring.runs import PredictionRun
 from batchml.store.eventlog import now
 from flows.common import (
     artifact_key,
@@ -40,7 +46,11 @@ def score(model: str, alias: str, dataset: str | None, config: str | None) -> di
     project = open_project(config)
     if alias != SERVED_ALIAS:
         return _summary(model, alias, batchml.score(project, model, alias=alias, dataset=dataset))
-    scored = score_with_shadows(project, model, dataset=dataset)
+    return _with_arms(model, alias, score_with_shadows(project, model, dataset=dataset))
+
+
+def _with_arms(model: str, alias: str, scored: ShadowScoring) -> dict[str, Any]:
+    """The served run's summary with its shadows' comparisons (or why one failed) and the canary's step."""
     shadows = [
         {k: c[k] for k in ("shadow_version", "shadow_run_id", "psi", "ks_statistic", "flip_rate")}
         | {k: c[k] for k in ("top_k_overlap", "mean_abs_delta", "diverged", "divergences")}
@@ -94,31 +104,30 @@ def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
     ]
 
 
-def _inputs(plan: dict[str, Any], config: str | None) -> tuple[Any, Any, Any, Any]:
-    project = open_project(config)
-    chosen, version, options = scoring_inputs(
-        project,
-        plan["model"],
-        alias=None,
-        version=plan["version"],
-        dataset=plan["dataset"],
-        engine=plan.get("engine"),
-    )
-    return project, chosen, version, options
+def _arms(plan: dict[str, Any]) -> list[Arm]:
+    """Every version the plan scores, the served one first."""
+    return [Arm(plan["version"], (), plan.get("engine")), *_extra(plan)]
+
+
+def _extra(plan: dict[str, Any]) -> list[Arm]:
+    return [Arm.from_dict(a) for a in plan.get("arms", [])]  # a plan made before arms were planned: none
 
 
 @batch_task
 def plan_scoring(
     model: str, alias: str, dataset: str | None, partitions: int, config: str | None
 ) -> dict[str, Any]:
-    """Resolve the model and dataset versions and split the dataset's row groups into `partitions`."""
+    """Resolve the model and dataset versions, the arms scored beside the champion (its shadows and
+    canary, each with its engine) and split the dataset's row groups into `partitions`."""
     project = open_project(config)
     chosen, version, options = scoring_inputs(project, model, alias=alias, dataset=dataset)
+    arms = planned_arms(project, model, chosen, version.ref) if alias == SERVED_ALIAS else []
     return {
         "model": model,
         "version": chosen.version,
         "dataset": version.ref,
         "engine": options.engine,  # chosen once: every partition scores with it, into one run
+        "arms": [arm.to_dict() for arm in arms],
         "groups": plan_partitions(project.storage, version, partitions),
         "scored_at": new_scored_at(),
         "started_at": now(),
@@ -126,39 +135,40 @@ def plan_scoring(
 
 
 @batch_task
-def score_part(plan: dict[str, Any], index: int, config: str | None) -> dict[str, Any]:
-    """Score partition `index` of `plan` into unreferenced parts; return their entries and tallies."""
-    project, chosen, version, options = _inputs(plan, config)
-    booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
-    return score_partition(
-        project.storage,
-        chosen,
-        booster,
-        version,
-        plan["groups"][index],
-        index=index,
-        scored_at=plan["scored_at"],
-        options=options,
-        engine=engine,
+def score_part(plan: dict[str, Any], index: int, config: str | None) -> list[dict[str, Any]]:
+    """Score partition `index` of `plan` for every arm from one read, into unreferenced parts; per arm
+    (the served version first) their entries and tallies, or the error that stopped a shadow or canary."""
+    project = open_project(config)
+    version = datasets.get_version(project.storage, plan["dataset"])
+    scorers = [arm_scorer(project, plan["model"], arm, plan["dataset"]) for arm in _arms(plan)]
+    groups = plan["groups"][index]
+    return score_partition_together(
+        project.storage, scorers, version, groups, index=index, scored_at=plan["scored_at"]
     )
 
 
 @batch_task
 def commit_parts(
-    plan: dict[str, Any], alias: str, results: list[dict[str, Any]], config: str | None
+    plan: dict[str, Any], alias: str, results: list[list[dict[str, Any]]], config: str | None
 ) -> dict[str, Any]:
-    """Commit the partitions' parts as one run (the same run id as sequential scoring); return its ref."""
-    project, chosen, version, options = _inputs(plan, config)
-    run = commit_partitions(
+    """Commit each arm's parts as its run (the same run id as sequential scoring), then compare the
+    shadows and step the canary as sequential scoring does; return the served run's ref."""
+    project = open_project(config)
+    version = datasets.get_version(project.storage, plan["dataset"])
+    served, *runs = commit_partitions_together(
         project.storage,
-        chosen,
+        [arm_inputs(project, plan["model"], arm, plan["dataset"]) for arm in _arms(plan)],
         version,
         results,
         scored_at=plan["scored_at"],
         started_at=plan["started_at"],
-        options=options,
     )
-    return _summary(plan["model"], alias, run)
+    if not isinstance(served, PredictionRun):  # raised by commit_partitions_together; for the type checker
+        raise served
+    if alias != SERVED_ALIAS:
+        return _summary(plan["model"], alias, served)
+    scored = after_scoring(project, plan["model"], served, _extra(plan), runs)
+    return _with_arms(plan["model"], alias, scored)
 
 
 @batch_task
@@ -212,7 +222,8 @@ def score_and_publish(
 
     With `partitions` > 1 the dataset's row groups are scored by that many tasks submitted to the flow's
     task runner (in parallel on e.g. a `DaskTaskRunner`, see `score_and_publish_on_dask`), then committed as
-    one run with the same rows, scores and run id as sequential scoring.
+    one run with the same rows, scores and run id as sequential scoring. The champion brings its shadows and
+    canary along either way: each partition reads its rows once for all of them (see `batchml.arms`).
     """
     with contextlib.ExitStack() as slot:
         # The limit exists after a model's first run: acquire at once and look it up (one more request) only

@@ -3,7 +3,8 @@
     monitoring/<model>/shadow/<comparison id>.json    one comparison (written once, put-if-absent)
 
 A shadow run is an ordinary immutable run (same content key as scoring that version alone), made from the
-same read of the same dataset version as the served run (`batchml.scoring.together`). Nothing publishes it.
+same read of the same dataset version as the served run (`batchml.scoring.together`, or per partition
+`partitions.score_partition_together`). Nothing publishes it.
 Each is compared with the served run (`run_compare`); the record's id is a hash of both run ids, the top
 share and the limits, so comparing again returns the record, and changed limits judge anew. A comparison
 beyond a limit is an alert of kind `shadow_divergence` (recorded once per comparison; it never retrains).

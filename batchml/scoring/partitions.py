@@ -7,22 +7,27 @@
                        sums the partitions' stage seconds (see `telemetry.merge`)
 
 Each partition reads one row group at a time, so memory stays bounded; results are small picklable dicts.
+The `_together` variants score several versions (the champion, its shadows, its canary) from one read of
+each partition, as `together.score_together` does for a whole version, and commit each version's run.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from batchml.checks.validation import MAX_UNSEEN_EXAMPLES
+from batchml.checks.validation import MAX_UNSEEN_EXAMPLES, ScoringChecks
 from batchml.data.datasets import DatasetVersion
+from batchml.errors import BatchMLError
 from batchml.models.lineage import code_version
 from batchml.models.registry import ModelVersion
 from batchml.scoring.engines import Engine
-from batchml.scoring.pipeline import BATCH_ROWS, ScoredParts, check_input, score_batches
+from batchml.scoring.pipeline import BATCH_ROWS, ScoredParts, SharedBatch
 from batchml.scoring.run_checksum import combined
 from batchml.scoring.runs import (
     PredictionRun,
@@ -40,6 +45,7 @@ from batchml.scoring.runs import (
     run_key,
 )
 from batchml.scoring.telemetry import merge
+from batchml.scoring.together import Scorer, checked_inputs, fan_out
 from batchml.store.eventlog import now
 from batchml.store.storage import FileEntry, Storage
 
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
     import lightgbm as lgb
     import pyarrow as pa
 
+log = logging.getLogger(__name__)
 _COUNTERS = ("by_rule", "warned", "nulls", "unseen", "other", "out_of_range")
 
 
@@ -111,25 +118,71 @@ def score_partition(
 
     `engine` predicts (default: the booster's own predict); it must be the engine `options` names.
     """
-    options = options or ScoringOptions()
-    check_engine(options, engine)
-    key, run_id = _run(model, dataset, options)
-    if storage.exists(_manifest_path(model.name, run_id)) or not groups:
-        return {"index": index, "files": [], "quarantine_files": [], "rows": 0, "tallies": {}}
-    checks = new_checks(model, dataset, options, run_id)
-    scoring = check_input(storage, model, dataset, dataset.files[groups[0][0]], checks)
-    parts = score_batches(
-        storage,
-        f"runs/{model.name}/{run_id}/p{index:04d}-{uuid.uuid4().hex[:8]}",
-        _batches(storage, dataset, groups, scoring.columns),
-        model=model,
-        booster=booster,
-        scoring=scoring,
-        checks=checks,
-        stamp=new_stamp(model, dataset, key, datetime.fromisoformat(scored_at)),
-        reasons=options.reasons,
-        engine=engine,
-    )
+    scorer = Scorer(model, booster, engine, options or ScoringOptions())
+    return score_partition_together(storage, [scorer], dataset, groups, index=index, scored_at=scored_at)[0]
+
+
+def score_partition_together(
+    storage: Storage,
+    scorers: list[Scorer],
+    dataset: DatasetVersion,
+    groups: list[list[int]],
+    *,
+    index: int,
+    scored_at: str,
+) -> list[dict[str, Any]]:
+    """Score the row ranges `groups` with every scorer from one read of them (as `score_together` does for
+    a whole version): per scorer, what `score_partition` returns, or `{"index", "error"}` when that
+    version's scoring failed. The first scorer's failure is raised: the served version's run needs it."""
+    # A run already committed (or an empty range) needs no parts.
+    results = [
+        {"index": index, "files": [], "quarantine_files": [], "rows": 0, "tallies": {}} for _ in scorers
+    ]
+    keys, wanted = {}, {}
+    for i, s in enumerate(scorers):
+        check_engine(s.options, s.engine)
+        keys[i], run_id = _run(s.model, dataset, s.options)
+        if groups and not storage.exists(_manifest_path(s.model.name, run_id)):
+            wanted[i] = s, run_id
+    if not wanted:
+        return results
+    inputs = {}
+    for i, checked in checked_inputs(storage, dataset, dataset.files[groups[0][0]], wanted).items():
+        if isinstance(checked, BatchMLError):
+            results[i] = _failed(scorers[i], dataset, index, i, checked)
+        else:
+            inputs[i] = checked
+    if not inputs:
+        return results
+    columns = list(dict.fromkeys(c for _, scoring in inputs.values() for c in scoring.columns))
+    source = (SharedBatch(b) for b in _batches(storage, dataset, groups, columns))
+    shared = len(inputs) > 1  # alone, input hashes are computed by the predict workers, not the encoder
+
+    def run(i: int, batches: Iterator[SharedBatch]) -> dict[str, Any]:
+        s, run_id = wanted[i]
+        prefix = f"runs/{s.model.name}/{run_id}/p{index:04d}-{uuid.uuid4().hex[:8]}"
+        stamp = new_stamp(s.model, dataset, keys[i], datetime.fromisoformat(scored_at))
+        try:
+            parts = s.score_parts(storage, prefix, batches, inputs[i], stamp, shared=shared)
+        except BatchMLError as exc:
+            return _failed(s, dataset, index, i, exc)
+        return _scored(index, parts, inputs[i][0])
+
+    for i, result in zip(inputs, fan_out(source, [functools.partial(run, i) for i in inputs]), strict=True):
+        results[i] = result
+    return results
+
+
+def _failed(
+    scorer: Scorer, dataset: DatasetVersion, index: int, slot: int, exc: BatchMLError
+) -> dict[str, Any]:
+    if slot == 0:
+        raise exc
+    log.warning("scoring %s on partition %d of %s failed: %s", scorer.model.ref, index, dataset.ref, exc)
+    return {"index": index, "error": str(exc)}
+
+
+def _scored(index: int, parts: ScoredParts, checks: ScoringChecks) -> dict[str, Any]:
     tallies: dict[str, Any] = {c: [[k, n] for k, n in getattr(checks, c).items()] for c in _COUNTERS}
     tallies.update(
         rows_in=checks.rows_in,
@@ -216,6 +269,39 @@ def commit_partitions(
         telemetry=merge([r.get("telemetry") or {} for r in results], parts.rows),
         **engine_facts(options),
     )
+
+
+def commit_partitions_together(
+    storage: Storage,
+    versions: list[tuple[ModelVersion, ScoringOptions]],
+    dataset: DatasetVersion,
+    results: list[list[dict[str, Any]]],
+    *,
+    scored_at: str,
+    started_at: str | None = None,
+) -> list[PredictionRun | BatchMLError]:
+    """Commit each version's parts (`results[partition][version]`, from `score_partition_together`) as its
+    own run, as `commit_partitions` does; per version its run, or the error that stopped it (a version
+    that failed in any partition: its parts in the others are removed). The first version's error is
+    raised."""
+    runs: list[PredictionRun | BatchMLError] = []
+    for i, (model, options) in enumerate(versions):
+        mine = [r[i] for r in results]
+        errors = [r["error"] for r in mine if "error" in r]
+        try:
+            if errors:
+                delete_parts(storage, _merged_parts([r for r in mine if "error" not in r]))
+                raise BatchMLError(errors[0])
+            runs.append(
+                commit_partitions(
+                    storage, model, dataset, mine, scored_at=scored_at, started_at=started_at, options=options
+                )
+            )
+        except BatchMLError as exc:
+            if i == 0:
+                raise
+            runs.append(exc)
+    return runs
 
 
 def new_scored_at() -> str:

@@ -11,24 +11,34 @@ scoring fails stops alone: the others finish (the served version must not depend
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchml.checks.entity_ids import DuplicateIds, find_duplicates
+from batchml.checks.validation import ScoringChecks
 from batchml.data.datasets import DatasetVersion, iter_batches
 from batchml.errors import BatchMLError
 from batchml.models.lineage import code_version
 from batchml.models.registry import ModelVersion
 from batchml.scoring.engines import Engine
-from batchml.scoring.pipeline import BATCH_ROWS, Progress, SharedBatch, check_input, score_batches
+from batchml.scoring.pipeline import (
+    BATCH_ROWS,
+    Progress,
+    ScoredParts,
+    ScoringInput,
+    SharedBatch,
+    check_input,
+    score_batches,
+)
 from batchml.scoring.runs import (
     PredictionRun,
     ScoringOptions,
@@ -44,13 +54,14 @@ from batchml.scoring.runs import (
     run_key,
 )
 from batchml.store.eventlog import now
-from batchml.store.storage import Storage
+from batchml.store.storage import FileEntry, Storage
 
 if TYPE_CHECKING:
     import lightgbm as lgb
 
 log = logging.getLogger(__name__)
 _DONE = object()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,35 @@ class Scorer:
     booster: lgb.Booster
     engine: Engine | None
     options: ScoringOptions
+
+    def score_parts(
+        self,
+        storage: Storage,
+        prefix: str,
+        batches: Iterator[SharedBatch],
+        inputs: tuple[ScoringChecks, ScoringInput],
+        stamp: dict[str, Any],
+        *,
+        shared: bool = True,
+        progress: Progress | None = None,
+    ) -> ScoredParts:
+        """`pipeline.score_batches` for this version; `shared`: other versions read the same batches, so an
+        encoding equal to theirs is computed once."""
+        checks, scoring = inputs
+        return score_batches(
+            storage,
+            prefix,
+            batches,
+            model=self.model,
+            booster=self.booster,
+            scoring=scoring,
+            checks=checks,
+            stamp=stamp,
+            reasons=self.options.reasons,
+            progress=progress,
+            engine=self.engine,
+            encoding_key=encoding_key(self.model, self.options) if shared else None,
+        )
 
 
 class _Fanout:
@@ -123,12 +163,52 @@ class _Fanout:
         self.thread.join()
 
 
+def fan_out(source: Iterator[SharedBatch], consumers: list[Callable[[Iterator[SharedBatch]], T]]) -> list[T]:
+    """Run each consumer on its own thread over every batch of one read of `source`; their results, in order.
+
+    A consumer that stops early (or fails) is dropped and the others carry on; the read is never waited on
+    by a consumer that left.
+    """
+    fanout = _Fanout(source, len(consumers))
+
+    def run(slot: int) -> T:
+        try:
+            return consumers[slot](fanout.consume(slot))
+        finally:
+            fanout.closed[slot].set()  # also when it failed before reading: the reader must not wait
+
+    fanout.start()
+    with ThreadPoolExecutor(len(consumers), thread_name_prefix="batchml-version") as pool:
+        done = list(pool.map(run, range(len(consumers))))
+    fanout.join()
+    return done
+
+
 def encoding_key(model: ModelVersion, options: ScoringOptions) -> str:
     """What decides which rows a version scores and how it encodes them: equal keys share the matrix."""
     features = [f.to_dict() for f in model.features]
     rules = {c: e.to_dict() for c, e in sorted(options.expectations.items())}
     target = str(model.card.get("target"))  # skipped by the checks: scoring needs no labels
     return json.dumps([str(model.card["entity_id"]), target, rules, features], sort_keys=True, default=str)
+
+
+def checked_inputs(
+    storage: Storage, dataset: DatasetVersion, entry: FileEntry, wanted: dict[int, tuple[Scorer, str]]
+) -> dict[int, tuple[ScoringChecks, ScoringInput] | BatchMLError]:
+    """Per scorer (with the id of the run it makes) its fresh checks and what it reads, after checking the
+    schema of `entry`; or the error that stops it. The duplicate-id scan runs once per entity id column."""
+    duplicates: dict[str, DuplicateIds] = {}
+    found: dict[int, tuple[ScoringChecks, ScoringInput] | BatchMLError] = {}
+    for i, (s, run_id) in wanted.items():
+        checks = new_checks(s.model, dataset, s.options, run_id)
+        entity_id = str(s.model.card["entity_id"])
+        try:
+            if entity_id not in duplicates:
+                duplicates[entity_id] = find_duplicates(storage, dataset, entity_id)
+            found[i] = checks, check_input(storage, s.model, dataset, entry, checks, duplicates[entity_id])
+        except BatchMLError as exc:
+            found[i] = exc
+    return found
 
 
 def score_together(
@@ -150,50 +230,33 @@ def score_together(
         with contextlib.suppress(BatchMLError):  # not scored yet
             results[i] = PredictionRun(get_run(storage, s.model.name, run_id_of(key)).manifest, reused=True)
     todo = [i for i, r in enumerate(results) if r is None]
-    duplicates: dict[str, DuplicateIds] = {}
     inputs = {}
-    for i in list(todo):
-        s = scorers[i]
-        checks = new_checks(s.model, dataset, s.options, run_id_of(keys[i]))
-        entity_id = str(s.model.card["entity_id"])
-        try:
-            if entity_id not in duplicates:
-                duplicates[entity_id] = find_duplicates(storage, dataset, entity_id)
-            scoring = check_input(storage, s.model, dataset, dataset.files[0], checks, duplicates[entity_id])
-        except BatchMLError as exc:
-            results[i] = exc
+    wanted = {i: (scorers[i], run_id_of(keys[i])) for i in todo}
+    for i, checked in checked_inputs(storage, dataset, dataset.files[0], wanted).items():
+        if isinstance(checked, BatchMLError):
+            results[i] = checked
             todo.remove(i)
-            continue
-        inputs[i] = (checks, scoring)
+        else:
+            inputs[i] = checked
     if todo:
         columns = list(dict.fromkeys(c for i in todo for c in inputs[i][1].columns))
         source = (SharedBatch(b) for b in iter_batches(storage, dataset, columns, BATCH_ROWS))
-        fanout = _Fanout(source, len(todo))
         started, scored_at = now(), datetime.now(UTC)
 
-        def run(slot: int) -> PredictionRun | BatchMLError:
-            i = todo[slot]
-            s, (checks, scoring) = scorers[i], inputs[i]
+        def run(i: int, batches: Iterator[SharedBatch]) -> PredictionRun | BatchMLError:
+            s, checks = scorers[i], inputs[i][0]
             try:
-                parts = score_batches(
+                parts = s.score_parts(
                     storage,
                     f"runs/{s.model.name}/{run_id_of(keys[i])}/{uuid.uuid4().hex[:8]}",
-                    fanout.consume(slot),
-                    model=s.model,
-                    booster=s.booster,
-                    scoring=scoring,
-                    checks=checks,
-                    stamp=new_stamp(s.model, dataset, keys[i], scored_at),
-                    reasons=s.options.reasons,
+                    batches,
+                    inputs[i],
+                    new_stamp(s.model, dataset, keys[i], scored_at),
                     progress=progress if i == 0 else None,
-                    engine=s.engine,
-                    encoding_key=encoding_key(s.model, s.options),
                 )
             except BatchMLError as exc:
                 log.warning("scoring %s on %s failed: %s", s.model.ref, dataset.ref, exc)
                 return exc
-            finally:
-                fanout.closed[slot].set()  # also when it failed before reading: the reader must not wait
             if not parts.files:
                 delete_parts(storage, parts)
                 return no_rows_error(dataset, checks)
@@ -209,10 +272,7 @@ def score_together(
                 **engine_facts(s.options),
             )
 
-        fanout.start()
-        with ThreadPoolExecutor(len(todo), thread_name_prefix="batchml-version") as pool:
-            done = list(pool.map(run, range(len(todo))))
-        fanout.join()
-        for slot, result in enumerate(done):
-            results[todo[slot]] = result
+        done = fan_out(source, [functools.partial(run, i) for i in todo])
+        for i, result in zip(todo, done, strict=True):
+            results[i] = result
     return [r for r in results if r is not None]

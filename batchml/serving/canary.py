@@ -6,7 +6,7 @@ Which entities the canary serves is a stable salted hash of the entity id: `buck
 (the first 32 bits of md5(salt:id)); an entity is in the canary arm when its bucket is below the share, so
 it stays in its arm across runs and dataset versions, and a larger share only adds entities.
 
-Each score run of the champion also scores the canary version from the same read (`score_with_shadows`), and
+Each score run of the champion also scores the canary version from the same read (`batchml.arms`), and
 `step` decides: a breach (the canary run diverging from the control run beyond the limits, or a recorded
 drift of one of its runs) withdraws the alias (an alias event `rollback` with the reason, `automatic`) and
 records a rollback; a healthy new run advances one step (`shares[0]` first, the last share held). A run

@@ -26,7 +26,7 @@ from batchml.scoring.reason_rows import top_threshold
 from batchml.scoring.runs import PredictionRun, Progress, ScoringOptions, get_run
 from batchml.scoring.runs import score as score_dataset
 from batchml.scoring.together import Scorer, score_together
-from batchml.serving import canary
+from batchml.serving import canary, experiments
 from batchml.serving.database import build_serving_db
 from batchml.serving.gc import GRACE_SECONDS, GcReport, collect
 from batchml.serving.logstate import ALIASES, PUBLISHED, STAGING
@@ -229,8 +229,9 @@ def score_with_shadows(
     shadowed = {v.version for v in extra}
     held = canary.holding(registry, model, spec.canary.alias) if spec and spec.canary else None
     canary_version = held[0] if held and held[0] != chosen.version else None
-    if canary_version is not None and canary_version not in [v.version for v in extra]:
-        extra.append(registry.get(model, canary_version))
+    arms = [registry.get(model, canary_version)] if canary_version else []  # + the A/B arms' versions:
+    for other in arms + experiments.arm_versions(registry, model, chosen):
+        extra += [] if other.version in {e.version for e in extra} else [other]
     scorers = [Scorer(chosen, *load_engine(registry, chosen, options.engine), options)]
     for other in extra:
         _, _, other_options = scoring_inputs(project, model, version=other.version, dataset=version_.ref)
@@ -238,7 +239,9 @@ def score_with_shadows(
     if len(scorers) == 1:
         run = score_dataset(project.storage, chosen, scorers[0].booster, version_, options=options,
                             progress=progress, engine=scorers[0].engine)  # fmt: skip
-        return ShadowScoring(run, [], [], {})
+        return ShadowScoring(
+            run, [], [], {}, experiment=experiments.record_arms(project.storage, model, run, {})
+        )
     results = score_together(project.storage, scorers, version_, progress=progress)
     served = results[0]
     if not isinstance(served, PredictionRun):
@@ -254,6 +257,8 @@ def score_with_shadows(
         if version in shadowed:
             scored.shadows.append(result)
             scored.comparisons.append(compare_shadow(project.storage, served, result, config))
+    runs = {s.model.version: r for s, r in zip(scorers, results, strict=True) if isinstance(r, PredictionRun)}
+    scored.experiment.update(experiments.record_arms(project.storage, model, served, runs))
     return scored
 
 

@@ -65,3 +65,52 @@ def test_a_model_without_a_canary_section_is_one_line(
     project = trained(make_project, loans_csv, "")
     error = cli_error(project, "experiments", "start", "default_risk", "2")
     assert "has no [models.default_risk.canary] section" in error and error.count("\n") == 1
+
+
+def test_an_ab_experiment_from_the_command_line(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    project = trained(make_project, loans_csv, "")
+    args = ["experiments", "start", "default_risk", "pricing", "--variant", "control=champion"]
+    started = cli_json(project, *args, "--variant", "b=2", "--shares", "0.5,0.5", "--reason", "v2 vs v1")
+    assert [(v["name"], v["model_version"]) for v in started["variants"]] == [("control", 1), ("b", 2)]
+    second = cli_error(
+        project, *args[:3], "other", "--variant", "a=1", "--variant", "b=2", "--shares", "0.5,0.5"
+    )
+    assert "experiment 'pricing' is running" in second and second.count("\n") == 1
+    scored = cli_json(project, "score", "default_risk")
+    with batchml.connect(project) as con:
+        arms = dict(con.execute("SELECT variant, count(*) FROM predictions GROUP BY ALL").fetchall())
+    assert set(arms) == {"control", "b"} and sum(arms.values()) == scored["rows"]
+    (row,) = cli_json(project, "experiments", "list")["experiments"]
+    assert row["experiment"] == "pricing v1"
+    shown = cli_json(project, "experiments", "show", "default_risk")
+    assert [(e["experiment"], e["status"]) for e in shown["experiments"]] == [("pricing", "running")]
+    assert "needs --winner" in cli_error(project, "experiments", "conclude", "default_risk", "pricing")
+    assert "variant of experiment 'pricing' 'c' not found" in cli_error(
+        project, "experiments", "conclude", "default_risk", "pricing", "--winner", "c"
+    )
+    done = cli_json(project, "experiments", "conclude", "default_risk", "pricing", "--winner", "b")
+    assert done["concluded"]["winner"] == "b"
+    assert RegistryReader(project.storage).aliases("default_risk") == {"champion": 2}
+
+
+def test_bad_experiment_options_are_one_line(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    project = trained(make_project, loans_csv, "")
+    start = ["experiments", "start", "default_risk", "pricing"]
+    for extra, message in [
+        (
+            ["--variant", "control", "--variant", "b=2", "--shares", "0.5,0.5"],
+            "--variant 'control' is invalid",
+        ),
+        (
+            ["--variant", "a=1", "--variant", "b=2", "--shares", "half,half"],
+            "--shares 'half,half' is invalid",
+        ),
+        (["--variant", "a=1", "--variant", "b=2", "--shares", "0.6,0.6"], "sum to 1"),
+        (["--variant", "a=1", "--variant", "b=7", "--shares", "0.5,0.5"], "'7' not found"),
+    ]:
+        error = cli_error(project, *start, *extra)
+        assert message in error and error.count("\n") == 1, error

@@ -306,3 +306,25 @@ def test_experiment_views_answer_the_same_in_duckdb_lts(
     lts = lts_answers(LTS_VENV, batchml.database_path(project).resolve(), queries)
     assert lts["version"].startswith("1.4.") and len(expected["arms"]) == 2
     assert {k: [[str(v) for v in row] for row in rows] for k, rows in lts["answers"].items()} == expected
+
+
+@pytest.mark.slow
+def test_the_monitor_flow_evaluates_experiments_and_leaves_an_artifact(
+    prefect_api: None, make_project: Callable[..., batchml.Project], loans_csv: Path, tmp_path: Path
+) -> None:
+    from flows.monitor import monitor
+    from tests.test_flows import _artifacts
+
+    project = two_versions(make_project, loans_csv)
+    start(project, goal="decrease", min_samples=200)
+    batchml.publish(project, "default_risk", score_with_shadows(project, "default_risk").served.run_id)
+    _labels_with_effect(project, tmp_path, {"control": 0.30, "b": 0.20})
+    state = monitor("default_risk", config=str(project.base_dir / "batchml.toml"), return_state=True)
+    assert state.is_completed(), state.message
+    (result,) = state.result()["experiments"]["results"]
+    assert (result["experiment"], result["verdict"], result["winner"]) == ("pricing", "winner", "b")
+    artifacts = {a.key: str(a.data) for a in _artifacts(state)}
+    assert "Experiment `pricing` v1" in artifacts["experiments-default-risk"]
+    assert "**winner**, winner **b** on outcome_rate" in artifacts["experiments-default-risk"]
+    with batchml.connect(project) as con:  # the monitor's catalog rebuild brought the result into SQL
+        assert con.execute("SELECT DISTINCT winner FROM experiment_results").fetchall() == [("b",)]

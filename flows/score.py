@@ -48,7 +48,13 @@ def score(model: str, alias: str, dataset: str | None, config: str | None) -> di
     ]
     shadows += [{"shadow_version": v, "failed": error} for v, error in scored.failed.items()]
     canary = {k: scored.canary[k] for k in ("action", "version", "share", "reason") if k in scored.canary}
-    return {**_summary(model, alias, scored.served), "shadows": shadows, "canary": canary or None}
+    arms = {
+        k: scored.experiment[k]
+        for k in ("experiment", "experiment_version", "runs")
+        if k in scored.experiment
+    }
+    return {**_summary(model, alias, scored.served), "shadows": shadows, "canary": canary or None,
+            "experiment": arms or None}  # fmt: skip
 
 
 def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, Any]:
@@ -68,7 +74,7 @@ def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, An
 
 
 #: Result keys the artifact shows in sections of their own, not in the run's table.
-_NOT_IN_TABLE = ("alias", "checks", "telemetry", "shadows", "canary")
+_NOT_IN_TABLE = ("alias", "checks", "telemetry", "shadows", "canary", "experiment")
 
 
 def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
@@ -298,6 +304,10 @@ def _score_and_publish(
     if result.get("canary"):
         canary = result["canary"]
         lines += ["", f"Canary v{canary['version']}: {canary['action']} ({canary['reason']})."]
+    if result.get("experiment"):
+        arms = result["experiment"]
+        runs = ", ".join(f"{variant}: run {run_id}" for variant, run_id in arms["runs"].items())
+        lines += ["", f"Experiment `{arms['experiment']}` v{arms['experiment_version']}, its arms: {runs}."]
     if result["checks"]:
         lines += ["", "Input checks:", "", *(f"- {line}" for line in result["checks"])]
     if publication is not None:

@@ -79,6 +79,7 @@ def test_an_ab_experiment_from_the_command_line(
     )
     assert "experiment 'pricing' is running" in second and second.count("\n") == 1
     scored = cli_json(project, "score", "default_risk")
+    assert scored["experiment"]["runs"]["control"] == scored["run_id"] and "b" in scored["experiment"]["runs"]
     with batchml.connect(project) as con:
         arms = dict(con.execute("SELECT variant, count(*) FROM predictions GROUP BY ALL").fetchall())
     assert set(arms) == {"control", "b"} and sum(arms.values()) == scored["rows"]

@@ -216,10 +216,9 @@ def score(
 def score_with_shadows(
     project: Project, model: str, *, dataset: str | None = None, progress: Progress | None = None
 ) -> ShadowScoring:
-    """Score the champion, its shadow versions and its canary (if any) with one read of the dataset
-    version; compare each shadow run with the champion's (recorded; an alert when beyond the limits) and
-    step the canary's ramp (advance when healthy, roll back on a breach). A shadow that fails is reported
-    in `failed`; the champion's run does not depend on it."""
+    """Score the champion, its shadows, canary and A/B arms with one read of the dataset version; compare each
+    shadow run with the champion's (an alert beyond the limits), step the canary's ramp (advance when healthy,
+    roll back on a breach), record the arms' runs. A failed shadow is in `failed`; the champion stands."""
     catch_up(project)
     registry = Registry(project.storage)
     chosen, version_, options = scoring_inputs(project, model, alias=SERVED_ALIAS, dataset=dataset)
@@ -229,9 +228,7 @@ def score_with_shadows(
     shadowed = {v.version for v in extra}
     held = canary.holding(registry, model, spec.canary.alias) if spec and spec.canary else None
     canary_version = held[0] if held and held[0] != chosen.version else None
-    arms = [registry.get(model, canary_version)] if canary_version else []  # + the A/B arms' versions:
-    for other in arms + experiments.arm_versions(registry, model, chosen):
-        extra += [] if other.version in {e.version for e in extra} else [other]
+    extra = experiments.versions_beside(registry, model, chosen, extra, canary_version)  # + canary, A/B arms
     scorers = [Scorer(chosen, *load_engine(registry, chosen, options.engine), options)]
     for other in extra:
         _, _, other_options = scoring_inputs(project, model, version=other.version, dataset=version_.ref)
@@ -239,9 +236,8 @@ def score_with_shadows(
     if len(scorers) == 1:
         run = score_dataset(project.storage, chosen, scorers[0].booster, version_, options=options,
                             progress=progress, engine=scorers[0].engine)  # fmt: skip
-        return ShadowScoring(
-            run, [], [], {}, experiment=experiments.record_arms(project.storage, model, run, {})
-        )
+        arms = experiments.record_arms(project.storage, model, run, [])  # an A/A test has one version
+        return ShadowScoring(run, [], [], {}, experiment=arms)
     results = score_together(project.storage, scorers, version_, progress=progress)
     served = results[0]
     if not isinstance(served, PredictionRun):
@@ -257,8 +253,7 @@ def score_with_shadows(
         if version in shadowed:
             scored.shadows.append(result)
             scored.comparisons.append(compare_shadow(project.storage, served, result, config))
-    runs = {s.model.version: r for s, r in zip(scorers, results, strict=True) if isinstance(r, PredictionRun)}
-    scored.experiment.update(experiments.record_arms(project.storage, model, served, runs))
+    scored.experiment.update(experiments.record_arms(project.storage, model, served, results))
     return scored
 
 

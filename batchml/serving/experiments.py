@@ -81,16 +81,28 @@ def arm_versions(registry: RegistryReader, model: str, served: ModelVersion) -> 
     return [registry.get(model, v) for v in dict.fromkeys(wanted) if v != served.version]
 
 
-def record_arms(
-    storage: Storage,
+def versions_beside(
+    registry: RegistryReader,
     model: str,
-    served: PredictionRun,
-    runs: dict[int, PredictionRun],
-    actor: str | None = None,
+    served: ModelVersion,
+    shadows: list[ModelVersion],
+    canary: int | None,
+) -> list[ModelVersion]:
+    """What a champion score run scores beside `served`, each version once: the shadows, the canary's
+    version (if any) and the running experiment's variants' versions (`arm_versions`)."""
+    found = list(shadows)
+    for other in ([registry.get(model, canary)] if canary else []) + arm_versions(registry, model, served):
+        found += [] if other.version in {v.version for v in found} else [other]
+    return found
+
+
+def record_arms(
+    storage: Storage, model: str, served: PredictionRun, results: list[Any], actor: str | None = None
 ) -> dict[str, Any]:
     """Append the `arms` event of the running experiment for champion run `served` ({}: none running); an
-    event already made for this experiment version and run is returned, nothing appended. `runs`: the
-    variants' runs by version (a version that failed to score is absent; its entities are served control)."""
+    event already made for this experiment version and run is returned, nothing appended. `results`: the
+    runs scored with it (an error in place of a version that failed: its entities are served control)."""
+    runs = {int(r.manifest["model_version"]): r for r in results if isinstance(r, PredictionRun)}
     log_ = event_log(storage, model)
     found = log_.read()
     started = running(found)

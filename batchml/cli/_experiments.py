@@ -72,13 +72,18 @@ def show(
     model: Annotated[str, typer.Argument(help="Model name.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """MODEL's canary steps and rollbacks, and its shadow comparisons, newest last."""
+    """MODEL's canary steps and rollbacks, shadow comparisons and A/B experiments with their results on
+    each labels version (on the newest labels computed now if not yet, as `batchml performance` does)."""
+    from batchml.data.labels import latest_labels
     from batchml.monitoring import shadow
     from batchml.serving import canary, experiment_results, experiments
 
     project = project_of(ctx)
-    project.config.model(model)  # an unknown model is one line naming the configured ones
+    spec = project.config.model(model)  # an unknown model is one line naming the configured ones
     events = experiments.event_log(project.storage, model).read()
+    labels = latest_labels(project.storage, spec.monitoring.labels) if spec.monitoring.labels else None
+    if labels is not None and events:
+        experiment_results.experiment_results(project.storage, model, labels, spec)
     data: dict[str, Any] = {
         "model": model,
         "canary": canary.events(project.storage, model),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import batchml
 from batchml.models.registry import RegistryReader
 from tests.cli.test_cli import cli, cli_error, cli_json
 from tests.conftest import PROJECT_TOML
+from tests.monitoring.test_performance import MONITORING
+from tests.monitoring.test_performance import _labels as write_labels
 
 CANARY = (
     "\n[models.default_risk.canary]\nshares = [0.1, 1.0]\n"
@@ -68,11 +71,22 @@ def test_a_model_without_a_canary_section_is_one_line(
 
 
 def test_an_ab_experiment_from_the_command_line(
-    make_project: Callable[..., batchml.Project], loans_csv: Path
+    make_project: Callable[..., batchml.Project], loans_csv: Path, tmp_path: Path
 ) -> None:
-    project = trained(make_project, loans_csv, "")
+    project = trained(make_project, loans_csv, MONITORING)
     args = ["experiments", "start", "default_risk", "pricing", "--variant", "control=champion"]
-    started = cli_json(project, *args, "--variant", "b=2", "--shares", "0.5,0.5", "--reason", "v2 vs v1")
+    started = cli_json(
+        project,
+        *args,
+        "--variant",
+        "b=2",
+        "--shares",
+        "0.5,0.5",
+        "--reason",
+        "v2 vs v1",
+        "--min-samples",
+        "5000",
+    )
     assert [(v["name"], v["model_version"]) for v in started["variants"]] == [("control", 1), ("b", 2)]
     second = cli_error(
         project, *args[:3], "other", "--variant", "a=1", "--variant", "b=2", "--shares", "0.5,0.5"
@@ -87,6 +101,15 @@ def test_an_ab_experiment_from_the_command_line(
     assert row["experiment"] == "pricing v1"
     shown = cli_json(project, "experiments", "show", "default_risk")
     assert [(e["experiment"], e["status"]) for e in shown["experiments"]] == [("pricing", "running")]
+    assert shown["experiment_results"] == []  # no labels yet
+    write_labels(loans_csv, [datetime.now(UTC) + timedelta(hours=1)] * 1000, tmp_path / "labels.parquet")
+    cli(project, "labels", "ingest", "loan_labels", str(tmp_path / "labels.parquet"))
+    (result,) = cli_json(project, "experiments", "show", "default_risk")["experiment_results"]
+    assert result["verdict"] == "insufficient_data" and {r["variant"] for r in result["rows"]} == {
+        "control",
+        "b",
+    }
+    assert sum(r["rows"] for r in result["rows"] if r["metric"] == "outcome_rate") == 1000
     assert "needs --winner" in cli_error(project, "experiments", "conclude", "default_risk", "pricing")
     assert "variant of experiment 'pricing' 'c' not found" in cli_error(
         project, "experiments", "conclude", "default_risk", "pricing", "--winner", "c"

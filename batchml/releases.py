@@ -10,7 +10,7 @@ from typing import Any
 
 from batchml.api import promote
 from batchml.config import CanaryConfig
-from batchml.errors import ConfigError, ConflictError, NotFoundError
+from batchml.errors import ConfigError, ConflictError, NotFoundError, PromotionError
 from batchml.models.promotion import refuse_promotion
 from batchml.models.registry import Registry
 from batchml.monitoring import arm_compare
@@ -136,7 +136,11 @@ def start_experiment(
         raise ConfigError(f"goal {goal!r} is invalid: use increase or decrease")
     for v in variants:
         arm = registry.get(model, v["model_version"])
-        refuse_promotion(arm.ref, f"variant {v['name']}", arm.card.get("gates"), force, reason)
+        try:
+            refuse_promotion(arm.ref, f"variant {v['name']}", arm.card.get("gates"), force, reason)
+        except PromotionError as exc:  # its hint names `models promote`: here the override is on start
+            refused = str(exc).split(". To promote anyway")[0]
+            raise PromotionError(f"{refused}. To start anyway: add --force --reason '...'") from None
     if spec.canary is not None and canary.holding(registry, model, spec.canary.alias) is not None:
         raise ConflictError(
             f"model {model!r} runs a canary ({spec.canary.alias!r}): stop or conclude it "

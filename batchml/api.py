@@ -215,10 +215,11 @@ def score(
 def score_with_shadows(
     project: Project, model: str, *, dataset: str | None = None, progress: Progress | None = None
 ) -> ShadowScoring:
-    """Score the champion, its shadow versions and its canary (if any) with one read of the dataset
-    version; compare each shadow run with the champion's (recorded; an alert when beyond the limits) and
-    step the canary's ramp (advance when healthy, roll back on a breach). A shadow that fails is reported
-    in `failed`; the champion's run does not depend on it. Which arms, and what follows: `batchml.arms`."""
+    """Score the champion, its shadow versions, its canary and the running A/B experiment's variants with
+    one read of the dataset version; compare each shadow run with the champion's (recorded; an alert when
+    beyond the limits), step the canary's ramp (advance when healthy, roll back on a breach) and record the
+    experiment's arms. A shadow that fails is reported in `failed`; the champion's run does not depend on
+    it. Which arms, and what follows: `batchml.arms`."""
     catch_up(project)
     chosen, version_, options = scoring_inputs(project, model, alias=SERVED_ALIAS, dataset=dataset)
     booster, engine = load_engine(Registry(project.storage), chosen, options.engine)
@@ -226,7 +227,7 @@ def score_with_shadows(
     if not arms:
         run = score_dataset(project.storage, chosen, booster, version_, options=options, progress=progress,
                             engine=engine)  # fmt: skip
-        return ShadowScoring(run, [], [], {})
+        return after_scoring(project, model, run, [], [])  # an A/A experiment still records its arms
     scorers = [Scorer(chosen, booster, engine, options)]
     scorers += [arm_scorer(project, model, arm, version_.ref) for arm in arms]
     served, *results = score_together(project.storage, scorers, version_, progress=progress)

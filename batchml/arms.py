@@ -1,9 +1,10 @@
 """What a score run scores: one version's inputs, and the arms a champion run brings along.
 
     scoring_inputs   the model version, dataset version and options scoring one version uses
-    extra_arms       the versions scored beside the champion, each once, with why (shadow, canary)
+    extra_arms       the versions scored beside the champion, each once, with why (shadow, canary, variant)
     arm_scorer       one arm's model, engine and options, ready to score (arm_inputs: without the engine)
-    after_scoring    the shadow comparisons (recorded; alerts) and the canary's step, from the arms' runs
+    after_scoring    the shadow comparisons (recorded; alerts), the canary's step and the A/B experiment's
+                     arms event, from the arms' runs
 
 Both ways of scoring a champion use these, so they score the same arms and do the same after scoring:
 `api.score_with_shadows` (one process, one read of the data) and the score flow's partitioned path
@@ -28,10 +29,11 @@ from batchml.scoring.engine_choice import choose, load_engine
 from batchml.scoring.reason_rows import top_threshold
 from batchml.scoring.runs import PredictionRun, ScoringOptions
 from batchml.scoring.together import Scorer
-from batchml.serving import canary
+from batchml.serving import canary, experiments
 
-#: Why an arm is scored: compared with the champion's run (shadow), or stepped on the ramp (canary).
-SHADOW, CANARY = "shadow", "canary"
+#: Why an arm is scored: compared with the champion's run (shadow), stepped on the ramp (canary), or
+#: serving a variant of the running A/B experiment (variant).
+SHADOW, CANARY, VARIANT = "shadow", "canary", "variant"
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,8 @@ class Arm:
 
 
 def extra_arms(project: Project, model: str, served: ModelVersion) -> list[Arm]:
-    """The versions to score beside `served` (the champion), each once: the shadow versions, then the
-    canary alias's holder. The one list both ways of scoring use."""
+    """The versions to score beside `served` (the champion), each once: the shadow versions, the canary
+    alias's holder, then the running experiment's variants. The one list both ways of scoring use."""
     registry = Registry(project.storage)
     spec = project.config.models.get(model)
     roles: dict[int, list[str]] = {}
@@ -65,6 +67,8 @@ def extra_arms(project: Project, model: str, served: ModelVersion) -> list[Arm]:
     held = canary.holding(registry, model, spec.canary.alias) if spec and spec.canary else None
     if held is not None and held[0] != served.version:
         roles.setdefault(held[0], []).append(CANARY)
+    for variant in experiments.arm_versions(registry, model, served):
+        roles.setdefault(variant.version, []).append(VARIANT)
     return [Arm(version, tuple(why)) for version, why in roles.items()]
 
 
@@ -97,8 +101,9 @@ def after_scoring(
     arms: list[Arm],
     results: list[PredictionRun | BatchMLError],
 ) -> ShadowScoring:
-    """Compare each shadow arm's run with `served` (recorded; an alert beyond the limits) and step the
-    canary; an arm that failed (its result an error) is reported in `failed` and nothing else."""
+    """Compare each shadow arm's run with `served` (recorded; an alert beyond the limits), step the
+    canary and record the running experiment's arms (its variants that failed are served control); an arm
+    that failed (its result an error) is reported in `failed` and nothing else."""
     spec = project.config.models.get(model)
     config = spec.shadow if spec is not None else ShadowConfig()
     scored = ShadowScoring(served, [], [], {})
@@ -111,6 +116,7 @@ def after_scoring(
         if SHADOW in arm.roles:
             scored.shadows.append(result)
             scored.comparisons.append(compare_shadow(project.storage, served, result, config))
+    scored.experiment.update(experiments.record_arms(project.storage, model, served, list(results)))
     return scored
 
 

@@ -308,9 +308,16 @@ class CanaryConfig(DivergenceLimits, frozen=True):
     shares: list[PositiveShare] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
     #: Mixed into the entity hash; another salt draws another set of entities (default: the model's name).
     salt: str | None = None
+    #: Labelled-performance breach: the canary arm worse than control on this metric by more than the
+    #: margin, with at least `min_samples` labelled rows in each arm, rolls it back (the monitor checks).
+    performance_metric: Literal["accuracy", "log_loss", "mae", "rmse"] | None = None
+    max_performance_drop: NonNegative | None = None
+    min_samples: AtLeastOne = 500
 
     def __post_init__(self) -> None:
         check_name("alias", self.alias)
+        if (self.performance_metric is None) != (self.max_performance_drop is None):
+            raise ValueError("canary performance_metric and max_performance_drop go together: set both")
         if self.alias == "champion":
             raise ValueError("canary alias must not be 'champion': the champion serves the control arm")
         if not self.shares or any(b <= a for a, b in zip(self.shares, self.shares[1:], strict=False)):

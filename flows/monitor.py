@@ -1,7 +1,7 @@
 """Monitor a published run: drift, an Evidently report, delayed-label performance, alerts, and retraining.
 
 monitor(model)  ->  drift (batchml.monitoring.drift) -> report (batchml.monitoring.reports)
-                ->  performance (labels, if any)
+                ->  performance (labels, if any); experiment results and the canary's labelled check
                 ->  alerts (stored, one Prefect event `batchml.alert.<kind>` each)
                 ->  on breach, with retrain="inline": the `retrain` flow as a subflow (flows/retrain.py:
                     debounced; snapshot -> train_model -> score_and_publish, every reason = trigger id);
@@ -70,6 +70,39 @@ def performance(model: str, config: str | None) -> dict[str, Any] | None:
 
 
 @batch_task
+def evaluate_experiments(model: str, config: str | None) -> dict[str, Any] | None:
+    """Experiment results on the newest labels, and the canary's labelled-performance check (None: no
+    labels configured or ingested yet)."""
+    from batchml.serving.experiment_results import evaluate
+
+    project = open_project(config)
+    spec = project.config.model(model)
+    labels = latest_labels(project.storage, spec.monitoring.labels) if spec.monitoring.labels else None
+    return None if labels is None else evaluate(project.storage, model, spec, labels)
+
+
+def experiments_markdown(model: str, evaluated: dict[str, Any] | None) -> str:
+    """The experiments section of the monitor's artifact: per experiment version its verdict and arms."""
+    if evaluated is None:
+        return "Experiments: no labels yet."
+    lines = []
+    rollback = evaluated["canary_rollback"]
+    if rollback:
+        lines += [f"**Canary rolled back on labels:** {rollback['reason']}", ""]
+    for r in evaluated["results"]:
+        winner = f", winner **{r['winner']}**" if r["winner"] else ""
+        how = f"goal {r['goal']}, {r['level']:.0%} intervals, >= {r['min_samples']} labelled rows per arm"
+        verdict = f"**{r['verdict']}**{winner} on {r['metric']}"
+        lines += [f"### Experiment `{r['experiment']}` v{r['experiment_version']} of `{model}`",
+                  f"Labels {r['labels_version']}: {verdict} ({how}).", ""]  # fmt: skip
+        rows = [{k: x[k] if not isinstance(x[k], float) else f"{x[k]:.4g}" for k in
+                 ("variant", "rows", "value", "uplift", "ci_low", "ci_high", "verdict")}
+                for x in r["rows"] if x["metric"] == r["metric"]]  # fmt: skip
+        lines += [markdown_table(rows), ""]
+    return "\n".join(lines) or "Experiments: none scored beside a published run."
+
+
+@batch_task
 def raise_alerts(
     model: str, run_id: str, drift: dict[str, Any] | None, perf: dict[str, Any] | None, config: str | None
 ) -> dict[str, Any]:
@@ -113,6 +146,9 @@ def monitor(
         description=f"Evidently report of run {run_id} of {model}",
     )
     perf = performance(model, config)
+    evaluated = evaluate_experiments(model, config)
+    if evaluated is not None and evaluated["canary_rollback"]:
+        logger.warning("%s: %s", model, evaluated["canary_rollback"]["reason"])
     found = raise_alerts(model, run_id, summary, perf, config)
     events = []
     for alert in found["new"]:
@@ -148,12 +184,19 @@ def monitor(
                        if retrain == "event" else "debounced or not configured"),
     ]  # fmt: skip
     report(artifact_key("monitor", model), f"Monitor {model} run {run_id}", "\n".join(lines), table=rows)
+    if evaluated is not None and (evaluated["results"] or evaluated["canary_rollback"]):
+        report(
+            artifact_key("experiments", model),
+            f"Experiments of {model}",
+            experiments_markdown(model, evaluated),
+        )
     return {
         "model": model,
         "run_id": run_id,
         "drift": summary,
         "report": ref,
         "performance": perf,
+        "experiments": evaluated,
         "alerts": found["current"],
         "new_alerts": found["new"],
         "events": events,

@@ -58,7 +58,13 @@ def _with_arms(model: str, alias: str, scored: ShadowScoring) -> dict[str, Any]:
     ]
     shadows += [{"shadow_version": v, "failed": error} for v, error in scored.failed.items()]
     canary = {k: scored.canary[k] for k in ("action", "version", "share", "reason") if k in scored.canary}
-    return {**_summary(model, alias, scored.served), "shadows": shadows, "canary": canary or None}
+    arms = {
+        k: scored.experiment[k]
+        for k in ("experiment", "experiment_version", "runs")
+        if k in scored.experiment
+    }
+    return {**_summary(model, alias, scored.served), "shadows": shadows, "canary": canary or None,
+            "experiment": arms or None}  # fmt: skip
 
 
 def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, Any]:
@@ -78,7 +84,7 @@ def _summary(model: str, alias: str, run: batchml.PredictionRun) -> dict[str, An
 
 
 #: Result keys the artifact shows in sections of their own, not in the run's table.
-_NOT_IN_TABLE = ("alias", "checks", "telemetry", "shadows", "canary")
+_NOT_IN_TABLE = ("alias", "checks", "telemetry", "shadows", "canary", "experiment")
 
 
 def telemetry_lines(telemetry: dict[str, Any], reused: bool) -> list[str]:
@@ -309,6 +315,10 @@ def _score_and_publish(
     if result.get("canary"):
         canary = result["canary"]
         lines += ["", f"Canary v{canary['version']}: {canary['action']} ({canary['reason']})."]
+    if result.get("experiment"):
+        arms = result["experiment"]
+        runs = ", ".join(f"{variant}: run {run_id}" for variant, run_id in arms["runs"].items())
+        lines += ["", f"Experiment `{arms['experiment']}` v{arms['experiment_version']}, its arms: {runs}."]
     if result["checks"]:
         lines += ["", "Input checks:", "", *(f"- {line}" for line in result["checks"])]
     if publication is not None:

@@ -104,10 +104,10 @@ def score(
     with progress_bar(f"scoring {model}", total, as_json) as progress:
         if version is None and alias in (None, "champion"):  # with its shadows and canary, if configured
             scored = api.score_with_shadows(project, model, dataset=dataset, progress=progress)
-            run, comparisons, step = scored.served, scored.comparisons, scored.canary
+            run, comparisons, step, arms = scored.served, scored.comparisons, scored.canary, scored.experiment
         else:
             run = api.score(project, model, alias=alias, version=version, dataset=dataset, progress=progress)
-            comparisons, step = [], {}
+            comparisons, step, arms = [], {}, {}
     publish = publish and not stage
     if stage:
         api.stage(project, model, run.run_id)
@@ -131,6 +131,7 @@ def score(
         "engine_fallback": manifest.get("engine_fallback"),
         "shadows": comparisons,
         "canary": step or None,
+        "experiment": arms or None,  # the A/B experiment's arms event: each variant's run
     }
 
     def render(console: Console) -> None:
@@ -151,6 +152,11 @@ def score(
             )
         if step:
             console.print(f"  canary v{step['version']}: {step['action']}: {step['reason']}", markup=False)
+        if arms:
+            runs = ", ".join(f"{v} run {r}" for v, r in arms["runs"].items())
+            console.print(
+                f"  experiment {arms['experiment']} v{arms['experiment_version']}: {runs}", markup=False
+            )
         if publish:
             console.print(f"published; query it read-only at {data['serving_db']}")
         if stage:

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from batchml.config import ModelSpec, Task
+from batchml.config import LabelsConfig, ModelSpec, Task
 from batchml.data import datasets
 from batchml.data.datasets import DatasetVersion
 from batchml.data.labels import check_label_columns
@@ -104,7 +104,7 @@ def _connect(storage: Storage) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _join_run(
+def join_run(
     storage: Storage, model: str, run_id: str, labels: pl.DataFrame, slices: list[str]
 ) -> pl.DataFrame:
     """The labelled rows of one run with its prediction (and the slice columns of its scored dataset)."""
@@ -139,7 +139,7 @@ def _join_run(
         con.close()
 
 
-def _encode(frame: pl.DataFrame, model: ModelVersion) -> np.ndarray:
+def encode_labels(frame: pl.DataFrame, model: ModelVersion) -> np.ndarray:
     """Labels as the model's class indices (binary/multiclass) or floats (regression)."""
     if model.task == "regression":
         return frame["label"].cast(pl.Float64).to_numpy()
@@ -173,6 +173,18 @@ def _period(frame: pl.DataFrame, period: str) -> pl.Series:
     return frame["label_time"].dt.truncate(every).dt.date().cast(pl.String).alias("period")
 
 
+def read_labels(storage: Storage, config: LabelsConfig, labels: DatasetVersion) -> pl.DataFrame:
+    """(entity, label, label_time in UTC) of every row of `labels` with a label and a label time."""
+    raw = datasets.read_frame(storage, labels, [config.entity_id, config.label, config.label_time])
+    return pl.DataFrame(
+        {
+            "entity": raw[config.entity_id].cast(pl.String),
+            "label": raw[config.label],
+            "label_time": _to_utc(raw[config.label_time]),
+        }
+    ).filter(pl.col("label").is_not_null() & pl.col("label_time").is_not_null())
+
+
 def compute(storage: Storage, model: str, spec: ModelSpec, labels: DatasetVersion) -> PerformanceResult:
     """Metrics of `labels` joined to the predictions published at label time (stored; a rerun loads them)."""
     path = result_path(model, labels.version)
@@ -183,21 +195,14 @@ def compute(storage: Storage, model: str, spec: ModelSpec, labels: DatasetVersio
         raise ConfigError(f"model {model!r} has no [models.{model}.monitoring.labels] section")
     check_label_columns(labels.columns, {model: config}, f"version {labels.ref}")
     perf = spec.monitoring.performance
-    raw = datasets.read_frame(storage, labels, [config.entity_id, config.label, config.label_time])
-    frame = pl.DataFrame(
-        {
-            "entity": raw[config.entity_id].cast(pl.String),
-            "label": raw[config.label],
-            "label_time": _to_utc(raw[config.label_time]),
-        }
-    ).filter(pl.col("label").is_not_null() & pl.col("label_time").is_not_null())
+    frame = read_labels(storage, config, labels)
     timeline = publication_timeline(storage, model)
     matched = frame.sort("label_time").join_asof(
         timeline, left_on="label_time", right_on="at", strategy="backward"
     )
     runs = [r for r in matched["run_id"].unique().to_list() if r is not None]
     parts = [
-        _join_run(storage, model, run_id, matched.filter(pl.col("run_id") == run_id).drop("at"), perf.slices)
+        join_run(storage, model, run_id, matched.filter(pl.col("run_id") == run_id).drop("at"), perf.slices)
         for run_id in sorted(runs)
     ]
     joined = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
@@ -207,7 +212,7 @@ def compute(storage: Storage, model: str, spec: ModelSpec, labels: DatasetVersio
     for (version_no,), by_version in joined.group_by(["model_version"]) if parts else []:
         version = registry.get(model, str(version_no))
         by_version = by_version.with_columns(_period(by_version, perf.period))
-        by_version = by_version.with_columns(pl.Series("y", _encode(by_version, version)))
+        by_version = by_version.with_columns(pl.Series("y", encode_labels(by_version, version)))
         validation = version.card.get("metrics") or {}
         cuts = [(ALL, pl.lit(ALL))] + [(c, pl.col("slice:" + c).fill_null("null")) for c in perf.slices]
         for slice_name, slice_expr in cuts:

@@ -54,6 +54,7 @@ class ShadowScoring:
     comparisons: list[dict[str, Any]]
     failed: dict[int, str]  # shadow (or canary) version -> the error that stopped it
     canary: dict[str, Any] = field(default_factory=dict)  # the canary event of this run ({}: no canary)
+    experiment: dict[str, Any] = field(default_factory=dict)  # the experiment's `arms` event ({}: none)
 
 
 def shadow_versions(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from batchml.config import CanaryConfig
@@ -65,11 +66,15 @@ def events(storage: Storage, model: str) -> list[dict[str, Any]]:
     return _log(storage, model).read()
 
 
-def holding(registry: RegistryReader, model: str, alias: str) -> tuple[int, int] | None:
-    """(version, seq of the alias event that gave it) of the current holder of `alias`, or None."""
+def holding(
+    registry: RegistryReader, model: str, alias: str, until: datetime | None = None
+) -> tuple[int, int] | None:
+    """(version, seq of the alias event that gave it) of the holder of `alias` (at `until`), or None."""
     stacks: dict[str, list[Any]] = {}
     given: dict[tuple[str, Any], int] = {}
     for event in registry.events(model):
+        if until is not None and datetime.fromisoformat(event["at"]) > until:
+            break
         stack = apply_event(stacks, event, group="alias", value="to_version")
         if event["action"] != "rollback" and event["alias"] == alias:
             given[(alias, event["to_version"])] = int(event["seq"])
@@ -87,24 +92,29 @@ class ServedCanary:
     share: float
     salt: str
     variant: str
+    alias_seq: int = 0  # the alias event that gave the canary its version (a holding)
 
 
-def serving(storage: Storage, model: str, control_run_id: str | None) -> ServedCanary | None:
-    """The canary step to serve beside `control_run_id` (the published run), if one is current."""
+def serving(
+    storage: Storage, model: str, control_run_id: str | None, at: datetime | None = None
+) -> ServedCanary | None:
+    """The canary step served beside `control_run_id` (the published run) now (or at time `at`), if any."""
     if control_run_id is None:
         return None
+    found = [e for e in events(storage, model) if at is None or datetime.fromisoformat(e["at"]) <= at]
     # The newest step on the published run; a newer step on a run not published yet (scored, publish to
     # come) leaves it standing, a rollback after it ends it.
-    for step in reversed(events(storage, model)):
+    for step in reversed(found):
         if step["action"] == "rollback":
             return None
         if step["control_run_id"] == control_run_id:
             break
     else:
         return None
-    if holding(RegistryReader(storage), model, step["alias"]) != (step["version"], step["alias_seq"]):
+    if holding(RegistryReader(storage), model, step["alias"], at) != (step["version"], step["alias_seq"]):
         return None  # withdrawn, or re-promoted since: this step no longer stands
-    return ServedCanary(get_run(storage, model, step["run_id"]), step["share"], step["salt"], step["alias"])
+    run = get_run(storage, model, step["run_id"])
+    return ServedCanary(run, step["share"], step["salt"], step["alias"], step["alias_seq"])
 
 
 def breaches(storage: Storage, comparison: dict[str, Any], runs: list[str], model: str) -> list[str]:
@@ -147,16 +157,39 @@ def step(
     reasons = breaches(storage, comparison, [*(e["run_id"] for e in mine), canary.run_id], model)
     base = {"alias": config.alias, "version": version, "alias_seq": alias_seq, "run_id": canary.run_id}
     base |= {"control_run_id": control.run_id, "comparison_id": comparison["id"]}
-    subject = (f"the canary log of model {model!r}", f"batchml experiments show {model}")
+    subject = _subject(model)
     if reasons:
-        reason = f"canary v{version} rolled back: " + "; ".join(reasons)
-        registry.withdraw(model, config.alias, version, reason, actor)
-        log.warning("%s: %s", model, reason)
-        event = {"action": "rollback", **base, "reason": reason}
-        return append_decided(log_, found, event, actor, None, subject)
+        return roll_back(storage, model, config.alias, base, reasons, actor)
     index = min(len([e for e in mine if e["action"] == "advance"]), len(config.shares) - 1)
     share = config.shares[index]
     event = {"action": "advance", **base, "step": index, "share": share, "salt": salt_of(model, config)}
     steps = len(config.shares)
     event["reason"] = f"healthy run {canary.run_id}: share {share:g} (step {index + 1} of {steps})"
     return append_decided(log_, found, event, actor, None, subject)
+
+
+def _subject(model: str) -> tuple[str, str]:
+    return f"the canary log of model {model!r}", f"batchml experiments show {model}"
+
+
+def roll_back(
+    storage: Storage,
+    model: str,
+    alias: str,
+    base: dict[str, Any],
+    reasons: list[str],
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Withdraw the canary (an automatic alias event naming `reasons`) and record the rollback in the
+    canary log; `base` names the holding (version, alias_seq) and the runs the decision was made on."""
+    version = int(base["version"])
+    reason = f"canary v{version} rolled back: " + "; ".join(reasons)
+    Registry(storage).withdraw(model, alias, version, reason, actor)
+    log.warning("%s: %s", model, reason)
+    log_ = _log(storage, model)
+    found = log_.read()
+    done = [e for e in found if e["action"] == "rollback" and e["alias_seq"] == base["alias_seq"]]
+    if done:  # a rerun after a crash between the two appends, or another process was first
+        return done[-1]
+    event = {"action": "rollback", "alias": alias, **base, "reason": reason}
+    return append_decided(log_, found, event, actor, None, _subject(model))

@@ -19,7 +19,7 @@ from batchml.monitoring import alerts, drift, performance, reports, shadow
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import PredictionRun, list_runs
 from batchml.scoring.telemetry import STAGES
-from batchml.serving import publish_timing
+from batchml.serving import experiment_results, experiments, publish_timing
 from batchml.store.eventlog import apply_event
 from batchml.store.storage import Storage
 
@@ -325,6 +325,8 @@ def build_tables(storage: Storage) -> dict[str, pa.Table]:
         "performance_metrics": performance.performance_table(storage),
         **alerts.catalog_tables(storage),
         **shadow.catalog_tables(storage),
+        **experiments.catalog_tables(storage),
+        **experiment_results.catalog_tables(storage),
         **drift.catalog_tables(storage),
         **reports.catalog_tables(storage),
     }

@@ -24,6 +24,7 @@ from batchml.redact import redact_url
 from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
 from batchml.serving.catalog import build_tables
+from batchml.serving.experiments import ASSIGNMENTS_VIEW
 from batchml.serving.logstate import LogState, log_state, served_state, write_state, write_state_file
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
@@ -99,6 +100,7 @@ def _write_database(
         _create_quarantine_table(con, storage, publications)
         con.execute(_ALIAS_AT)
         con.execute(RUN_STATS_VIEW)
+        con.execute(ASSIGNMENTS_VIEW)
         built_at = datetime.now(UTC)
         con.execute(
             "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",

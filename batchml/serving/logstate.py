@@ -1,7 +1,8 @@
 """Which state of the event logs a serving file reflects, and whether storage has moved past it.
 
-Four logs per model decide what is served: `aliases` (models/<m>/events), `published`
-(publications/<m>/events), `staging` (publications/<m>/staging) and `canary` (releases/<m>/canary). A
+Five logs per model decide what is served: `aliases` (models/<m>/events), `published`
+(publications/<m>/events), `staging` (publications/<m>/staging), `canary` (releases/<m>/canary) and
+`experiments` (releases/<m>/experiments). A
 log's state is the seq of its newest event, known from a folder listing alone. Every serving file records
 the state it was built from in its `serving_logs` table (model, log, seq); a file is behind when a log has a
 newer event than it records.
@@ -26,15 +27,16 @@ from batchml.store.storage import Storage
 #: (model, log) → seq of its newest event.
 LogState = dict[tuple[str, str], int]
 
-ALIASES, PUBLISHED, STAGING, CANARY = "aliases", "published", "staging", "canary"
+ALIASES, PUBLISHED, STAGING, CANARY, EXPERIMENTS = "aliases", "published", "staging", "canary", "experiments"
 LOGS: dict[str, str] = {
     ALIASES: "models/{model}/events",
     PUBLISHED: "publications/{model}/events",
     STAGING: "publications/{model}/staging",
     CANARY: "releases/{model}/canary",
+    EXPERIMENTS: "releases/{model}/experiments",
 }
 TABLE = "serving_logs"
-_PARENTS = {"models": (ALIASES,), "publications": (PUBLISHED, STAGING), "releases": (CANARY,)}
+_PARENTS = {"models": (ALIASES,), "publications": (PUBLISHED, STAGING), "releases": (CANARY, EXPERIMENTS)}
 
 
 def event_log(storage: Storage, model: str, log: str) -> EventLog:

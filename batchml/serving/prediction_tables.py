@@ -47,8 +47,8 @@ from batchml.scoring.run_checksum import (
     table_checksum,
 )
 from batchml.scoring.runs import PredictionRun, get_run
-from batchml.serving import canary
-from batchml.serving.canary import CONTROL, ServedCanary, bucket_sql
+from batchml.serving import canary, experiments
+from batchml.serving.canary import CONTROL, bucket_sql
 from batchml.serving.run_tables import run_table_name
 from batchml.store.storage import Storage
 
@@ -270,33 +270,45 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, runs: list[PredictionRun]) 
     con.execute(f"CREATE VIEW {name} AS {body}")
 
 
+#: A served arm beside the published run: (variant, its run, bucket from, bucket to, salt).
+ServedArm = tuple[str, PredictionRun, float, float, str]
+
+
+def served_arms(storage: Storage, model: str, run_id: str | None) -> list[ServedArm]:
+    """The arms served beside published run `run_id`: a running experiment's variants, else a canary step
+    (an experiment wins if, against `releases`' refusal, both stand)."""
+    experiment = experiments.serving(storage, model, run_id)
+    if experiment is not None:
+        return [
+            (a.variant, a.run, a.low, a.high, experiment.salt) for a in experiment.arms if a.run is not None
+        ]
+    served = canary.serving(storage, model, run_id)
+    return [] if served is None else [(served.variant, served.run, 0.0, served.share, served.salt)]
+
+
 def _predictions_view(
-    con: duckdb.DuckDBPyConnection, current: list[PredictionRun], canaries: dict[str, ServedCanary]
+    con: duckdb.DuckDBPyConnection, current: list[PredictionRun], arms: dict[str, list[ServedArm]]
 ) -> None:
-    """`predictions`: each model's published run, with `variant`; with a canary step current, exactly one
-    row per entity of the control run, from the canary run when its bucket is below the share."""
+    """`predictions`: each model's published run, with `variant`; with arms served beside it (an experiment
+    or a canary step), exactly one row per entity of the published run, from the arm its bucket falls in
+    (when that arm's run scored it), else from the published run as `control`."""
     branches = []
     for run in current:
-        served = canaries.get(run.model)
-        if served is None:
-            branches.append(prediction_select(run_constants(run), run_table(run), variant=literal(CONTROL)))
-            continue
-        control, arm = run_table(run), run_table(served.run)
-        inside = f"{bucket_sql(served.salt)} < {served.share!r}"
-        branches.append(
-            prediction_select(
-                run_constants(served.run),
-                f"{arm} WHERE {inside} AND entity_id IN (SELECT entity_id FROM {control})",
-                variant=literal(served.variant),
-            )
-        )
-        branches.append(
-            prediction_select(
-                run_constants(run),
-                f"{control} WHERE NOT ({inside} AND entity_id IN (SELECT entity_id FROM {arm}))",
-                variant=literal(CONTROL),
-            )
-        )
+        control, taken = run_table(run), []
+        for variant, arm_run, low, high, salt in arms.get(run.model, []):
+            inside = f"{bucket_sql(salt)} >= {low!r} AND {bucket_sql(salt)} < {high!r}"
+            if arm_run.run_id != run.run_id:
+                arm = run_table(arm_run)
+                inside = f"{inside} AND entity_id IN (SELECT entity_id FROM {control})"
+                taken.append(f"({bucket_sql(salt)} >= {low!r} AND {bucket_sql(salt)} < {high!r} "
+                             f"AND entity_id IN (SELECT entity_id FROM {arm}))")  # fmt: skip
+            else:
+                arm = control
+                taken.append(f"({bucket_sql(salt)} >= {low!r} AND {bucket_sql(salt)} < {high!r})")
+            branches.append(prediction_select(run_constants(arm_run), f"{arm} WHERE {inside}",
+                                              variant=literal(variant)))  # fmt: skip
+        rest = f"{control} WHERE NOT ({' OR '.join(taken)})" if taken else control
+        branches.append(prediction_select(run_constants(run), rest, variant=literal(CONTROL)))
     empty = _EMPTY.removesuffix(" WHERE false") + ", CAST(NULL AS VARCHAR) AS variant WHERE false"
     body = " UNION ALL ".join(branches) or empty
     con.execute(f"CREATE VIEW predictions AS {body}")
@@ -324,23 +336,21 @@ def create_prediction_tables(
     """The current and staged run tables (indexed), the views over them and `published_runs`."""
     published, staging = PublicationLog(storage), PublicationLog(storage, "staging")
     current, staged, ever = [], [], []
-    canaries: dict[str, ServedCanary] = {}
+    arms: dict[str, list[ServedArm]] = {}
     for model in sorted(published.models()):
         now = published.current(model)
         current += [get_run(storage, model, now)] if now else []
-        served = canary.serving(storage, model, now)
-        if served is not None:
-            canaries[model] = served
+        arms[model] = served_arms(storage, model, now)
         run_ids = dict.fromkeys(e["run_id"] for e in published.events(model) if e.get("run_id"))
         ever += [get_run(storage, model, run_id) for run_id in run_ids]  # manifests only: no run file
     for model in sorted(staging.models()):
         run_id = staging.current(model)
         staged += [get_run(storage, model, run_id)] if run_id else []
     placed: set[str] = set()
-    for run in current + staged + [c.run for c in canaries.values()]:
+    for run in current + staged + [a[1] for served in arms.values() for a in served]:
         if run_table(run) not in placed:
             _place_run(con, storage, run, previous)
             placed.add(run_table(run))
-    _predictions_view(con, current, canaries)
+    _predictions_view(con, current, arms)
     _view(con, "predictions_staging", staged)
     _create_published_runs(con, ever)

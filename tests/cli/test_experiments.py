@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import batchml
 from batchml.models.registry import RegistryReader
 from tests.cli.test_cli import cli, cli_error, cli_json
 from tests.conftest import PROJECT_TOML
+from tests.monitoring.test_performance import MONITORING
+from tests.monitoring.test_performance import _labels as write_labels
 
 CANARY = (
     "\n[models.default_risk.canary]\nshares = [0.1, 1.0]\n"
@@ -65,3 +68,73 @@ def test_a_model_without_a_canary_section_is_one_line(
     project = trained(make_project, loans_csv, "")
     error = cli_error(project, "experiments", "start", "default_risk", "2")
     assert "has no [models.default_risk.canary] section" in error and error.count("\n") == 1
+
+
+def test_an_ab_experiment_from_the_command_line(
+    make_project: Callable[..., batchml.Project], loans_csv: Path, tmp_path: Path
+) -> None:
+    project = trained(make_project, loans_csv, MONITORING)
+    args = ["experiments", "start", "default_risk", "pricing", "--variant", "control=champion"]
+    started = cli_json(
+        project,
+        *args,
+        "--variant",
+        "b=2",
+        "--shares",
+        "0.5,0.5",
+        "--reason",
+        "v2 vs v1",
+        "--min-samples",
+        "5000",
+    )
+    assert [(v["name"], v["model_version"]) for v in started["variants"]] == [("control", 1), ("b", 2)]
+    second = cli_error(
+        project, *args[:3], "other", "--variant", "a=1", "--variant", "b=2", "--shares", "0.5,0.5"
+    )
+    assert "experiment 'pricing' is running" in second and second.count("\n") == 1
+    scored = cli_json(project, "score", "default_risk")
+    assert scored["experiment"]["runs"]["control"] == scored["run_id"] and "b" in scored["experiment"]["runs"]
+    with batchml.connect(project) as con:
+        arms = dict(con.execute("SELECT variant, count(*) FROM predictions GROUP BY ALL").fetchall())
+    assert set(arms) == {"control", "b"} and sum(arms.values()) == scored["rows"]
+    (row,) = cli_json(project, "experiments", "list")["experiments"]
+    assert row["experiment"] == "pricing v1"
+    shown = cli_json(project, "experiments", "show", "default_risk")
+    assert [(e["experiment"], e["status"]) for e in shown["experiments"]] == [("pricing", "running")]
+    assert shown["experiment_results"] == []  # no labels yet
+    write_labels(loans_csv, [datetime.now(UTC) + timedelta(hours=1)] * 1000, tmp_path / "labels.parquet")
+    cli(project, "labels", "ingest", "loan_labels", str(tmp_path / "labels.parquet"))
+    (result,) = cli_json(project, "experiments", "show", "default_risk")["experiment_results"]
+    assert result["verdict"] == "insufficient_data" and {r["variant"] for r in result["rows"]} == {
+        "control",
+        "b",
+    }
+    assert sum(r["rows"] for r in result["rows"] if r["metric"] == "outcome_rate") == 1000
+    assert "needs --winner" in cli_error(project, "experiments", "conclude", "default_risk", "pricing")
+    assert "variant of experiment 'pricing' 'c' not found" in cli_error(
+        project, "experiments", "conclude", "default_risk", "pricing", "--winner", "c"
+    )
+    done = cli_json(project, "experiments", "conclude", "default_risk", "pricing", "--winner", "b")
+    assert done["concluded"]["winner"] == "b"
+    assert RegistryReader(project.storage).aliases("default_risk") == {"champion": 2}
+
+
+def test_bad_experiment_options_are_one_line(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    project = trained(make_project, loans_csv, "")
+    start = ["experiments", "start", "default_risk", "pricing"]
+    for extra, message in [
+        (
+            ["--variant", "control", "--variant", "b=2", "--shares", "0.5,0.5"],
+            "--variant 'control' is invalid",
+        ),
+        (
+            ["--variant", "a=1", "--variant", "b=2", "--shares", "half,half"],
+            "--shares 'half,half' is invalid",
+        ),
+        (["--variant", "a=1", "--variant", "b=2", "--shares", "0.6,0.6"], "sum to 1"),
+        (["--variant", "a=1", "--variant", "b=7", "--shares", "0.5,0.5"], "'7' not found"),
+    ]:
+        error = cli_error(project, *start, *extra)
+        assert message in error and error.count("\n") == 1, error

@@ -23,7 +23,7 @@ from batchml.config import parse_config
 from batchml.errors import ConfigError, DataError
 from batchml.models.registry import ModelVersion, RegistryReader
 from batchml.models.training import fit
-from batchml.monitoring.performance import _encode
+from batchml.monitoring.performance import encode_labels
 from tests.conftest import PROJECT_TOML
 from tests.models.test_training import awkward_table, spec
 
@@ -85,7 +85,7 @@ def test_good_bad_with_positive_class_bad_scores_p_bad(
     assert np.array_equal(predicted == "bad", prediction >= 0.5)
     assert roc_auc_score(bad, prediction) > 0.7
     labels = pl.DataFrame({"label": ["bad", "good"]})
-    assert _encode(labels, model).tolist() == [1.0, 0.0]  # delayed labels are encoded the same way
+    assert encode_labels(labels, model).tolist() == [1.0, 0.0]  # delayed labels are encoded the same way
 
     text = " ".join(cli(project, "train", "default_risk").split())
     assert "classes: good, bad; prediction = P(Status = bad) (positive_class in the config)" in text

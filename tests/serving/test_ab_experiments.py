@@ -12,6 +12,7 @@ import pytest
 
 import batchml
 from batchml import releases
+from batchml.arms import VARIANT, after_scoring, extra_arms
 from batchml.api import score_with_shadows
 from batchml.data import labels
 from batchml.errors import BatchMLError
@@ -103,6 +104,23 @@ def test_every_arm_scored_in_one_run_and_served_one_row_per_entity(
     moved = served(project)
     assert set(moved["run_id"]) == set(newer.experiment["runs"].values())
     assert all(expected_variant(e) == v for e, v in moved.select("entity_id", "variant").iter_rows())
+
+
+def test_the_partitioned_path_scores_and_records_the_variants_through_the_same_arms(
+    make_project: Callable[..., batchml.Project], loans_csv: Path
+) -> None:
+    """The score flow's partitioned path learns its arms from `arms.extra_arms` and ends with
+    `arms.after_scoring`: the variants are among the arms, and their runs make the experiment's arms event."""
+    project = two_versions(make_project, loans_csv)
+    start(project, reason="partitioned")
+    champion = RegistryReader(project.storage).resolve("default_risk", alias="champion")
+    planned = extra_arms(project, "default_risk", champion)
+    assert [(a.version, a.roles) for a in planned] == [(2, (VARIANT,))]
+    served_run = batchml.score(project, "default_risk", shadows=False)
+    variant_run = batchml.score(project, "default_risk", version=2)
+    recorded = after_scoring(project, "default_risk", served_run, planned, [variant_run]).experiment
+    assert recorded["runs"] == {"control": served_run.run_id, "b": variant_run.run_id}
+    assert score_with_shadows(project, "default_risk").experiment["seq"] == recorded["seq"]  # the same arms
 
 
 def _labels_with_effect(

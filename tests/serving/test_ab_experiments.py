@@ -12,8 +12,8 @@ import pytest
 
 import batchml
 from batchml import releases
-from batchml.arms import VARIANT, after_scoring, extra_arms
 from batchml.api import score_with_shadows
+from batchml.arms import VARIANT, after_scoring, extra_arms
 from batchml.data import labels
 from batchml.errors import BatchMLError
 from batchml.models.registry import RegistryReader

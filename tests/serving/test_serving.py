@@ -122,6 +122,33 @@ def test_serving_file_is_rebuilt_identically_from_storage(
     assert fingerprint(batchml.connect(project)) == old
 
 
+def test_an_indexed_run_table_filled_in_chunks_is_whole_sorted_and_indexed(
+    project: batchml.Project,
+    champion: batchml.ModelVersion,
+    run_file_reads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(prediction_tables, "INDEX_CHUNK_ROWS", 37)  # many chunks, the last one partial
+    run = batchml.score(project, "default_risk")
+    batchml.publish(project, "default_risk", run.run_id)
+    staged = second_run(project)
+    api.stage(project, "default_risk", staged.run_id)  # the first run's table is copied, in chunks too
+    assert run_file_reads == [run.run_id, staged.run_id]
+    with connect_serving(project.serving_dir) as con:
+        for r in (run, staged):
+            table = prediction_tables.run_table(r)
+            order = f"SELECT count(*), list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) "
+            assert con.execute(order + f"FROM {table}").fetchone() == (r.rows, True)
+            found = con.execute("SELECT index_name, expressions FROM duckdb_indexes() WHERE table_name = ?", [table[1:-1]])
+            assert found.fetchall() == [(prediction_tables.index_name(r)[1:-1], "[entity_id]")]
+        row = "SELECT prediction FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
+        assert con.execute(row).fetchall() == batchml.connect(project).execute(row).fetchall()
+        assert len(con.execute(row).fetchall()) == 1
+    assert run_checksum.table_checksum(
+        connect_serving(project.serving_dir), prediction_tables.run_table(run)
+    ) == run.manifest["content_checksum"]
+
+
 def test_a_run_too_big_to_index_on_this_machine_is_served_without_the_index(
     project: batchml.Project,
     champion: batchml.ModelVersion,

@@ -137,16 +137,19 @@ def test_an_indexed_run_table_filled_in_chunks_is_whole_sorted_and_indexed(
     with connect_serving(project.serving_dir) as con:
         for r in (run, staged):
             table = prediction_tables.run_table(r)
-            order = f"SELECT count(*), list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) "
+            order = "SELECT count(*), list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) "
             assert con.execute(order + f"FROM {table}").fetchone() == (r.rows, True)
-            found = con.execute("SELECT index_name, expressions FROM duckdb_indexes() WHERE table_name = ?", [table[1:-1]])
+            found = con.execute(
+                "SELECT index_name, expressions FROM duckdb_indexes() WHERE table_name = ?", [table[1:-1]]
+            )
             assert found.fetchall() == [(prediction_tables.index_name(r)[1:-1], "[entity_id]")]
         row = "SELECT prediction FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
         assert con.execute(row).fetchall() == batchml.connect(project).execute(row).fetchall()
         assert len(con.execute(row).fetchall()) == 1
-    assert run_checksum.table_checksum(
-        connect_serving(project.serving_dir), prediction_tables.run_table(run)
-    ) == run.manifest["content_checksum"]
+    assert (
+        run_checksum.table_checksum(connect_serving(project.serving_dir), prediction_tables.run_table(run))
+        == run.manifest["content_checksum"]
+    )
 
 
 def test_a_run_too_big_to_index_on_this_machine_is_served_without_the_index(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from batchml.scoring.runs import PredictionRun, get_run
 from batchml.serving import canary
 from batchml.serving.canary import CONTROL, ServedCanary, bucket_sql
 from batchml.serving.run_tables import run_table_name
-from batchml.store.storage import Storage
+from batchml.store.storage import FileEntry, Storage
 
 log = logging.getLogger(__name__)
 
@@ -132,24 +133,25 @@ def _indexable(run: PredictionRun) -> bool:
     return True
 
 
-def _fill(con: duckdb.DuckDBPyConnection, run: PredictionRun, source: str) -> None:
-    """Copy every row of `source` (a table sorted by entity_id whose rowids follow that order: one filled
-    by inserts alone) into `run`'s new, empty table, with an index on entity_id unless it would be too big.
-
-    The index is created on the empty table and the rows follow in `INDEX_CHUNK_ROWS` rowid ranges, each
-    checkpointed, so the index is written out as it grows instead of built whole in memory.
-    """
+def _fill(con: duckdb.DuckDBPyConnection, run: PredictionRun, chunks: Iterable[str]) -> None:
+    """Insert the rows the `chunks` select (each sorted by entity_id, each after the one before) into
+    `run`'s new, empty table, indexed on entity_id, each chunk then checkpointed: the index is written out
+    as it grows instead of built whole in memory."""
     table, stored = run_table(run), ", ".join(STORED)
-    if not _indexable(run):
-        con.execute(f"INSERT INTO {table} ({stored}) SELECT {stored} FROM {source}")
-        return
     con.execute(f"CREATE INDEX {index_name(run)} ON {table} (entity_id)")
+    for select in chunks:
+        con.execute(f"INSERT INTO {table} ({stored}) {select}")
+        con.execute("CHECKPOINT")
+
+
+def _row_ranges(con: duckdb.DuckDBPyConnection, source: str) -> Iterator[str]:
+    """`INDEX_CHUNK_ROWS` rowid ranges of `source` (a table sorted by entity_id whose rowids follow that
+    order: one filled by inserts alone), as selects of the stored columns."""
     found = con.execute(f"SELECT max(rowid) FROM {source}").fetchone()  # no rows: NULL
     end = found[0] + 1 if found and found[0] is not None else 0
     for low in range(0, end, INDEX_CHUNK_ROWS):
         rows = f"rowid >= {low} AND rowid < {low + INDEX_CHUNK_ROWS}"
-        con.execute(f"INSERT INTO {table} ({stored}) SELECT {stored} FROM {source} WHERE {rows}")
-        con.execute("CHECKPOINT")
+        yield f"SELECT {', '.join(STORED)} FROM {source} WHERE {rows}"
 
 
 def run_constants(run: PredictionRun) -> dict[str, Any]:
@@ -190,6 +192,11 @@ def prediction_select(
     return f"SELECT {', '.join(columns)} FROM {source}"
 
 
+def file_uri(storage: Storage, entry: FileEntry) -> str:
+    """The quoted SQL literal of the URI of a run file."""
+    return literal(storage.uri(entry.path))
+
+
 def run_files_sql(storage: Storage, runs: list[PredictionRun], verify: bool) -> str | None:
     """`SELECT <stored columns> FROM read_parquet([...])` over the files of `runs`, or None if none."""
     uris = []
@@ -197,7 +204,7 @@ def run_files_sql(storage: Storage, runs: list[PredictionRun], verify: bool) -> 
         for entry in run.files:
             if verify:
                 storage.verify(entry)
-            uris.append(literal(storage.uri(entry.path)))
+            uris.append(file_uri(storage, entry))
     if not uris:
         return None
     return f"SELECT {_READ} FROM read_parquet([{', '.join(uris)}], union_by_name = true)"
@@ -250,8 +257,11 @@ class PreviousFile:
         source = f"{_PREVIOUS}.{table}"  # scan order is kept (preserve_insertion_order): still sorted
         try:
             why = mismatch(recorded, table_checksum(self.con, source, str(recorded["function"])))
-            if not why:
-                _fill(self.con, run, source)
+            if not why and _indexable(run):
+                _fill(self.con, run, _row_ranges(self.con, source))
+            elif not why:
+                stored = ", ".join(STORED)
+                self.con.execute(f"INSERT INTO {table} ({stored}) SELECT {stored} FROM {source}")
         except duckdb.Error as exc:
             why = f"could not copy it: {exc}"
         if why:  # the run files fill the table instead
@@ -281,20 +291,25 @@ def _place_run(
     if previous.copy(run):
         return
     select = run_files_sql(storage, [run], verify=True)
-    if select is not None and _stores_names_only(con, select):
-        select = f"SELECT * REPLACE ({LEGACY_REASONS} AS reasons) FROM ({select})"
+    legacy = select is not None and _stores_names_only(con, select)
     if select is None:  # no rows: the empty table still gets its index
         select = f"SELECT {', '.join(STORED)} FROM {run_table(run)} WHERE false"
+    elif legacy:
+        select = f"SELECT * REPLACE ({LEGACY_REASONS} AS reasons) FROM ({select})"
+    # Scoring recorded that the ids ascend in file order (`IdOrder`): the rows need no sort.
+    ascending = run.manifest.get("entity_ids_ascending") is True and not legacy
     if not _indexable(run):
         stored = ", ".join(STORED)
-        con.execute(f"INSERT INTO {run_table(run)} ({stored}) SELECT * FROM ({select}) ORDER BY entity_id")
-        return
-    # Sorted once, into temporary storage (in memory up to the build's memory_limit, spilled beyond it).
-    con.execute(f"CREATE TEMP TABLE {_SORTED} AS SELECT * FROM ({select}) ORDER BY entity_id")
-    try:
-        _fill(con, run, _SORTED)
-    finally:
-        con.execute(f"DROP TABLE {_SORTED}")
+        order = "" if ascending else " ORDER BY entity_id"
+        con.execute(f"INSERT INTO {run_table(run)} ({stored}) SELECT * FROM ({select}){order}")
+    elif ascending:  # each file is a chunk (a file holds at most scoring's ROWS_PER_FILE rows)
+        _fill(con, run, (f"SELECT {_READ} FROM read_parquet({file_uri(storage, e)})" for e in run.files))
+    else:  # sorted once, into temporary storage (in memory up to the build's memory_limit, spilled beyond)
+        con.execute(f"CREATE TEMP TABLE {_SORTED} AS SELECT * FROM ({select}) ORDER BY entity_id")
+        try:
+            _fill(con, run, _row_ranges(con, _SORTED))
+        finally:
+            con.execute(f"DROP TABLE {_SORTED}")
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, runs: list[PredictionRun]) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchml.checks.entity_ids import DuplicateIds, find_duplicates
@@ -226,6 +227,32 @@ class _BatchScorer:
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
 
+class IdOrder:
+    """Whether the entity ids of the batches tapped, in the order written, ascend (equal ids allowed) as
+    strings compare: the order a serving table sorts them in, so a publish can skip the sort."""
+
+    def __init__(self) -> None:
+        self.ascending: bool | None = True  # None: ids that are not strings (the table sorts their text)
+        self._last: str | None = None
+
+    def tap(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """`batches` unchanged, each one's ids checked against the order so far."""
+        for batch in batches:
+            if self.ascending and batch.num_rows:
+                self._check(batch.column("entity_id"))
+            yield batch
+
+    def _check(self, ids: pa.Array) -> None:
+        if (not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type)) or ids.null_count:
+            self.ascending = None
+            return
+        n = len(ids)
+        after = pc.less(ids.slice(1), ids.slice(0, n - 1))  # one comparison per neighbouring pair
+        first, last = ids[0].as_py(), ids[n - 1].as_py()
+        self.ascending = not pc.any(after).as_py() and (self._last is None or self._last <= first)
+        self._last = last
+
+
 @dataclass(frozen=True)
 class ScoredParts:
     """Prediction and quarantine parts written for a run (or one partition of it), not yet committed."""
@@ -237,6 +264,8 @@ class ScoredParts:
     telemetry: dict[str, Any] = field(default_factory=dict)
     #: The content checksum of the rows written (`run_checksum`), computed as they were; None: not known.
     checksum: dict[str, Any] | None = None
+    #: Whether the files' entity ids ascend, in file order (`IdOrder`); None: not known.
+    ids_ascending: bool | None = None
 
 
 def score_batches(
@@ -273,6 +302,7 @@ def score_batches(
     scored = ordered_map(clock.wrap("predict", scorer), encoded, workers)
     waited = StageClock()  # the writer's time waiting for predictions is not writing
     checksum = StreamingChecksum()
+    order = IdOrder()
     rows = 0
 
     def count(n: int) -> None:
@@ -285,7 +315,7 @@ def score_batches(
         files = write_parquet_parts(
             storage,
             prefix,
-            checksum.tap(waited.iterate("write", scored)),
+            order.tap(checksum.tap(waited.iterate("write", scored))),
             scoring.schema,
             rows_per_file=ROWS_PER_FILE,
             dictionary_columns=_DICTIONARY_COLUMNS,
@@ -301,7 +331,10 @@ def score_batches(
     finally:
         checksum.close()
     wall = time.perf_counter() - started
+    # The batches' buffers stay cached in Arrow's pool after they are freed: give them back to the system
+    # before what follows (a publish in the same process; measured ~57 MiB of RSS at 10M rows).
+    pa.default_memory_pool().release_unused()
     clock.add("write", max(0.0, wall - waited.seconds["write"]))
     # read + encode share one thread, predict has `workers`, the writer is this thread, the checksum one
     used = telemetry(clock.seconds, wall, rows, workers + 3)
-    return ScoredParts(files, quarantine.files, rows, used, written)
+    return ScoredParts(files, quarantine.files, rows, used, written, order.ascending)

@@ -234,6 +234,8 @@ def commit_run(
         "rows": parts.rows,
         # what a copied serving table must match; computed while the files were written, when it was
         "content_checksum": parts.checksum or files_checksum(storage, parts.files),
+        # a publish need not sort rows whose ids already ascend in file order (absent: not known)
+        **({"entity_ids_ascending": parts.ids_ascending} if parts.ids_ascending is not None else {}),
         "files": [f.to_dict() for f in parts.files],
         "quarantine_files": [f.to_dict() for f in parts.quarantine_files],
         "summary": summary,

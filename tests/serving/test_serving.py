@@ -122,6 +122,60 @@ def test_serving_file_is_rebuilt_identically_from_storage(
     assert fingerprint(batchml.connect(project)) == old
 
 
+def test_an_indexed_run_table_filled_in_chunks_is_whole_sorted_and_indexed(
+    project: batchml.Project,
+    champion: batchml.ModelVersion,
+    run_file_reads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(prediction_tables, "INDEX_CHUNK_ROWS", 37)  # many chunks, the last one partial
+    run = batchml.score(project, "default_risk")
+    assert run.manifest["entity_ids_ascending"] is True  # the loans are in id order: served without a sort
+    batchml.publish(project, "default_risk", run.run_id)
+    staged = second_run(project)
+    api.stage(project, "default_risk", staged.run_id)  # the first run's table is copied, in chunks too
+    assert run_file_reads == [run.run_id, staged.run_id]
+    with connect_serving(project.serving_dir) as con:
+        for r in (run, staged):
+            table = prediction_tables.run_table(r)
+            order = "SELECT count(*), list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) "
+            assert con.execute(order + f"FROM {table}").fetchone() == (r.rows, True)
+            found = con.execute(
+                "SELECT index_name, expressions FROM duckdb_indexes() WHERE table_name = ?", [table[1:-1]]
+            )
+            assert found.fetchall() == [(prediction_tables.index_name(r)[1:-1], "[entity_id]")]
+        row = "SELECT prediction FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
+        assert con.execute(row).fetchall() == batchml.connect(project).execute(row).fetchall()
+        assert len(con.execute(row).fetchall()) == 1
+    assert (
+        run_checksum.table_checksum(connect_serving(project.serving_dir), prediction_tables.run_table(run))
+        == run.manifest["content_checksum"]
+    )
+
+
+def test_a_run_whose_ids_do_not_ascend_is_sorted_before_it_is_indexed(
+    project: batchml.Project,
+    champion: batchml.ModelVersion,
+    loans_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(prediction_tables, "INDEX_CHUNK_ROWS", 37)
+    shuffled = tmp_path / "shuffled.csv"
+    with duckdb.connect() as con:
+        con.execute(f"COPY (SELECT * FROM read_csv('{loans_csv}') ORDER BY hash(loan_id)) TO '{shuffled}'")
+    version = batchml.snapshot_dataset(project, "loans", str(shuffled))
+    run = batchml.score(project, "default_risk", dataset=version.ref)
+    assert run.manifest["entity_ids_ascending"] is False
+    batchml.publish(project, "default_risk", run.run_id)
+    table = prediction_tables.run_table(run)
+    with connect_serving(project.serving_dir) as con:
+        order = "SELECT count(*), list(entity_id ORDER BY rowid) = list(entity_id ORDER BY entity_id) FROM "
+        assert con.execute(order + table).fetchone() == (run.rows, True)
+        assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchone() == (1,)
+        assert run_checksum.table_checksum(con, table) == run.manifest["content_checksum"]
+
+
 def test_a_run_too_big_to_index_on_this_machine_is_served_without_the_index(
     project: batchml.Project,
     champion: batchml.ModelVersion,

@@ -1,23 +1,24 @@
-"""Batch and point lookup: the served predictions of entity ids in one query, as an Arrow table.
+"""Batch and point lookup: the served predictions of entity ids, as an Arrow table.
 
-The ids reach DuckDB as parameters (one list: `unnest($1)`), so they are never SQL text and the reader
+The ids reach DuckDB as parameters (one list: `= ANY($1)`), so they are never SQL text and the reader
 connection needs no file access and no registered object: it stays locked down (`enable_external_access =
-false`, `lock_configuration = true`). Many ids: one query over the model's run table, whatever their number;
-one id: `entity_id = $1`, one leaf of the run table's ART index, its row fetched as Python values (DuckDB's
-Arrow export of one row costs more than the lookup).
+false`, `lock_configuration = true`). One id: `entity_id = $1`, one leaf of the run table's ART index, its
+row fetched as Python values (DuckDB's Arrow export of one row costs more than the lookup). Many ids: sorted,
+once each, in chunks that DuckDB probes through the same index (`_Reader.chunk`), so a batch costs its ids,
+not the table: one query over the whole table would scan all of its rows (100M rows: ~10 s a batch).
 
 Both read the model's run table itself, not the `predictions` view: the view's constant columns and its
 model filter cost DuckDB more to bind and optimize than the lookup costs to run (a third of a point lookup).
-The run's constants are read once per connection and model (one row of the view) and added as Arrow
-columns: the result is the view's, column for column. A file without the run table, a model without rows,
-or one served by two runs (a canary arm beside the control run) is asked through the view.
+The run's constants are read with the run (one row of the view) and added as Arrow columns: the result is
+the view's, column for column. A file without the run table, a model without rows, or one served by two
+runs (a canary arm beside the control run) is asked through the view, in one query.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -85,11 +86,15 @@ class _ServedRun:
     """A model's current run in one serving file: its table's queries and its constants (one row)."""
 
     one: str  # the stored columns of one id
-    many: str  # of many ids, once each, in entity id order
+    many: str  # of a list of ids, once each, in entity id order: probed through the ART index
     constants: pa.Table  # one row of the view: its columns, in its order, and the run's constants
 
-    def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> pa.Table:
-        """The view's rows for `keys`: the table's stored columns with the constants alongside."""
+    def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str], chunk: int) -> pa.Table:
+        """The view's rows for `keys`: the table's stored columns with the constants alongside.
+
+        Many ids go `chunk` at a time, sorted and distinct: each chunk is small enough for DuckDB to probe
+        the index (see `_Reader.chunk`), and sorted chunks concatenated are in entity id order.
+        """
         schema = self.constants.schema
         stored: dict[str, pa.Array | pa.ChunkedArray]
         if len(keys) == 1:  # Python values, not DuckDB's Arrow export: that costs more than the lookup
@@ -99,7 +104,12 @@ class _ServedRun:
             }
             count = len(found)
         else:
-            table = con.sql(self.many, params=[keys]).to_arrow_table()
+            ordered = sorted(set(keys))
+            parts = [
+                con.sql(self.many, params=[ordered[i : i + chunk]]).to_arrow_table()
+                for i in range(0, len(ordered), chunk)
+            ]
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             stored, count = {n: table.column(n) for n in STORED_COLUMNS}, table.num_rows
         constants = (  # the one row, once per row found (mostly once: no copy)
             self.constants
@@ -112,33 +122,60 @@ class _ServedRun:
         return pa.Table.from_arrays(columns, schema=schema)
 
 
-#: Per open connection, each model's served run (None: the file has no run table for it, the view answers).
-#: A reader connection reads one serving file, which is never changed once published, for its whole life:
-#: the connection and the model determine the run. Weak keys: an entry goes with its connection.
-_SERVED: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, dict[str, _ServedRun | None]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass
+class _Reader:
+    """What `lookup` keeps about one open connection."""
+
+    #: Whether the connection can never read another serving file: it has no external access (batchml's
+    #: readers, plain and history), so it cannot ATTACH one, and DuckDB refuses to turn that back on. Only
+    #: then is a model's run kept between lookups: a connection that can attach a newer file is asked again
+    #: on every lookup, so it never answers from a run that a publish replaced.
+    pinned: bool
+    #: Ids per query of a batch: the most this connection's settings let DuckDB probe through the index
+    #: (`run_tables.LOOKUP_CHUNK` on batchml's readers; 50 on a connection with DuckDB's defaults).
+    chunk: int
+    runs: dict[str, _ServedRun | None] = field(default_factory=dict)
 
 
-def _served_run(con: duckdb.DuckDBPyConnection, model: str) -> _ServedRun | None:
-    """`model`'s current run on `con` (cached); None if it serves no row, rows of two runs (a canary), or
-    the file has no run table."""
-    runs = _SERVED.setdefault(con, {})
-    if model not in runs:
-        row = con.sql(_ONE_ROW, params={"model": model}).to_arrow_table()
-        run = None
-        run_id = str(row.column("run_id")[0]) if row.num_rows == 1 else None
-        if run_id and not con.execute(_OTHER_RUN, {"model": model, "run_id": run_id}).fetchall():
-            table = run_table_name(model, run_id)
-            if con.execute(_TABLE_EXISTS, {"name": table.strip('"')}).fetchall()[0][0]:
-                run = _ServedRun(
-                    one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",
-                    many=f"""SELECT {_STORED} FROM {table}
-                        WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))) ORDER BY entity_id""",
-                    constants=row,
-                )
-        runs[model] = run
-    return runs[model]
+#: Per open connection (weak keys: an entry goes with its connection).
+_READERS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, _Reader] = weakref.WeakKeyDictionary()
+_SETTINGS = """SELECT current_setting('enable_external_access'),
+    current_setting('dynamic_or_filter_threshold'), current_setting('index_scan_max_count')"""
+
+
+def _reader(con: duckdb.DuckDBPyConnection) -> _Reader:
+    reader = _READERS.get(con)
+    if reader is None:
+        external, pushed, indexed = con.execute(_SETTINGS).fetchall()[0]
+        reader = _Reader(pinned=not external, chunk=max(1, min(int(pushed), int(indexed))))
+        _READERS[con] = reader
+    return reader
+
+
+def _find_run(con: duckdb.DuckDBPyConnection, model: str) -> _ServedRun | None:
+    """`model`'s current run on `con`; None if it serves no row, rows of two runs (a canary), or the file has
+    no run table."""
+    row = con.sql(_ONE_ROW, params={"model": model}).to_arrow_table()
+    run_id = str(row.column("run_id")[0]) if row.num_rows == 1 else None
+    if not run_id or con.execute(_OTHER_RUN, {"model": model, "run_id": run_id}).fetchall():
+        return None
+    table = run_table_name(model, run_id)
+    if not con.execute(_TABLE_EXISTS, {"name": table.strip('"')}).fetchall()[0][0]:
+        return None
+    return _ServedRun(
+        one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",
+        many=f"SELECT {_STORED} FROM {table} WHERE entity_id = ANY(CAST($1 AS VARCHAR[])) ORDER BY entity_id",
+        constants=row,
+    )
+
+
+def _served_run(con: duckdb.DuckDBPyConnection, reader: _Reader, model: str) -> _ServedRun | None:
+    """`model`'s current run on `con`: kept if `con` is pinned to its file, else found again."""
+    if not reader.pinned:
+        return _find_run(con, model)
+    if model not in reader.runs:
+        reader.runs[model] = _find_run(con, model)
+    return reader.runs[model]
 
 
 def _served_models(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -199,9 +236,10 @@ def lookup(
             run_id = _run_at(con, model, at)
             params = {"model": model, "run_id": run_id, "ids": keys}
             return con.sql(_AT, params=params).to_arrow_table()
-        run = _served_run(con, model) if keys else None
+        reader = _reader(con)
+        run = _served_run(con, reader, model) if keys else None
         if run is not None:
-            return run.rows(con, keys)
+            return run.rows(con, keys, reader.chunk)
         table = con.sql(_LOOKUP, params={"model": model, "ids": keys}).to_arrow_table()
         if table.num_rows == 0:  # nothing found: say so if the model itself is not served
             served = _served_models(con)

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -89,36 +90,41 @@ class _ServedRun:
     many: str  # of a list of ids, once each, in entity id order: probed through the ART index
     constants: pa.Table  # one row of the view: its columns, in its order, and the run's constants
 
-    def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str], chunk: int) -> pa.Table:
-        """The view's rows for `keys`: the table's stored columns with the constants alongside.
+    @cached_property
+    def _row_type(self) -> pa.StructType:
+        """The stored columns as one struct: one row converts in one call (half the time of one a column)."""
+        return pa.struct([self.constants.schema.field(n) for n in STORED_COLUMNS])
 
-        Many ids go `chunk` at a time, sorted and distinct: each chunk is small enough for DuckDB to probe
-        the index (see `_Reader.chunk`), and sorted chunks concatenated are in entity id order.
-        """
+    @cached_property
+    def _layout(self) -> list[int | pa.ChunkedArray]:
+        """Each column of the view: the position of a stored column, or the constant's one-row column."""
+        names = self.constants.schema.names
+        return [STORED_COLUMNS.index(n) if n in STORED_COLUMNS else self.constants.column(n) for n in names]
+
+    def one_row(self, con: duckdb.DuckDBPyConnection, key: str) -> pa.Table:
+        """The view's row of `key` (none if not served): its values as Python objects, then Arrow arrays
+        (DuckDB's Arrow export of one row costs more than the lookup). Entity ids are unique in a run
+        (duplicates are quarantined before scoring), so one row at most."""
+        found = con.execute(self.one, [key]).fetchall()  # not fetchone: it leaves the result open
+        if not found:
+            return self.constants.slice(0, 0)
+        stored = pa.array(found, self._row_type).flatten()
+        columns = [stored[c] if isinstance(c, int) else c for c in self._layout]
+        return pa.Table.from_arrays(columns, schema=self.constants.schema)
+
+    def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str], chunk: int) -> pa.Table:
+        """The view's rows for `keys`, sorted and distinct, `chunk` ids a query: each chunk is small enough
+        for DuckDB to probe the index (see `_Reader.chunk`), and sorted chunks concatenated are in entity id
+        order. The table's stored columns, with the constants alongside."""
+        ordered = sorted(set(keys))
+        parts = [
+            con.sql(self.many, params=[ordered[i : i + chunk]]).to_arrow_table()
+            for i in range(0, len(ordered), chunk)
+        ]
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        constants = self.constants.take(pa.array([0] * table.num_rows, pa.int64()))  # once per row found
         schema = self.constants.schema
-        stored: dict[str, pa.Array | pa.ChunkedArray]
-        if len(keys) == 1:  # Python values, not DuckDB's Arrow export: that costs more than the lookup
-            found = con.execute(self.one, [keys[0]]).fetchall()
-            stored = {
-                n: pa.array([r[i] for r in found], schema.field(n).type) for i, n in enumerate(STORED_COLUMNS)
-            }
-            count = len(found)
-        else:
-            ordered = sorted(set(keys))
-            parts = [
-                con.sql(self.many, params=[ordered[i : i + chunk]]).to_arrow_table()
-                for i in range(0, len(ordered), chunk)
-            ]
-            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-            stored, count = {n: table.column(n) for n in STORED_COLUMNS}, table.num_rows
-        constants = (  # the one row, once per row found (mostly once: no copy)
-            self.constants
-            if count == 1
-            else self.constants.slice(0, 0)
-            if count == 0
-            else self.constants.take(pa.array([0] * count, pa.int64()))
-        )
-        columns = [stored[n] if n in stored else constants.column(n) for n in schema.names]
+        columns = [table.column(n) if n in STORED_COLUMNS else constants.column(n) for n in schema.names]
         return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -239,7 +245,7 @@ def lookup(
         reader = _reader(con)
         run = _served_run(con, reader, model) if keys else None
         if run is not None:
-            return run.rows(con, keys, reader.chunk)
+            return run.one_row(con, keys[0]) if len(keys) == 1 else run.rows(con, keys, reader.chunk)
         table = con.sql(_LOOKUP, params={"model": model, "ids": keys}).to_arrow_table()
         if table.num_rows == 0:  # nothing found: say so if the model itself is not served
             served = _served_models(con)

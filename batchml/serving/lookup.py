@@ -50,6 +50,17 @@ _OTHER_RUN = "SELECT 1 FROM predictions WHERE model = $model AND run_id <> $run_
 _STORED = ", ".join(STORED_COLUMNS)
 _TABLE_EXISTS = """SELECT count(*) FROM duckdb_tables()
     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
+_INDEXED = """SELECT count(*) FROM duckdb_indexes()
+    WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
+#: A batch of more distinct ids than this share of the run's rows is one scan of the table, not index probes:
+#: a probe costs ~13 us of CPU per id and a scan ~65 ns per row (10M rows, DuckDB 2.0, loaded machine), so
+#: they cross near 0.5% (measured: 30k ids of 10M probed 1.4x faster than a scan, 100k ids 2x slower).
+SCAN_SHARE = 0.005
+#: DuckDB loads the ART nodes a probe touches into the connection's memory and keeps them: ~40 bytes per row
+#: once a batch has touched them all (3.9 GB for a 100M-row run). A reader whose memory limit (2 GB by
+#: default) cannot hold half of that scans instead: probing it ran out of memory at 100M rows.
+ART_BYTES_PER_ROW = 40
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _ALLOWED = "all str ids, or all int ids for integer entity ids (served entity ids are their text)"
 
 
@@ -88,7 +99,9 @@ class _ServedRun:
 
     one: str  # the stored columns of one id
     many: str  # of a list of ids, once each, in entity id order: probed through the ART index
+    scan: str  # the same, read by scanning the table (a join of the ids with every row)
     constants: pa.Table  # one row of the view: its columns, in its order, and the run's constants
+    probes: int  # the most distinct ids a batch probes through the index; more are a scan
 
     @cached_property
     def _row_type(self) -> pa.StructType:
@@ -113,15 +126,20 @@ class _ServedRun:
         return pa.Table.from_arrays(columns, schema=self.constants.schema)
 
     def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str], chunk: int) -> pa.Table:
-        """The view's rows for `keys`, sorted and distinct, `chunk` ids a query: each chunk is small enough
-        for DuckDB to probe the index (see `_Reader.chunk`), and sorted chunks concatenated are in entity id
-        order. The table's stored columns, with the constants alongside."""
+        """The view's rows for `keys`: the table's stored columns, with the constants alongside.
+
+        Up to `probes` distinct ids are sorted and sent `chunk` at a time: each chunk is small enough for
+        DuckDB to probe the index (see `_Reader.chunk`), and sorted chunks concatenated are in entity id
+        order. More ids than that cost less as one scan of the table (see `SCAN_SHARE`)."""
         ordered = sorted(set(keys))
-        parts = [
-            con.sql(self.many, params=[ordered[i : i + chunk]]).to_arrow_table()
-            for i in range(0, len(ordered), chunk)
-        ]
-        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        if len(ordered) > self.probes:
+            table = con.sql(self.scan, params=[ordered]).to_arrow_table()
+        else:
+            parts = [
+                con.sql(self.many, params=[ordered[i : i + chunk]]).to_arrow_table()
+                for i in range(0, len(ordered), chunk)
+            ]
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         constants = self.constants.take(pa.array([0] * table.num_rows, pa.int64()))  # once per row found
         schema = self.constants.schema
         columns = [table.column(n) if n in STORED_COLUMNS else constants.column(n) for n in schema.names]
@@ -140,25 +158,32 @@ class _Reader:
     #: Ids per query of a batch: the most this connection's settings let DuckDB probe through the index
     #: (`run_tables.LOOKUP_CHUNK` on batchml's readers; 50 on a connection with DuckDB's defaults).
     chunk: int
+    memory: float  # the connection's memory limit, bytes
     runs: dict[str, _ServedRun | None] = field(default_factory=dict)
 
 
 #: Per open connection (weak keys: an entry goes with its connection).
 _READERS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, _Reader] = weakref.WeakKeyDictionary()
 _SETTINGS = """SELECT current_setting('enable_external_access'),
-    current_setting('dynamic_or_filter_threshold'), current_setting('index_scan_max_count')"""
+    current_setting('dynamic_or_filter_threshold'), current_setting('index_scan_max_count'),
+    current_setting('memory_limit')"""
 
 
 def _reader(con: duckdb.DuckDBPyConnection) -> _Reader:
     reader = _READERS.get(con)
     if reader is None:
-        external, pushed, indexed = con.execute(_SETTINGS).fetchall()[0]
-        reader = _Reader(pinned=not external, chunk=max(1, min(int(pushed), int(indexed))))
+        external, pushed, indexed, memory = con.execute(_SETTINGS).fetchall()[0]
+        amount, unit = str(memory).split()  # as DuckDB shows it: '1.8 GiB'
+        reader = _Reader(
+            pinned=not external,
+            chunk=max(1, min(int(pushed), int(indexed))),
+            memory=float(amount) * _UNITS.get(unit, 1),
+        )
         _READERS[con] = reader
     return reader
 
 
-def _find_run(con: duckdb.DuckDBPyConnection, model: str) -> _ServedRun | None:
+def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _ServedRun | None:
     """`model`'s current run on `con`; None if it serves no row, rows of two runs (a canary), or the file has
     no run table."""
     row = con.sql(_ONE_ROW, params={"model": model}).to_arrow_table()
@@ -168,19 +193,25 @@ def _find_run(con: duckdb.DuckDBPyConnection, model: str) -> _ServedRun | None:
     table = run_table_name(model, run_id)
     if not con.execute(_TABLE_EXISTS, {"name": table.strip('"')}).fetchall()[0][0]:
         return None
+    (rows,) = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0]  # from the table's metadata
+    indexed = con.execute(_INDEXED, {"name": table.strip('"')}).fetchall()[0][0]
     return _ServedRun(
         one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",
         many=f"SELECT {_STORED} FROM {table} WHERE entity_id = ANY(CAST($1 AS VARCHAR[])) ORDER BY entity_id",
+        scan=f"""SELECT {_STORED} FROM {table}
+            WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))) ORDER BY entity_id""",
         constants=row,
+        # no index (a run too big for it), or one the connection cannot hold: always a scan
+        probes=int(rows * SCAN_SHARE) if indexed and rows * ART_BYTES_PER_ROW <= memory / 2 else 0,
     )
 
 
 def _served_run(con: duckdb.DuckDBPyConnection, reader: _Reader, model: str) -> _ServedRun | None:
     """`model`'s current run on `con`: kept if `con` is pinned to its file, else found again."""
     if not reader.pinned:
-        return _find_run(con, model)
+        return _find_run(con, model, reader.memory)
     if model not in reader.runs:
-        reader.runs[model] = _find_run(con, model)
+        reader.runs[model] = _find_run(con, model, reader.memory)
     return reader.runs[model]
 
 

@@ -141,13 +141,16 @@ def test_readers_name_the_stored_columns_as_the_builder_stores_them() -> None:
 VIEW_ROWS = "SELECT * FROM predictions WHERE entity_id IN (SELECT unnest(?)) ORDER BY entity_id"
 
 
-def test_a_batch_probed_through_the_index_in_chunks_is_the_views_rows(
-    project: batchml.Project, published: batchml.PredictionRun
+@pytest.mark.parametrize("share", [1.0, lookup_module.SCAN_SHARE])
+def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows(
+    project: batchml.Project, published: batchml.PredictionRun, monkeypatch: pytest.MonkeyPatch, share: float
 ) -> None:
-    """Many ids go to the run table's ART index in sorted chunks: the rows are the view's, whatever the
+    """Many ids go to the run table's ART index in sorted chunks (share 1.0: any batch of this 4k-row run)
+    or, beyond `SCAN_SHARE` of its rows, are one scan: either way the rows are the view's, whatever the
     chunk size (here 7 ids a query), for present, absent and repeated ids, and DuckDB probes the index."""
+    monkeypatch.setattr(lookup_module, "SCAN_SHARE", share)
     path = batchml.database_path(project).resolve()
-    config = {**readers.READER_CONFIG, "dynamic_or_filter_threshold": 7}
+    config = {**readers.READER_CONFIG, "dynamic_or_filter_threshold": 7, "memory_limit": "2GB"}
     with duckdb.connect(str(path), read_only=True, config=config) as con:
         sql = "SELECT entity_id FROM predictions ORDER BY entity_id"
         served = [str(r[0]) for r in con.execute(sql).fetchall()]
@@ -158,8 +161,12 @@ def test_a_batch_probed_through_the_index_in_chunks_is_the_views_rows(
         assert table.equals(con.sql(VIEW_ROWS, params=[wanted]).to_arrow_table())
         assert batchml.lookup(con, "default_risk", ["missing-1", "missing-2"]).num_rows == 0
         assert lookup_module._READERS[con].chunk == 7
-        run = lookup_module._find_run(con, "default_risk")
-        assert run is not None
+        run = lookup_module._find_run(con, "default_risk", 2**31)
+        assert run is not None and run.probes == int(len(served) * share)
+        assert lookup_module._READERS[con].memory == pytest.approx(1.8 * 2**30)  # 2GB, as DuckDB shows it
+        index_bytes = len(served) * lookup_module.ART_BYTES_PER_ROW
+        too_small = lookup_module._find_run(con, "default_risk", index_bytes)
+        assert too_small is not None and too_small.probes == 0  # an index it could not hold: a scan
         plan = con.execute(f"EXPLAIN ANALYZE {run.many}", [wanted[:7]]).fetchall()[0][1]
         assert "Index Scan" in plan, plan
     with batchml.connect(project) as con:  # batchml's readers: chunks of LOOKUP_CHUNK ids

@@ -20,7 +20,8 @@ fastest of 3), with the ART index and on a copy of the file with its indexes dro
 still sorted by entity id); then ``--readers`` processes at once on the indexed file, each with its own
 kept-open connection, doing the same point lookups (their p50/p99 merged). ``--serving FILE`` measures an
 existing serving file instead (no setup, no copy): run it with main's venv and this one's for side-by-side
-figures on the same file. Results are printed with the 1-minute load average (the machine may be shared)
+figures on the same file; ``--keep FILE`` only publishes and keeps the file there (a 100M-row file takes
+~5 min to build). Results are printed with the 1-minute load average (the machine may be shared)
 and written to ``<workdir>/serving_<mode>_<rows>.json``.
 """
 

@@ -2,7 +2,7 @@
 
     python benchmarks/serving.py publishes [--rows 1000000] [--publishes 100] [--trees 5] [--workdir ...]
     python benchmarks/serving.py lookups [--rows 10000000] [--points 2000] [--trees 5] [--readers 8]
-                                         [--threads N] [--serving FILE] [--workdir ...]
+                                         [--threads N] [--serving FILE] [--keep FILE] [--workdir ...]
 
 ``publishes`` scores ``--publishes`` distinct runs of the same ``--rows``-row dataset version (each with its
 own content key: a ``max_quarantine_share`` that differs in the 9th decimal, so the same predictions) and
@@ -20,7 +20,8 @@ fastest of 3), with the ART index and on a copy of the file with its indexes dro
 still sorted by entity id); then ``--readers`` processes at once on the indexed file, each with its own
 kept-open connection, doing the same point lookups (their p50/p99 merged). ``--serving FILE`` measures an
 existing serving file instead (no setup, no copy): run it with main's venv and this one's for side-by-side
-figures on the same file. Results are printed with the 1-minute load average (the machine may be shared)
+figures on the same file; ``--keep FILE`` only publishes and keeps the file there (a 100M-row file takes
+~5 min to build). Results are printed with the 1-minute load average (the machine may be shared)
 and written to ``<workdir>/serving_<mode>_<rows>.json``.
 """
 
@@ -340,6 +341,7 @@ def main() -> None:
     parser.add_argument("--serving", type=Path, help="lookups on this serving file (no setup)")
     parser.add_argument("--threads", type=int, default=0, help="reader threads (0: batchml's default)")
     parser.add_argument("--readers", type=int, default=8, help="reader processes at once (0: none)")
+    parser.add_argument("--keep", type=Path, help="lookups: publish, keep the file there, measure nothing")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "child":
@@ -382,6 +384,10 @@ def main() -> None:
             published = run_child(__file__, ["child", "--child", "publish", setup["toml"], setup["dataset"]])
             meta = _meta(args, rows, publish_seconds=published["seconds"], file_mib=published["file_mib"])
             served = batchml.database_path(batchml.Project.open(setup["toml"])).resolve()
+            if args.keep:  # a 100M-row file takes minutes to build: keep it, measure it with --serving
+                shutil.move(served, args.keep)
+                print(f"published in {published['seconds']:.1f} s, kept at {args.keep}")
+                return
             layouts = {"zone maps only": without_indexes(served, args.workdir.resolve()), "ART index": served}
             result = measure_lookups(args, layouts)
             text = report_lookups(result, meta)

@@ -43,6 +43,7 @@ from batchml.serving.prediction_tables import (
     literal,
     prediction_select,
 )
+from batchml.serving.run_tables import LOOKUP_CHUNK
 from batchml.store.storage import Storage
 
 PROTOCOL = "batchml-runs"
@@ -162,6 +163,7 @@ def _lock_down(con: duckdb.DuckDBPyConnection, storage: Storage, paths: list[str
     con.register_filesystem(RunFiles(storage, set(paths)))
     con.execute("SET parquet_metadata_cache = true")  # run files never change: parse each footer once
     con.execute("SET allowed_paths = ?", [[uri(p) for p in paths]])
+    con.execute(f"SET dynamic_or_filter_threshold = {LOOKUP_CHUNK}")  # as plain readers: see READER_CONFIG
     con.execute("SET enable_external_access = false")
     con.execute("SET disabled_filesystems = 'LocalFileSystem'")
     con.execute("SET lock_configuration = true")

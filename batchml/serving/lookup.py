@@ -1,24 +1,26 @@
-"""Batch and point lookup: the served predictions of entity ids in one query, as an Arrow table.
+"""Batch and point lookup: the served predictions of entity ids, as an Arrow table.
 
-The ids reach DuckDB as parameters (one list: `unnest($1)`), so they are never SQL text and the reader
+The ids reach DuckDB as parameters (one list: `= ANY($1)`), so they are never SQL text and the reader
 connection needs no file access and no registered object: it stays locked down (`enable_external_access =
-false`, `lock_configuration = true`). Many ids: one query over the model's run table, whatever their number;
-one id: `entity_id = $1`, one leaf of the run table's ART index, its row fetched as Python values (DuckDB's
-Arrow export of one row costs more than the lookup).
+false`, `lock_configuration = true`). One id: `entity_id = $1`, one leaf of the run table's ART index, its
+row fetched as Python values (DuckDB's Arrow export of one row costs more than the lookup). Many ids: sorted,
+once each, in chunks that DuckDB probes through the same index (`_Reader.chunk`), so a batch costs its ids,
+not the table: one query over the whole table would scan all of its rows (100M rows: ~10 s a batch).
 
 Both read the model's run table itself, not the `predictions` view: the view's constant columns and its
 model filter cost DuckDB more to bind and optimize than the lookup costs to run (a third of a point lookup).
-The run's constants are read once per connection and model (one row of the view) and added as Arrow
-columns: the result is the view's, column for column. A file without the run table, a model without rows,
-or one served by two runs (a canary arm beside the control run) is asked through the view.
+The run's constants are read with the run (one row of the view) and added as Arrow columns: the result is
+the view's, column for column. A file without the run table, a model without rows, or one served by two
+runs (a canary arm beside the control run) is asked through the view, in one query.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -48,6 +50,17 @@ _OTHER_RUN = "SELECT 1 FROM predictions WHERE model = $model AND run_id <> $run_
 _STORED = ", ".join(STORED_COLUMNS)
 _TABLE_EXISTS = """SELECT count(*) FROM duckdb_tables()
     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
+_INDEXED = """SELECT count(*) FROM duckdb_indexes()
+    WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
+#: A batch of more distinct ids than this share of the run's rows is one scan of the table, not index probes:
+#: a probe costs ~13 us of CPU per id and a scan ~65 ns per row (10M rows, DuckDB 2.0, loaded machine), so
+#: they cross near 0.5% (measured: 30k ids of 10M probed 1.4x faster than a scan, 100k ids 2x slower).
+SCAN_SHARE = 0.005
+#: DuckDB loads the ART nodes a probe touches into the connection's memory and keeps them: ~40 bytes per row
+#: once a batch has touched them all (3.9 GB for a 100M-row run). A reader whose memory limit (2 GB by
+#: default) cannot hold half of that scans instead: probing it ran out of memory at 100M rows.
+ART_BYTES_PER_ROW = 40
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _ALLOWED = "all str ids, or all int ids for integer entity ids (served entity ids are their text)"
 
 
@@ -85,60 +98,121 @@ class _ServedRun:
     """A model's current run in one serving file: its table's queries and its constants (one row)."""
 
     one: str  # the stored columns of one id
-    many: str  # of many ids, once each, in entity id order
+    many: str  # of a list of ids, once each, in entity id order: probed through the ART index
+    scan: str  # the same, read by scanning the table (a join of the ids with every row)
     constants: pa.Table  # one row of the view: its columns, in its order, and the run's constants
+    probes: int  # the most distinct ids a batch probes through the index; more are a scan
 
-    def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> pa.Table:
-        """The view's rows for `keys`: the table's stored columns with the constants alongside."""
-        schema = self.constants.schema
-        stored: dict[str, pa.Array | pa.ChunkedArray]
-        if len(keys) == 1:  # Python values, not DuckDB's Arrow export: that costs more than the lookup
-            found = con.execute(self.one, [keys[0]]).fetchall()
-            stored = {
-                n: pa.array([r[i] for r in found], schema.field(n).type) for i, n in enumerate(STORED_COLUMNS)
-            }
-            count = len(found)
+    @cached_property
+    def _row_type(self) -> pa.StructType:
+        """The stored columns as one struct: one row converts in one call (half the time of one a column)."""
+        return pa.struct([self.constants.schema.field(n) for n in STORED_COLUMNS])
+
+    @cached_property
+    def _layout(self) -> list[int | pa.ChunkedArray]:
+        """Each column of the view: the position of a stored column, or the constant's one-row column."""
+        names = self.constants.schema.names
+        return [STORED_COLUMNS.index(n) if n in STORED_COLUMNS else self.constants.column(n) for n in names]
+
+    def one_row(self, con: duckdb.DuckDBPyConnection, key: str) -> pa.Table:
+        """The view's row of `key` (none if not served): its values as Python objects, then Arrow arrays
+        (DuckDB's Arrow export of one row costs more than the lookup). Entity ids are unique in a run
+        (duplicates are quarantined before scoring), so one row at most."""
+        found = con.execute(self.one, [key]).fetchall()  # not fetchone: it leaves the result open
+        if not found:
+            return self.constants.slice(0, 0)
+        stored = pa.array(found, self._row_type).flatten()
+        columns = [stored[c] if isinstance(c, int) else c for c in self._layout]
+        return pa.Table.from_arrays(columns, schema=self.constants.schema)
+
+    def rows(self, con: duckdb.DuckDBPyConnection, keys: list[str], chunk: int) -> pa.Table:
+        """The view's rows for `keys`: the table's stored columns, with the constants alongside.
+
+        Up to `probes` distinct ids are sorted and sent `chunk` at a time: each chunk is small enough for
+        DuckDB to probe the index (see `_Reader.chunk`), and sorted chunks concatenated are in entity id
+        order. More ids than that cost less as one scan of the table (see `SCAN_SHARE`)."""
+        ordered = sorted(set(keys))
+        if len(ordered) > self.probes:
+            table = con.sql(self.scan, params=[ordered]).to_arrow_table()
         else:
-            table = con.sql(self.many, params=[keys]).to_arrow_table()
-            stored, count = {n: table.column(n) for n in STORED_COLUMNS}, table.num_rows
-        constants = (  # the one row, once per row found (mostly once: no copy)
-            self.constants
-            if count == 1
-            else self.constants.slice(0, 0)
-            if count == 0
-            else self.constants.take(pa.array([0] * count, pa.int64()))
-        )
-        columns = [stored[n] if n in stored else constants.column(n) for n in schema.names]
+            parts = [
+                con.sql(self.many, params=[ordered[i : i + chunk]]).to_arrow_table()
+                for i in range(0, len(ordered), chunk)
+            ]
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        constants = self.constants.take(pa.array([0] * table.num_rows, pa.int64()))  # once per row found
+        schema = self.constants.schema
+        columns = [table.column(n) if n in STORED_COLUMNS else constants.column(n) for n in schema.names]
         return pa.Table.from_arrays(columns, schema=schema)
 
 
-#: Per open connection, each model's served run (None: the file has no run table for it, the view answers).
-#: A reader connection reads one serving file, which is never changed once published, for its whole life:
-#: the connection and the model determine the run. Weak keys: an entry goes with its connection.
-_SERVED: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, dict[str, _ServedRun | None]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass
+class _Reader:
+    """What `lookup` keeps about one open connection."""
+
+    #: Whether the connection can never read another serving file: it has no external access (batchml's
+    #: readers, plain and history), so it cannot ATTACH one, and DuckDB refuses to turn that back on. Only
+    #: then is a model's run kept between lookups: a connection that can attach a newer file is asked again
+    #: on every lookup, so it never answers from a run that a publish replaced.
+    pinned: bool
+    #: Ids per query of a batch: the most this connection's settings let DuckDB probe through the index
+    #: (`run_tables.LOOKUP_CHUNK` on batchml's readers; 50 on a connection with DuckDB's defaults).
+    chunk: int
+    memory: float  # the connection's memory limit, bytes
+    runs: dict[str, _ServedRun | None] = field(default_factory=dict)
 
 
-def _served_run(con: duckdb.DuckDBPyConnection, model: str) -> _ServedRun | None:
-    """`model`'s current run on `con` (cached); None if it serves no row, rows of two runs (a canary), or
-    the file has no run table."""
-    runs = _SERVED.setdefault(con, {})
-    if model not in runs:
-        row = con.sql(_ONE_ROW, params={"model": model}).to_arrow_table()
-        run = None
-        run_id = str(row.column("run_id")[0]) if row.num_rows == 1 else None
-        if run_id and not con.execute(_OTHER_RUN, {"model": model, "run_id": run_id}).fetchall():
-            table = run_table_name(model, run_id)
-            if con.execute(_TABLE_EXISTS, {"name": table.strip('"')}).fetchall()[0][0]:
-                run = _ServedRun(
-                    one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",
-                    many=f"""SELECT {_STORED} FROM {table}
-                        WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))) ORDER BY entity_id""",
-                    constants=row,
-                )
-        runs[model] = run
-    return runs[model]
+#: Per open connection (weak keys: an entry goes with its connection).
+_READERS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, _Reader] = weakref.WeakKeyDictionary()
+_SETTINGS = """SELECT current_setting('enable_external_access'),
+    current_setting('dynamic_or_filter_threshold'), current_setting('index_scan_max_count'),
+    current_setting('memory_limit')"""
+
+
+def _reader(con: duckdb.DuckDBPyConnection) -> _Reader:
+    reader = _READERS.get(con)
+    if reader is None:
+        external, pushed, indexed, memory = con.execute(_SETTINGS).fetchall()[0]
+        amount, unit = str(memory).split()  # as DuckDB shows it: '1.8 GiB'
+        reader = _Reader(
+            pinned=not external,
+            chunk=max(1, min(int(pushed), int(indexed))),
+            memory=float(amount) * _UNITS.get(unit, 1),
+        )
+        _READERS[con] = reader
+    return reader
+
+
+def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _ServedRun | None:
+    """`model`'s current run on `con`; None if it serves no row, rows of two runs (a canary), or the file has
+    no run table."""
+    row = con.sql(_ONE_ROW, params={"model": model}).to_arrow_table()
+    run_id = str(row.column("run_id")[0]) if row.num_rows == 1 else None
+    if not run_id or con.execute(_OTHER_RUN, {"model": model, "run_id": run_id}).fetchall():
+        return None
+    table = run_table_name(model, run_id)
+    if not con.execute(_TABLE_EXISTS, {"name": table.strip('"')}).fetchall()[0][0]:
+        return None
+    (rows,) = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0]  # from the table's metadata
+    indexed = con.execute(_INDEXED, {"name": table.strip('"')}).fetchall()[0][0]
+    return _ServedRun(
+        one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",
+        many=f"SELECT {_STORED} FROM {table} WHERE entity_id = ANY(CAST($1 AS VARCHAR[])) ORDER BY entity_id",
+        scan=f"""SELECT {_STORED} FROM {table}
+            WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))) ORDER BY entity_id""",
+        constants=row,
+        # no index (a run too big for it), or one the connection cannot hold: always a scan
+        probes=int(rows * SCAN_SHARE) if indexed and rows * ART_BYTES_PER_ROW <= memory / 2 else 0,
+    )
+
+
+def _served_run(con: duckdb.DuckDBPyConnection, reader: _Reader, model: str) -> _ServedRun | None:
+    """`model`'s current run on `con`: kept if `con` is pinned to its file, else found again."""
+    if not reader.pinned:
+        return _find_run(con, model, reader.memory)
+    if model not in reader.runs:
+        reader.runs[model] = _find_run(con, model, reader.memory)
+    return reader.runs[model]
 
 
 def _served_models(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -199,9 +273,10 @@ def lookup(
             run_id = _run_at(con, model, at)
             params = {"model": model, "run_id": run_id, "ids": keys}
             return con.sql(_AT, params=params).to_arrow_table()
-        run = _served_run(con, model) if keys else None
+        reader = _reader(con)
+        run = _served_run(con, reader, model) if keys else None
         if run is not None:
-            return run.rows(con, keys)
+            return run.one_row(con, keys[0]) if len(keys) == 1 else run.rows(con, keys, reader.chunk)
         table = con.sql(_LOOKUP, params={"model": model, "ids": keys}).to_arrow_table()
         if table.num_rows == 0:  # nothing found: say so if the model itself is not served
             served = _served_models(con)

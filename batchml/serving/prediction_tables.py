@@ -66,6 +66,12 @@ PREDICTION_SCHEMA = [
 #: The columns stored per row (the others are the run's constants) and how they are read from run files.
 STORED = tuple(STORED_TYPES)
 STORED_SCHEMA = list(STORED_TYPES.items())
+#: Stored as they are, not compressed: a lookup through the ART index fetches each row it finds on its own,
+#: and DuckDB decodes a compressed segment (DICT_FSST strings, ALPRD doubles) for every row fetched that way:
+#: ~10-25 us per row and column, 5-20x an uncompressed fetch. That made an index lookup of 2,048 ids cost
+#: ~55 ms instead of ~8 ms (10M rows; see README "Serving benchmark"); the file grows by ~27%. The nested
+#: reasons and flags stay compressed (mostly empty: RLE).
+UNCOMPRESSED = ("entity_id", "prediction", "predicted_class", "input_hash")
 #: The run's constants, the same for every row (literals in the views, not stored).
 CONSTANTS = ("model", "model_version", "dataset_version", "code_version", "run_id", "scored_at")
 _READ = "CAST(entity_id AS VARCHAR) AS entity_id, prediction, predicted_class, input_hash, reasons, flags"
@@ -207,7 +213,10 @@ def run_files_sql(storage: Storage, runs: list[PredictionRun], verify: bool) -> 
 
 
 def _create_run_table(con: duckdb.DuckDBPyConnection, run: PredictionRun) -> None:
-    columns = ", ".join(f"{name} {kind}" for name, kind in STORED_SCHEMA)
+    columns = ", ".join(
+        f"{name} {kind}" + (" USING COMPRESSION uncompressed" if name in UNCOMPRESSED else "")
+        for name, kind in STORED_SCHEMA
+    )
     con.execute(f"CREATE TABLE {run_table(run)} ({columns})")
 
 

@@ -17,6 +17,7 @@ import duckdb
 from batchml.errors import BatchMLError, ConfigError, NotFoundError, QueryTimeoutError, ReadOnlyError
 from batchml.serving.pointer import SERVING_FILE as SERVING_FILE  # re-exported: where readers look
 from batchml.serving.pointer import serving_path
+from batchml.serving.run_tables import LOOKUP_CHUNK
 
 if TYPE_CHECKING:
     from batchml.project import Project
@@ -25,7 +26,14 @@ T = TypeVar("T")
 
 #: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
 #: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
-READER_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+#: `dynamic_or_filter_threshold`: a join with up to that many distinct keys on one side (a batch lookup's
+#: ids) hands them to the other side's table scan as a filter, which the scan answers through the ART index
+#: on entity_id instead of reading the whole table (DuckDB's default: 50 keys; see `run_tables`).
+READER_CONFIG: dict[str, bool | int] = {
+    "enable_external_access": False,
+    "lock_configuration": True,
+    "dynamic_or_filter_threshold": LOOKUP_CHUNK,
+}
 #: Default caps of a reader connection: one runaway query must not take the memory or every core of the host
 #: that serves predictions (DuckDB's own defaults are 80% of RAM and all cores).
 READER_MEMORY_LIMIT = "2GB"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pytest
 
 import batchml
 from batchml.errors import DataError, InvalidNameError, NotFoundError
-from batchml.serving import prediction_tables, run_tables
+from batchml.serving import lookup as lookup_module
+from batchml.serving import prediction_tables, readers, run_tables
 from tests.scoring.test_reasons import configure
 from tests.serving.test_serving import second_run
 
@@ -134,3 +136,81 @@ def test_a_history_reader_answers_one_id_from_the_attached_serving_file(
 
 def test_readers_name_the_stored_columns_as_the_builder_stores_them() -> None:
     assert run_tables.STORED_COLUMNS == prediction_tables.STORED
+
+
+VIEW_ROWS = "SELECT * FROM predictions WHERE entity_id IN (SELECT unnest(?)) ORDER BY entity_id"
+
+
+@pytest.mark.parametrize("share", [1.0, lookup_module.SCAN_SHARE])
+def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows(
+    project: batchml.Project, published: batchml.PredictionRun, monkeypatch: pytest.MonkeyPatch, share: float
+) -> None:
+    """Many ids go to the run table's ART index in sorted chunks (share 1.0: any batch of this 4k-row run)
+    or, beyond `SCAN_SHARE` of its rows, are one scan: either way the rows are the view's, whatever the
+    chunk size (here 7 ids a query), for present, absent and repeated ids, and DuckDB probes the index."""
+    monkeypatch.setattr(lookup_module, "SCAN_SHARE", share)
+    path = batchml.database_path(project).resolve()
+    config = {**readers.READER_CONFIG, "dynamic_or_filter_threshold": 7, "memory_limit": "2GB"}
+    with duckdb.connect(str(path), read_only=True, config=config) as con:
+        sql = "SELECT entity_id FROM predictions ORDER BY entity_id"
+        served = [str(r[0]) for r in con.execute(sql).fetchall()]
+        wanted = served[::5][:40]
+        asked = [*reversed(wanted), "missing-1", wanted[3], "L", "~", wanted[3], "missing-0", wanted[-1]]
+        table = batchml.lookup(con, "default_risk", asked)
+        assert table.column("entity_id").to_pylist() == wanted  # once each, in order, absent ids absent
+        assert table.equals(con.sql(VIEW_ROWS, params=[wanted]).to_arrow_table())
+        assert batchml.lookup(con, "default_risk", ["missing-1", "missing-2"]).num_rows == 0
+        assert lookup_module._READERS[con].chunk == 7
+        run = lookup_module._find_run(con, "default_risk", 2**31)
+        assert run is not None and run.probes == int(len(served) * share)
+        assert lookup_module._READERS[con].memory == pytest.approx(1.8 * 2**30)  # 2GB, as DuckDB shows it
+        index_bytes = len(served) * lookup_module.ART_BYTES_PER_ROW
+        too_small = lookup_module._find_run(con, "default_risk", index_bytes)
+        assert too_small is not None and too_small.probes == 0  # an index it could not hold: a scan
+        plan = con.execute(f"EXPLAIN ANALYZE {run.many}", [wanted[:7]]).fetchall()[0][1]
+        assert "Index Scan" in plan, plan
+    with batchml.connect(project) as con:  # batchml's readers: chunks of LOOKUP_CHUNK ids
+        table = batchml.lookup(con, "default_risk", [*served, "missing-1", served[0]])
+        assert table.equals(con.sql(VIEW_ROWS, params=[served]).to_arrow_table())
+        assert lookup_module._READERS[con].chunk == run_tables.LOOKUP_CHUNK
+
+
+def test_a_connection_that_can_attach_a_newer_file_answers_from_the_run_it_reads_now(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    """A connection that can ATTACH is never answered from a kept run: after a publish, with the newer file
+    attached in place of the older one on the same connection, a lookup returns the new run's values."""
+    ids = ["L000000042", "L000000043"]
+    with duckdb.connect() as con:
+        con.execute("ATTACH ? AS serving (READ_ONLY)", [str(batchml.database_path(project).resolve())])
+        con.execute("USE serving")
+        for asked in (ids[:1], ids):
+            assert batchml.lookup(con, "default_risk", asked).column("run_id").to_pylist() == [
+                published.run_id
+            ] * len(asked)
+        run = second_run(project)
+        batchml.publish(project, "default_risk", run.run_id)
+        con.execute("USE memory")
+        con.execute("DETACH serving")
+        con.execute("ATTACH ? AS serving (READ_ONLY)", [str(batchml.database_path(project).resolve())])
+        con.execute("USE serving")
+        for asked in (ids[:1], ids):
+            table = batchml.lookup(con, "default_risk", asked)
+            assert table.column("run_id").to_pylist() == [run.run_id] * len(asked)
+            assert table.equals(con.sql(VIEW_ROWS, params=[asked]).to_arrow_table())
+        assert not lookup_module._READERS[con].pinned
+    assert batchml.lookup(project, "default_risk", ids).column("run_id").to_pylist() == [run.run_id] * 2
+
+
+def test_run_tables_store_the_fetched_columns_uncompressed(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    """An index lookup fetches rows one by one; compressed segments would be decoded for each row."""
+    with batchml.connect(project) as con:
+        table = run_tables.run_table_name("default_risk", published.run_id).strip('"')
+        stored = con.execute(
+            "SELECT DISTINCT column_name, compression FROM pragma_storage_info(?) "
+            "WHERE segment_type NOT IN ('VALIDITY')",
+            [table],
+        ).fetchall()
+    assert {c for c, k in stored if k == "Uncompressed"} >= set(prediction_tables.UNCOMPRESSED)

@@ -23,7 +23,7 @@ from batchml import api
 from batchml.cli import app
 from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.scoring import run_checksum
-from batchml.serving import prediction_tables
+from batchml.serving import lookup, prediction_tables
 from batchml.serving.database import build_serving_db
 from batchml.serving.prediction_tables import PREDICTION_SCHEMA
 from batchml.serving.readers import connect_serving
@@ -192,6 +192,11 @@ def test_a_run_too_big_to_index_on_this_machine_is_served_without_the_index(
     sql = "SELECT run_id FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
     assert con.execute(sql).fetchall() == [(run.run_id,)]
     assert batchml.lookup(con, "default_risk", ["L000000042"]).column("run_id").to_pylist() == [run.run_id]
+    # a batch never probes a table without an index in chunks (each chunk would scan it): one scan
+    batch = batchml.lookup(con, "default_risk", ["L000000043", "L000000042", "nobody"])
+    assert batch.column("entity_id").to_pylist() == ["L000000042", "L000000043"]
+    served = lookup._find_run(con, "default_risk", 2**31)
+    assert served is not None and served.probes == 0
 
 
 def test_serving_info_names_the_file_it_is_in(

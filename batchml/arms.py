@@ -14,6 +14,7 @@ versions in `extra_arms`, with a role, and what follows in `after_scoring`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from batchml.data.datasets import DatasetVersion
 from batchml.errors import BatchMLError, ConfigError
 from batchml.models.registry import ModelVersion, Registry
 from batchml.monitoring.drift_reference import reference_profile
+from batchml.monitoring.run_compare import read_run
 from batchml.monitoring.shadow import ShadowScoring, compare_shadow, shadow_versions
 from batchml.project import Project
 from batchml.scoring.engine_choice import choose, load_engine
@@ -107,6 +109,7 @@ def after_scoring(
     spec = project.config.models.get(model)
     config = spec.shadow if spec is not None else ShadowConfig()
     scored = ShadowScoring(served, [], [], {})
+    served_rows = functools.cache(lambda: read_run(project.storage, served))  # read once for every shadow
     for arm, result in zip(arms, results, strict=True):
         if not isinstance(result, PredictionRun):
             scored.failed[arm.version] = str(result)
@@ -115,7 +118,7 @@ def after_scoring(
             scored.canary.update(canary.step(project.storage, model, spec.canary, served, result))
         if SHADOW in arm.roles:
             scored.shadows.append(result)
-            scored.comparisons.append(compare_shadow(project.storage, served, result, config))
+            scored.comparisons.append(compare_shadow(project.storage, served, result, config, served_rows))
     scored.experiment.update(experiments.record_arms(project.storage, model, served, list(results)))
     return scored
 

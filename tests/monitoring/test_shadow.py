@@ -189,3 +189,33 @@ def test_ks_statistic_is_scipys_with_ties_and_unequal_sizes() -> None:
         (rng.integers(0, 5, 100).astype(float), rng.integers(0, 6, 80).astype(float)),
     ]:
         assert run_compare.ks_statistic(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic)
+
+
+def test_top_ids_break_ties_by_entity_id_as_sql_does() -> None:
+    import duckdb
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 20, 500).astype(float) / 10  # many ties at every value
+    ids = [f"L{i:04d}" for i in rng.permutation(500)]
+    runs_table = pa.table({"entity_id": ids, "prediction": values, "predicted_class": ["x"] * 500})
+    for k in (1, 7, 60, 499, 500, 900):
+        want = duckdb.sql(f"SELECT entity_id FROM runs_table ORDER BY prediction DESC, entity_id LIMIT {k}")
+        assert sorted(run_compare.top_ids(runs_table, k).to_pylist()) == sorted(r[0] for r in want.fetchall())
+
+
+def test_per_entity_measures_join_runs_of_other_rows_or_order() -> None:
+    import pyarrow as pa
+
+    old = pa.table({"entity_id": ["a", "b", "c"], "prediction": [0.1, 0.6, 0.9],
+                    "predicted_class": ["no", "yes", "yes"]})  # fmt: skip
+    same = run_compare._per_entity(old, old)
+    assert same == (3, 0.0, 0.0)
+    shuffled = old.take([2, 0, 1])
+    assert run_compare._per_entity(shuffled, old) == same  # joined by entity id, not by position
+    fewer = pa.table({"entity_id": ["c", "a", "z"], "prediction": [0.4, 0.1, 0.5],
+                      "predicted_class": ["no", None, "yes"]})  # fmt: skip
+    common, flips, delta = run_compare._per_entity(fewer, old)
+    assert (common, flips, delta) == (2, pytest.approx(1.0), pytest.approx(0.25))
+    aligned = run_compare._per_entity(fewer.take([1, 0]), old.take([0, 2]))  # same rows, same order
+    assert aligned == (2, pytest.approx(1.0), pytest.approx(0.25))

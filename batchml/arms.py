@@ -15,8 +15,13 @@ versions in `extra_arms`, with a role, and what follows in `after_scoring`.
 from __future__ import annotations
 
 import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
+
+import pyarrow as pa
 
 from batchml.config import ShadowConfig
 from batchml.data import datasets
@@ -109,7 +114,6 @@ def after_scoring(
     spec = project.config.models.get(model)
     config = spec.shadow if spec is not None else ShadowConfig()
     scored = ShadowScoring(served, [], [], {})
-    served_rows = functools.cache(lambda: read_run(project.storage, served))  # read once for every shadow
     for arm, result in zip(arms, results, strict=True):
         if not isinstance(result, PredictionRun):
             scored.failed[arm.version] = str(result)
@@ -118,7 +122,19 @@ def after_scoring(
             scored.canary.update(canary.step(project.storage, model, spec.canary, served, result))
         if SHADOW in arm.roles:
             scored.shadows.append(result)
-            scored.comparisons.append(compare_shadow(project.storage, served, result, config, served_rows))
+    lock = threading.Lock()
+    served_table = functools.cache(lambda: read_run(project.storage, served))
+
+    def served_rows() -> pa.Table:  # read once, by the first comparison that needs it
+        with lock:
+            return served_table()
+
+    def compare(run: PredictionRun) -> dict[str, Any]:
+        return compare_shadow(project.storage, served, run, config, served_rows)
+
+    # Side by side: sorting, Arrow and DuckDB release the GIL (each comparison is mostly single-threaded).
+    with ThreadPoolExecutor(max(1, min(len(scored.shadows), os.cpu_count() or 1))) as pool:
+        scored.comparisons.extend(pool.map(compare, scored.shadows))
     scored.experiment.update(experiments.record_arms(project.storage, model, served, list(results)))
     return scored
 

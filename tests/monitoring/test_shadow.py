@@ -219,3 +219,31 @@ def test_per_entity_measures_join_runs_of_other_rows_or_order() -> None:
     assert (common, flips, delta) == (2, pytest.approx(1.0), pytest.approx(0.25))
     aligned = run_compare._per_entity(fewer.take([1, 0]), old.take([0, 2]))  # same rows, same order
     assert aligned == (2, pytest.approx(1.0), pytest.approx(0.25))
+
+
+def test_several_shadows_are_compared_side_by_side_each_with_its_own_record(
+    make_project: Callable[..., batchml.Project], loans_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(
+        PROJECT_TOML.format(source=loans_csv) + "\n[models.default_risk.shadow]\nversions = [3, 2]\n"
+    )
+    batchml.snapshot_dataset(project, "loans")
+    batchml.promote(project, "default_risk", batchml.train(project, "default_risk").version, reason="first")
+    for leaves in (4, 8):
+        batchml.train(project, "default_risk", params={"num_leaves": leaves, "num_iterations": 10})
+    served_reads: list[str] = []
+    original = run_compare.read_run
+
+    def counted(storage: Any, run: batchml.PredictionRun) -> Any:
+        served_reads.append(run.run_id)
+        return original(storage, run)
+
+    monkeypatch.setattr("batchml.arms.read_run", counted)
+    result = batchml.api.score_with_shadows(project, "default_risk")
+    assert [r.manifest["model_version"] for r in result.shadows] == [3, 2]
+    assert [c["shadow_run_id"] for c in result.comparisons] == [r.run_id for r in result.shadows]
+    assert served_reads == [result.served.run_id]  # the served run is read once for both comparisons
+    for shadow_run, record in zip(result.shadows, result.comparisons, strict=True):
+        share = project.config.models["default_risk"].shadow.top_share
+        alone = run_compare.compare_runs(project.storage, shadow_run, result.served, top_share=share)
+        assert record["psi"] == alone["psi"] and record["top_k_overlap"] == alone["top_k_overlap"]

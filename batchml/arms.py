@@ -14,6 +14,7 @@ versions in `extra_arms`, with a role, and what follows in `after_scoring`.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import threading
@@ -133,8 +134,10 @@ def after_scoring(
         return compare_shadow(project.storage, served, run, config, served_rows)
 
     # Side by side: sorting, Arrow and DuckDB release the GIL (each comparison is mostly single-threaded).
+    # Each in a copy of this context, so the records and alerts it writes name this flow run (provenance).
+    contexts = [contextvars.copy_context() for _ in scored.shadows]
     with ThreadPoolExecutor(max(1, min(len(scored.shadows), os.cpu_count() or 1))) as pool:
-        scored.comparisons.extend(pool.map(compare, scored.shadows))
+        scored.comparisons.extend(pool.map(lambda c, run: c.run(compare, run), contexts, scored.shadows))
     scored.experiment.update(experiments.record_arms(project.storage, model, served, list(results)))
     return scored
 

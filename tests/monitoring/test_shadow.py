@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 import batchml
+from batchml import provenance
 from batchml.errors import ConfigError
 from batchml.monitoring import alerts, run_compare, shadow
 from batchml.scoring import runs, together
@@ -126,7 +127,8 @@ def test_divergence_beyond_a_limit_is_one_alert(
         loans_csv,
         "max_mean_abs_delta = 0.0\nmax_psi = 100.0\nmax_ks = 1.0\nmax_flip_rate = 1.0\n",
     )
-    result = batchml.api.score_with_shadows(project, "default_risk")
+    with provenance.flow_run("flow-run-7"):  # compared on a pool thread: the alert still names the flow run
+        result = batchml.api.score_with_shadows(project, "default_risk")
     (record,) = result.comparisons
     (divergence,) = record["divergences"]  # only the limit it is beyond
     assert (
@@ -138,6 +140,7 @@ def test_divergence_beyond_a_limit_is_one_alert(
     (alert,) = alerts.list_alerts(project.storage, "default_risk")
     assert alert["kind"] == "shadow_divergence" and alert["version"] == 2
     assert alert["run_id"] == result.shadows[0].run_id and "diverges from served v1" in alert["detail"]
+    assert alert["flow_run_id"] == "flow-run-7"
 
 
 def test_shadow_limits_are_checked_by_the_config(

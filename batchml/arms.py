@@ -14,8 +14,15 @@ versions in `extra_arms`, with a role, and what follows in `after_scoring`.
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
+
+import pyarrow as pa
 
 from batchml.config import ShadowConfig
 from batchml.data import datasets
@@ -23,6 +30,7 @@ from batchml.data.datasets import DatasetVersion
 from batchml.errors import BatchMLError, ConfigError
 from batchml.models.registry import ModelVersion, Registry
 from batchml.monitoring.drift_reference import reference_profile
+from batchml.monitoring.run_compare import read_run
 from batchml.monitoring.shadow import ShadowScoring, compare_shadow, shadow_versions
 from batchml.project import Project
 from batchml.scoring.engine_choice import choose, load_engine
@@ -115,7 +123,21 @@ def after_scoring(
             scored.canary.update(canary.step(project.storage, model, spec.canary, served, result))
         if SHADOW in arm.roles:
             scored.shadows.append(result)
-            scored.comparisons.append(compare_shadow(project.storage, served, result, config))
+    lock = threading.Lock()
+    served_table = functools.cache(lambda: read_run(project.storage, served))
+
+    def served_rows() -> pa.Table:  # read once, by the first comparison that needs it
+        with lock:
+            return served_table()
+
+    def compare(run: PredictionRun) -> dict[str, Any]:
+        return compare_shadow(project.storage, served, run, config, served_rows)
+
+    # Side by side: sorting, Arrow and DuckDB release the GIL (each comparison is mostly single-threaded).
+    # Each in a copy of this context, so the records and alerts it writes name this flow run (provenance).
+    contexts = [contextvars.copy_context() for _ in scored.shadows]
+    with ThreadPoolExecutor(max(1, min(len(scored.shadows), os.cpu_count() or 1))) as pool:
+        scored.comparisons.extend(pool.map(lambda c, run: c.run(compare, run), contexts, scored.shadows))
     scored.experiment.update(experiments.record_arms(project.storage, model, served, list(results)))
     return scored
 

@@ -1,7 +1,12 @@
 """How one prediction run differs from another: distribution shift, decisions, ranking, per-entity values.
 
-Both runs' Parquet files are hash-checked and read through an in-memory DuckDB. Used by staging (`batchml
-predictions compare`) and by shadow scoring (each shadow run against the served run).
+Both runs' Parquet files are hash-checked and read (entity id, prediction, predicted class) into Arrow
+tables. Used by staging (`batchml predictions compare`) and by shadow scoring (each shadow run against the
+served run).
+
+Runs scored from one read of one dataset version (a shadow and its served run) hold the same entity ids in
+the same order, so the per-entity measures are computed row by row; otherwise the two tables are joined by
+entity id in DuckDB. The top-k sets are found with a partial sort rather than ordering every row.
 """
 
 from __future__ import annotations
@@ -10,12 +15,16 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from batchml.data.stats import population_stability_index
 from batchml.scoring.runs import PredictionRun
 from batchml.store.storage import Storage
 
 DEFAULT_TOP_SHARE = 0.01
+_COLUMNS = ["entity_id", "prediction", "predicted_class"]
 
 
 def _describe(run: PredictionRun, rows: int) -> dict[str, Any]:
@@ -28,10 +37,68 @@ def ks_statistic(expected: np.ndarray, actual: np.ndarray) -> float:
     if not len(expected) or not len(actual):
         return 0.0
     a, b = np.sort(expected), np.sort(actual)
-    points = np.concatenate([a, b])
-    below_a = np.searchsorted(a, points, side="right") / len(a)
-    below_b = np.searchsorted(b, points, side="right") / len(b)
-    return float(np.max(np.abs(below_a - below_b)))
+    gap = 0.0
+    for points in (a, b):  # the gap is largest at a sample point; sorted needles keep the searches local
+        below_a = np.searchsorted(a, points, side="right") / len(a)
+        below_b = np.searchsorted(b, points, side="right") / len(b)
+        gap = max(gap, float(np.max(np.abs(below_a - below_b))))
+    return gap
+
+
+def read_run(storage: Storage, run: PredictionRun) -> pa.Table:
+    """Entity id, prediction and predicted class of every row of `run`, in file order, each file checked
+    against its recorded hash first."""
+    tables = []
+    for entry in run.files:
+        storage.verify(entry)
+        with storage.open_read(entry.path) as f:
+            tables.append(pq.read_table(f, columns=_COLUMNS))
+    return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+
+
+def _per_entity(new: pa.Table, old: pa.Table) -> tuple[int, float | None, float | None]:
+    """(entities both scored, flip rate of the predicted class, mean |difference|) over those entities."""
+    n_ids, o_ids = new.column("entity_id"), old.column("entity_id")
+    if len(n_ids) and n_ids.type == o_ids.type and n_ids.equals(o_ids):  # same rows, same order: no join
+        n_class, o_class = new.column("predicted_class"), old.column("predicted_class")
+        both_null = pc.and_(pc.is_null(n_class), pc.is_null(o_class))
+        distinct = pc.if_else(both_null, False, pc.fill_null(pc.not_equal(n_class, o_class), True))
+        rows = len(n_ids)
+        delta = new.column("prediction").to_numpy() - old.column("prediction").to_numpy()
+        return rows, pc.sum(distinct).as_py() / rows, float(np.mean(np.abs(delta)))
+    con = duckdb.connect()
+    try:
+        con.register("n_run", new)
+        con.register("o_run", old)
+        row = con.execute(
+            "SELECT count(*), avg(CAST(n.predicted_class IS DISTINCT FROM o.predicted_class AS DOUBLE)), "
+            "avg(abs(n.prediction - o.prediction)) FROM n_run n JOIN o_run o USING (entity_id)"
+        ).fetchone()
+    finally:
+        con.close()
+    return row if row else (0, None, None)
+
+
+def top_ids(table: pa.Table, k: int) -> pa.Array:
+    """The entity ids of the `k` highest predictions, ties broken by entity id (smallest first), as
+    `ORDER BY prediction DESC, entity_id LIMIT k` gives them (a NaN prediction counts as +inf)."""
+    ids = table.column("entity_id").combine_chunks()
+    values = table.column("prediction").to_numpy()
+    if k >= len(values):
+        return ids
+    ranked = np.where(np.isnan(values), np.inf, values)
+    kth = np.partition(ranked, len(ranked) - k)[len(ranked) - k]  # the k-th highest value
+    above = ranked > kth
+    tied = ids.filter(pa.array(ranked == kth))
+    chosen = tied.take(pc.sort_indices(tied).slice(0, k - int(above.sum())))
+    return pa.concat_arrays([ids.filter(pa.array(above)), chosen])
+
+
+def _overlap(a: pa.Array, b: pa.Array) -> int:
+    """How many ids of `a` are in `b` (ids are unique in a run); ids of other types compare as text."""
+    if a.type != b.type:
+        a, b = a.cast(pa.string()), b.cast(pa.string())
+    return int(pc.sum(pc.is_in(a, value_set=b)).as_py() or 0)
 
 
 def compare_runs(
@@ -41,35 +108,19 @@ def compare_runs(
     *,
     top: int | None = None,
     top_share: float = 0.0,
+    old_table: pa.Table | None = None,
 ) -> dict[str, Any]:
     """`new` against `old`: PSI and KS of the predictions, flip rate of the predicted class and mean
     |difference| over the entities both scored, and the overlap of their top-k entities (k = `top`, else
-    `top_share` of `old`'s rows, else 1%; ties broken by entity id)."""
-    con = duckdb.connect()
-    try:
-        if not storage.is_local:
-            con.register_filesystem(storage.fs)
-        # Each run's files are read once, into memory; the queries below scan those tables.
-        for name, run in (("n_run", new), ("o_run", old)):
-            con.execute(
-                f"CREATE TEMP TABLE {name} AS "
-                f"SELECT entity_id, prediction, predicted_class FROM {storage.verified_parquet(run.files)}"
-            )
-        n, o = "n_run", "o_run"
-        new_values = con.sql(f"SELECT prediction FROM {n}").fetchnumpy()["prediction"]
-        old_values = con.sql(f"SELECT prediction FROM {o}").fetchnumpy()["prediction"]
-        row = con.execute(
-            "SELECT count(*), avg(CAST(n.predicted_class IS DISTINCT FROM o.predicted_class AS DOUBLE)), "
-            f"avg(abs(n.prediction - o.prediction)) FROM {n} n JOIN {o} o USING (entity_id)"
-        ).fetchone()
-        common, flip_rate, mean_abs_delta = row if row else (0, None, None)
-        k = top or max(1, round((top_share or DEFAULT_TOP_SHARE) * len(old_values)))
-        ranked = "SELECT entity_id FROM {} ORDER BY prediction DESC, entity_id LIMIT {}"
-        overlap = con.execute(
-            f"SELECT count(*) FROM ({ranked.format(n, k)}) JOIN ({ranked.format(o, k)}) USING (entity_id)"
-        ).fetchone()
-    finally:
-        con.close()
+    `top_share` of `old`'s rows, else 1%; ties broken by entity id). `old_table`: `old` as `read_run`
+    gave it (several runs compared with one)."""
+    n_table = read_run(storage, new)
+    o_table = old_table if old_table is not None else read_run(storage, old)
+    new_values = n_table.column("prediction").to_numpy()
+    old_values = o_table.column("prediction").to_numpy()
+    common, flip_rate, mean_abs_delta = _per_entity(n_table, o_table)
+    k = top or max(1, round((top_share or DEFAULT_TOP_SHARE) * len(old_values)))
+    overlap = _overlap(top_ids(n_table, k), top_ids(o_table, k))
     return {
         "new": _describe(new, len(new_values)),
         "old": _describe(old, len(old_values)),
@@ -80,5 +131,5 @@ def compare_runs(
         "flip_rate": flip_rate,
         "mean_abs_delta": mean_abs_delta,
         "top_k": k,
-        "top_k_overlap": (overlap[0] if overlap else 0) / k,
+        "top_k_overlap": overlap / k,
     }

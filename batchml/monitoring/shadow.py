@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -99,10 +100,15 @@ def _folder(model: str) -> str:
 
 
 def compare_shadow(
-    storage: Storage, served: PredictionRun, shadow: PredictionRun, config: DivergenceLimits
+    storage: Storage,
+    served: PredictionRun,
+    shadow: PredictionRun,
+    config: DivergenceLimits,
+    served_rows: Callable[[], pa.Table] | None = None,
 ) -> dict[str, Any]:
     """Compare `shadow` with `served` and record it, or return the record made before; a divergence
-    beyond the limits is recorded as an alert too."""
+    beyond the limits is recorded as an alert too. `served_rows`: gives `served` as `run_compare.read_run`
+    does (read once for several shadows)."""
     if served.manifest["dataset_version"] != shadow.manifest["dataset_version"]:
         raise ValueError(
             f"shadow run {shadow.run_id} scored {shadow.manifest['dataset_version']}, the served run "
@@ -113,7 +119,8 @@ def compare_shadow(
     path = f"{_folder(served.model)}/{ident}.json"
     if storage.exists(path):
         return storage.read_json(path)
-    report = compare_runs(storage, shadow, served, top_share=config.top_share)
+    old_table = served_rows() if served_rows is not None else None
+    report = compare_runs(storage, shadow, served, top_share=config.top_share, old_table=old_table)
     beyond = divergences(report, limits)
     record = {
         "id": ident,

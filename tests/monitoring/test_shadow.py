@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 import batchml
+from batchml import provenance
 from batchml.errors import ConfigError
 from batchml.monitoring import alerts, run_compare, shadow
 from batchml.scoring import runs, together
@@ -126,7 +127,8 @@ def test_divergence_beyond_a_limit_is_one_alert(
         loans_csv,
         "max_mean_abs_delta = 0.0\nmax_psi = 100.0\nmax_ks = 1.0\nmax_flip_rate = 1.0\n",
     )
-    result = batchml.api.score_with_shadows(project, "default_risk")
+    with provenance.flow_run("flow-run-7"):  # compared on a pool thread: the alert still names the flow run
+        result = batchml.api.score_with_shadows(project, "default_risk")
     (record,) = result.comparisons
     (divergence,) = record["divergences"]  # only the limit it is beyond
     assert (
@@ -138,6 +140,7 @@ def test_divergence_beyond_a_limit_is_one_alert(
     (alert,) = alerts.list_alerts(project.storage, "default_risk")
     assert alert["kind"] == "shadow_divergence" and alert["version"] == 2
     assert alert["run_id"] == result.shadows[0].run_id and "diverges from served v1" in alert["detail"]
+    assert alert["flow_run_id"] == "flow-run-7"
 
 
 def test_shadow_limits_are_checked_by_the_config(
@@ -189,3 +192,61 @@ def test_ks_statistic_is_scipys_with_ties_and_unequal_sizes() -> None:
         (rng.integers(0, 5, 100).astype(float), rng.integers(0, 6, 80).astype(float)),
     ]:
         assert run_compare.ks_statistic(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic)
+
+
+def test_top_ids_break_ties_by_entity_id_as_sql_does() -> None:
+    import duckdb
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 20, 500).astype(float) / 10  # many ties at every value
+    ids = [f"L{i:04d}" for i in rng.permutation(500)]
+    runs_table = pa.table({"entity_id": ids, "prediction": values, "predicted_class": ["x"] * 500})
+    for k in (1, 7, 60, 499, 500, 900):
+        want = duckdb.sql(f"SELECT entity_id FROM runs_table ORDER BY prediction DESC, entity_id LIMIT {k}")
+        assert sorted(run_compare.top_ids(runs_table, k).to_pylist()) == sorted(r[0] for r in want.fetchall())
+
+
+def test_per_entity_measures_join_runs_of_other_rows_or_order() -> None:
+    import pyarrow as pa
+
+    old = pa.table({"entity_id": ["a", "b", "c"], "prediction": [0.1, 0.6, 0.9],
+                    "predicted_class": ["no", "yes", "yes"]})  # fmt: skip
+    same = run_compare._per_entity(old, old)
+    assert same == (3, 0.0, 0.0)
+    shuffled = old.take([2, 0, 1])
+    assert run_compare._per_entity(shuffled, old) == same  # joined by entity id, not by position
+    fewer = pa.table({"entity_id": ["c", "a", "z"], "prediction": [0.4, 0.1, 0.5],
+                      "predicted_class": ["no", None, "yes"]})  # fmt: skip
+    common, flips, delta = run_compare._per_entity(fewer, old)
+    assert (common, flips, delta) == (2, pytest.approx(1.0), pytest.approx(0.25))
+    aligned = run_compare._per_entity(fewer.take([1, 0]), old.take([0, 2]))  # same rows, same order
+    assert aligned == (2, pytest.approx(1.0), pytest.approx(0.25))
+
+
+def test_several_shadows_are_compared_side_by_side_each_with_its_own_record(
+    make_project: Callable[..., batchml.Project], loans_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(
+        PROJECT_TOML.format(source=loans_csv) + "\n[models.default_risk.shadow]\nversions = [3, 2]\n"
+    )
+    batchml.snapshot_dataset(project, "loans")
+    batchml.promote(project, "default_risk", batchml.train(project, "default_risk").version, reason="first")
+    for leaves in (4, 8):
+        batchml.train(project, "default_risk", params={"num_leaves": leaves, "num_iterations": 10})
+    served_reads: list[str] = []
+    original = run_compare.read_run
+
+    def counted(storage: Any, run: batchml.PredictionRun) -> Any:
+        served_reads.append(run.run_id)
+        return original(storage, run)
+
+    monkeypatch.setattr("batchml.arms.read_run", counted)
+    result = batchml.api.score_with_shadows(project, "default_risk")
+    assert [r.manifest["model_version"] for r in result.shadows] == [3, 2]
+    assert [c["shadow_run_id"] for c in result.comparisons] == [r.run_id for r in result.shadows]
+    assert served_reads == [result.served.run_id]  # the served run is read once for both comparisons
+    for shadow_run, record in zip(result.shadows, result.comparisons, strict=True):
+        share = project.config.models["default_risk"].shadow.top_share
+        alone = run_compare.compare_runs(project.storage, shadow_run, result.served, top_share=share)
+        assert record["psi"] == alone["psi"] and record["top_k_overlap"] == alone["top_k_overlap"]

@@ -49,7 +49,13 @@ def bucket(salt: str, entity_id: str) -> float:
 def bucket_sql(salt: str, column: str = "entity_id") -> str:
     """`bucket` as a SQL expression over the VARCHAR `column` (DuckDB 1.4 and newer)."""
     quoted = "'" + f"{salt}:".replace("'", "''") + "'"
-    return f"(CAST(('0x' || substr(md5({quoted} || {column}), 1, 8)) AS UBIGINT) / 4294967296.0)"
+    return salted_bucket_sql(quoted, column)
+
+
+def salted_bucket_sql(salted: str, column: str = "entity_id") -> str:
+    """`bucket` as SQL, the salt and its colon given as the SQL expression `salted` (e.g. a column's
+    `salt || ':'`: history readers keep each served arm's salt in a table)."""
+    return f"(CAST(('0x' || substr(md5({salted} || {column}), 1, 8)) AS UBIGINT) / 4294967296.0)"
 
 
 def salt_of(model: str, config: CanaryConfig) -> str:

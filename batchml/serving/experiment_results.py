@@ -46,10 +46,12 @@ def _change_times(storage: Storage, model: str) -> list[datetime]:
     return sorted({datetime.fromisoformat(e["at"]) for events in logs for e in events})
 
 
-def _segments(storage: Storage, model: str) -> list[dict[str, Any]]:
-    """From each event time on: the published run, and the arms served beside it (`arm_of` names them)."""
+def segments(storage: Storage, model: str) -> list[dict[str, Any]]:
+    """From each event time on (`at`, oldest first): the `published` run, and the `arms` served beside it,
+    (variant, run id or None if not scored, bucket from, bucket to) with their `salt` (`arm_of` names them).
+    History readers replay the same segments (`batchml.serving.history_arms`)."""
     timeline = performance.publication_timeline(storage, model)
-    segments = []
+    found = []
     for at in _change_times(storage, model):
         published = timeline.filter(pl.col("at") <= at)["run_id"].to_list()[-1:] or [None]
         segment: dict[str, Any] = {
@@ -69,21 +71,21 @@ def _segments(storage: Storage, model: str) -> list[dict[str, Any]]:
         elif step is not None:
             segment |= {"arm_of": f"canary:{step.variant}:{step.alias_seq}", "salt": step.salt}
             segment["arms"] = [(step.variant, step.run.run_id, 0.0, step.share)]
-        segments.append(segment)
-    return segments
+        found.append(segment)
+    return found
 
 
 def served_arms(storage: Storage, model: str, labels: pl.DataFrame) -> pl.DataFrame:
     """`labels` (entity, label, label_time) with what served each entity then: `run_id` (null: nothing
     published), `variant` (`control` outside an arm) and `arm_of` (the experiment version or canary holding
     whose arms were served; null: none)."""
-    segments = _segments(storage, model)
-    starts = pl.DataFrame({"at": [s["at"] for s in segments], "segment": list(range(len(segments)))},
+    replayed = segments(storage, model)
+    starts = pl.DataFrame({"at": [s["at"] for s in replayed], "segment": list(range(len(replayed)))},
                           schema={"at": _UTC, "segment": pl.Int64})  # fmt: skip
     matched = labels.sort("label_time").join_asof(starts, left_on="label_time", right_on="at")
     run_ids, variants, arm_of = [], [], []
     for entity, index in matched.select("entity", "segment").iter_rows():
-        segment = segments[index] if index is not None else {"published": None, "arms": [], "arm_of": None}
+        segment = replayed[index] if index is not None else {"published": None, "arms": [], "arm_of": None}
         run_id, variant = segment["published"], CONTROL
         if segment["arms"]:
             place = canary.bucket(segment["salt"], entity)

@@ -5,26 +5,32 @@ publish never copies history into it. `batchml.connect(history=True)` opens the 
 read-only and adds, on that connection only (TEMP objects, nothing is written):
 
     history_files                 TABLE: each file of every run in `published_runs`, with its run's constants
-    prediction_history            VIEW: every run in `published_runs`, read from its Parquet files
+    prediction_history            VIEW: every run in `published_runs`, read from its Parquet files (each run
+                                  whole, `variant` NULL: the runs, not what each entity was served)
     past_predictions              VIEW: the same without each model's current run
-    published_run_at(model, at)   MACRO: the run `model` served at time `at` (the `publications` log)
-    prediction_at(model, entity_id, at)  TABLE MACRO: what was served for one entity at time `at`
+    published_run_at(model, at)   MACRO: the run `model` published at time `at` (the `publications` log)
+    prediction_at(model, entity_id, at)  TABLE MACRO: what was served for one entity at time `at`: the
+                                  published run's row (`variant` 'control'), or, for an entity in a canary
+                                  or A/B arm then, the arm run's row with its variant (as `predictions`)
+    served_segments, served_files, served_history, served_arm_at: the arms replayed from the logs and their
+                                  runs' files (`batchml.serving.history_arms`)
 
 Reading one run: `prediction_history` is one scan over every file joined by file name to `history_files`, so
 a query that picks a run (`prediction_at`, `batchml.lookup(..., at=T)`, `WHERE run_id = ...`) filters the
 small side of the join and DuckDB pushes the file names left into the scan as a dynamic filter: it opens only
 that run's files, whatever the history depth. Footers are cached per connection (run files never change).
 
-How a history reader is limited to the run files: it cannot open any path itself. DuckDB's own file system
-is disabled on the connection (`disabled_filesystems = 'LocalFileSystem'`, `enable_external_access = false`),
-and the run files are reached only through `RunFiles`, a read-only fsspec file system registered on the
-connection that opens exactly the files `published_runs` lists (a path outside that list, a listing or a
-write raises PermissionError), and `allowed_paths` names the same files. Then `lock_configuration`: no
-SET can widen it. DuckDB's `allowed_paths` alone would not do: it also lets COPY ... TO overwrite the
-files it allows. One thread per history connection: DuckDB reads a file of a Python file system through one
-handle, which two threads would seek at once. The files are those the serving file names: it is the
-snapshot the reader opened, so history and `predictions` agree. Run files are not re-hashed on connect
-(sha256s are checked when a run is published); history lookups read a run's files as written.
+How a history reader is limited to the run files: it cannot open any path itself. DuckDB's own file system is
+disabled on the connection (`disabled_filesystems = 'LocalFileSystem'`, `enable_external_access = false`), and
+the run files are reached only through `RunFiles`, a read-only fsspec file system registered on the connection
+that opens exactly the files of the runs `published_runs` lists and of the arm runs served beside them
+(`served_files`; a path outside that list, a listing or a write raises PermissionError), and `allowed_paths`
+names the same files. Then `lock_configuration`: no SET can widen it. DuckDB's `allowed_paths` alone would not
+do: it also lets COPY ... TO overwrite the files it allows. One thread per history connection: DuckDB reads a
+file of a Python file system through one handle, which two threads would seek at once. The files are those the
+serving file names (and the arms beside its published runs): it is the snapshot the reader opened, so history
+and `predictions` agree. Run files are not re-hashed on connect (sha256s are checked when a run is published);
+history lookups read a run's files as written.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import duckdb
 import fsspec
 
 from batchml.errors import ConfigError, NotFoundError
+from batchml.serving import history_arms
 from batchml.serving.prediction_tables import (
     CONSTANTS,
     LEGACY_REASONS,
@@ -55,10 +62,6 @@ _PUBLISHED_RUN_AT = """CREATE TEMP MACRO published_run_at(model_name, at_time) A
         SELECT min(seq) FROM publications
         WHERE model = model_name AND "at" > CAST(at_time AS TIMESTAMPTZ)), 9223372036854775807)
     ORDER BY seq DESC LIMIT 1)"""
-_PREDICTION_AT = """CREATE TEMP MACRO prediction_at(model_name, entity, at_time) AS TABLE
-    SELECT * FROM prediction_history
-    WHERE model = model_name AND run_id = published_run_at(model_name, at_time)
-        AND entity_id = CAST(entity AS VARCHAR)"""
 
 
 class RunFiles(fsspec.AbstractFileSystem):
@@ -99,15 +102,14 @@ def uri(relpath: str) -> str:
 
 
 #: Which run each history file belongs to, with the run's constants (a TEMP table of the connection).
-_FILES = f"""CREATE TEMP TABLE history_files (file VARCHAR, {
+_FILES = f"""CREATE TEMP TABLE {{table}} (file VARCHAR, {
     ", ".join(f"{n} {t}" for n, t in PREDICTION_SCHEMA if n in CONSTANTS)
 })"""
 #: Every run's rows with its constants: one scan over all the files, joined to `history_files` by file name.
 #: A query that picks runs (`run_id = ...`, `prediction_at`) filters the small side of the join, and DuckDB
 #: pushes the file names that remain into the scan as a dynamic filter: it opens only those runs' files.
 _JOINED = (
-    "SELECT {columns} FROM read_parquet([{files}], filename = true) h "
-    "JOIN history_files f ON h.filename = f.file"
+    "SELECT {columns} FROM read_parquet([{files}], filename = true) h JOIN {table} f ON h.filename = f.file"
 )
 
 
@@ -126,13 +128,14 @@ def _layouts(con: duckdb.DuckDBPyConnection, uris: list[str]) -> list[list[str]]
     return [sorted(group) for group in groups.values()]
 
 
-#: History replays the published runs, not canary arms: which arm served a row then is not known here.
+#: `prediction_history` holds runs, not what each entity was served: `prediction_at` and `lookup(at=)` set
+#: `variant` as `predictions` does (`batchml.serving.history_arms`).
 NO_VARIANT = "CAST(NULL AS VARCHAR)"
 
 
-def _history_select(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> str:
-    """The body of `prediction_history`: runs of one file layout in one joined scan each (almost always one),
-    runs that store reasons as names only one branch each."""
+def _history_select(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], table: str) -> str:
+    """The rows of runs `rows` (files listed in `table`): runs of one file layout in one joined scan each
+    (almost always one), runs that store reasons as names only one branch each."""
     current = [uri(p) for row in rows if not row["reasons_names_only"] for p in row["files"]]
     columns = ", ".join(
         f"f.{name}"
@@ -144,7 +147,7 @@ def _history_select(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) 
     )
     columns += f", {NO_VARIANT} AS variant"
     branches = [
-        _JOINED.format(columns=columns, files=", ".join(literal(u) for u in group))
+        _JOINED.format(columns=columns, table=table, files=", ".join(literal(u) for u in group))
         for group in _layouts(con, current)
     ]
     for row in rows:  # runs that store reasons as names only: converted, as in the serving file
@@ -169,6 +172,14 @@ def _lock_down(con: duckdb.DuckDBPyConnection, storage: Storage, paths: list[str
     con.execute("SET lock_configuration = true")
 
 
+def _add_runs(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
+    """The TEMP table `table`: each file of the runs `rows`, with its run's constants."""
+    con.execute(_FILES.format(table=table))
+    files = [[uri(p), *(row[n] for n in CONSTANTS)] for row in rows for p in row["files"]]
+    if files:
+        con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * (len(CONSTANTS) + 1))})", files)
+
+
 def connect_history(path: Path, storage: Storage, *, memory_limit: str) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the serving file `path` where the history views and macros work."""
     # The file attached to an in-memory database, not opened directly: DuckDB refuses a second connection to a
@@ -180,20 +191,24 @@ def connect_history(path: Path, storage: Storage, *, memory_limit: str) -> duckd
         result = con.execute("SELECT * FROM published_runs ORDER BY model, scored_at, run_id")
         columns = [d[0] for d in result.description or []]
         rows = [dict(zip(columns, r, strict=True)) for r in result.fetchall()]
-        _lock_down(con, storage, [p for row in rows for p in row["files"]])
-        con.execute(_FILES)
-        files = [[uri(p), *(row[n] for n in CONSTANTS)] for row in rows for p in row["files"]]
-        if files:
-            con.executemany(
-                f"INSERT INTO history_files VALUES ({', '.join('?' * (len(CONSTANTS) + 1))})", files
-            )
-        con.execute(f"CREATE TEMP VIEW prediction_history AS {_history_select(con, rows)}")
+        segments = history_arms.segment_rows(storage, sorted({str(r["model"]) for r in rows}))
+        arms = history_arms.arm_runs(storage, segments, {str(r["run_id"]) for r in rows})
+        _lock_down(con, storage, [p for row in rows + arms for p in row["files"]])
+        _add_runs(con, "history_files", rows)
+        con.execute(f"CREATE TEMP VIEW prediction_history AS {_history_select(con, rows, 'history_files')}")
+        _add_runs(con, "served_files", arms)
+        served = f" UNION ALL {_history_select(con, arms, 'served_files')}" if arms else ""
+        con.execute(f"CREATE TEMP VIEW served_history AS SELECT * FROM prediction_history{served}")
         con.execute(
             "CREATE TEMP VIEW past_predictions AS SELECT * FROM prediction_history "
             "WHERE run_id NOT IN (SELECT run_id FROM runs WHERE published)"
         )
+        con.execute(history_arms.SEGMENTS_TABLE)
+        if segments:
+            con.executemany(f"INSERT INTO served_segments VALUES ({', '.join('?' * 9)})", segments)
         con.execute(_PUBLISHED_RUN_AT)
-        con.execute(_PREDICTION_AT)
+        con.execute(history_arms.ARM_AT)
+        con.execute(history_arms.PREDICTION_AT)
     except duckdb.CatalogException as exc:
         con.close()
         raise ConfigError(

@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 _LOOKUP = """SELECT * FROM predictions
     WHERE model = $model AND entity_id IN (SELECT unnest(CAST($ids AS VARCHAR[])))
     ORDER BY entity_id"""
-#: The same from one run's files: picking the run lets the history scan open only that run's files.
-_AT = """SELECT * FROM prediction_history
-    WHERE model = $model AND run_id = $run_id AND entity_id IN (SELECT unnest(CAST($ids AS VARCHAR[])))
-    ORDER BY entity_id"""
 #: One row of the view: the run's constants (the same on every row of the model) and the columns' order.
 _ONE_ROW = "SELECT * FROM predictions WHERE model = $model LIMIT 1"
 #: Another run serving rows of the model (a canary arm beside the control run): then the view answers. Cheap:
@@ -226,10 +222,21 @@ def _is_history(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(con.execute(sql).fetchall()[0][0])
 
 
-def _run_at(con: duckdb.DuckDBPyConnection, model: str, at: datetime | str) -> str:
-    """The run `model` served at `at`, on a history connection."""
+def _served_at(con: duckdb.DuckDBPyConnection, model: str, keys: list[str], at: datetime | str) -> pa.Table:
+    """The rows `model` served to `keys` at `at`, on a history connection: from the run published then, or
+    the canary or A/B arm each entity was in (`batchml.serving.history_arms`); each run named, so the scan
+    opens only those runs' files."""
     from batchml.serving.history import run_at
+    from batchml.serving.history_arms import ARMS_AT, served_at_sql
 
+    when = _time(con, at)
+    run_id = run_at(con, model, when)
+    arms = con.execute(ARMS_AT, {"model": model, "run_id": run_id, "at": when}).fetchall()
+    return con.sql(served_at_sql(run_id, arms), params={"model": model, "ids": keys}).to_arrow_table()
+
+
+def _time(con: duckdb.DuckDBPyConnection, at: datetime | str) -> datetime:
+    """`at` as an aware datetime (naive: UTC), on a history connection."""
     if not _is_history(con):
         raise ConfigError("a lookup at a past time needs a history reader: batchml.connect(history=True)")
     when = at
@@ -242,8 +249,7 @@ def _run_at(con: duckdb.DuckDBPyConnection, model: str, at: datetime | str) -> s
             ) from None
     if not isinstance(when, datetime):
         raise DataError(f"time {at!r} is invalid: use an ISO 8601 time or a datetime")
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)  # naive: UTC, as every stored time
-    return run_at(con, model, when)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)  # naive: UTC, as every stored time
 
 
 def lookup(
@@ -270,9 +276,7 @@ def lookup(
     con = source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source, history=history)
     try:
         if at is not None:
-            run_id = _run_at(con, model, at)
-            params = {"model": model, "run_id": run_id, "ids": keys}
-            return con.sql(_AT, params=params).to_arrow_table()
+            return _served_at(con, model, keys, at)
         reader = _reader(con)
         run = _served_run(con, reader, model) if keys else None
         if run is not None:

@@ -30,10 +30,15 @@ def peak_rss_mib() -> float:
     """The peak resident memory of this process so far, in MiB.
 
     It is the process's peak, not the run's: a process that scored a bigger run before reports that peak.
+    On Linux it is `VmHWM`: `ru_maxrss` survives `exec`, so a process started by a bigger one (a worker,
+    a benchmark's child) would report its parent's size at the fork.
     """
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    unit = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
-    return round(peak / unit, 1)
+    try:
+        with open("/proc/self/status") as status:
+            return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration):  # not Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # macOS: bytes
 
 
 class StageClock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import batchml
@@ -59,3 +61,15 @@ def test_a_partitioned_run_sums_its_partitions_stage_seconds(
     assert run.telemetry["wall_seconds"] == max(p["wall_seconds"] for p in parts)
     assert run.telemetry["threads"] == sum(p["threads"] for p in parts)
     assert run.telemetry["peak_rss_mib"] == max(p["peak_rss_mib"] for p in parts)
+
+
+def test_peak_rss_is_the_process_own_not_the_parent_it_was_started_by() -> None:
+    """`ru_maxrss` survives exec: a child of a big process (a worker, a benchmark) reported its parent's
+    size. A small child started while this process holds 600 MiB must report far less."""
+    held = bytearray(600 * 1024 * 1024)
+    held[::4096] = b"x" * len(held[::4096])  # touch every page: resident, not just reserved
+    child = subprocess.run(
+        [sys.executable, "-c", "from batchml.scoring.telemetry import peak_rss_mib; print(peak_rss_mib())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert 1 < float(child.stdout) < 300

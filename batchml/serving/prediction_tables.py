@@ -88,11 +88,11 @@ PUBLISHED_RUNS = (
 _EMPTY = "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in PREDICTION_SCHEMA) + " WHERE false"
 _PREVIOUS = "previous"
 #: The reader memory a serving file's indexes must fit together: a reader with the default memory limit.
-#: DuckDB keeps every index node a reader's lookups load, for good (`readers.ART_BYTES_PER_ROW`), so a file
+#: DuckDB keeps every index node a reader's lookups load, for good (`run_tables.ART_BYTES_PER_ROW`), so a file
 #: indexing more rows than that reader can hold (~22M) made it fail after a few thousand point lookups
 #: (100M rows: after ~4,400), and any client's SQL on `entity_id = ...` with it. Runs beyond it are served
 #: without the index: their rows are sorted by entity_id, so a point lookup reads one segment of ~19k rows
-#: through the zone maps (100M rows: p50 ~1.2-1.5 ms instead of ~0.6, in 2 GB instead of 8).
+#: through the zone maps (100M rows: p50 ~1.2-1.5 ms instead of ~0.6 in a reader holding ~4 GB of index).
 INDEX_READER_MEMORY = READER_MEMORY_BYTES
 #: Rows inserted into an indexed run table per transaction, each followed by a checkpoint. DuckDB's bulk
 #: `CREATE INDEX` holds the whole ART in memory and cannot spill it (at 10M rows it failed under 400 MB and

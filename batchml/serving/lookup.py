@@ -6,6 +6,10 @@ false`, `lock_configuration = true`). One id: `entity_id = $1`, one leaf of the 
 row fetched as Python values (DuckDB's Arrow export of one row costs more than the lookup). Many ids: sorted,
 once each, in chunks that DuckDB probes through the same index (`_Reader.chunk`), so a batch costs its ids,
 not the table: one query over the whole table would scan all of its rows (100M rows: ~10 s a batch).
+The index is used only by a connection whose memory limit can hold every index in the file: DuckDB keeps
+what it loads of an index for good (`run_tables.ART_BYTES_PER_ROW`), so a long-lived reader that cannot
+hold them would fail after a few thousand lookups; any other connection finds an id through the zone maps
+of the sorted rows (`_OFF_INDEX`).
 
 Both read the model's run table itself, not the `predictions` view: the view's constant columns and its
 model filter cost DuckDB more to bind and optimize than the lookup costs to run (a third of a point lookup).
@@ -29,7 +33,7 @@ import pyarrow as pa
 from batchml.errors import ConfigError, DataError, NotFoundError
 from batchml.names import check_name
 from batchml.serving.readers import connect
-from batchml.serving.run_tables import STORED_COLUMNS, run_table_name
+from batchml.serving.run_tables import STORED_COLUMNS, index_fits, run_table_name
 
 if TYPE_CHECKING:
     from batchml.project import Project
@@ -48,14 +52,20 @@ _TABLE_EXISTS = """SELECT count(*) FROM duckdb_tables()
     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
 _INDEXED = """SELECT count(*) FROM duckdb_indexes()
     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
+#: The rows of every indexed table in the file: what a reader ends up holding if it reads every run.
+_INDEXED_ROWS = """SELECT coalesce(sum(estimated_size), 0) FROM duckdb_tables() t
+    WHERE database_name = current_database() AND schema_name = 'main' AND EXISTS (
+        SELECT 1 FROM duckdb_indexes() i WHERE i.database_name = t.database_name
+        AND i.schema_name = t.schema_name AND i.table_name = t.table_name)"""
+#: Added to a lookup's filter to keep DuckDB off a run table's index: it scans through an index only when
+#: the scan has exactly one filter (2.0: `TableScanInitGlobal`), and the join of a batch's ids hands its
+#: scan one (`dynamic_or_filter_threshold`). With a second, always true one the sorted rows' zone maps
+#: find the segment of an id instead, and nothing is loaded for good (see `readers.ART_BYTES_PER_ROW`).
+_OFF_INDEX = " AND rowid >= 0"
 #: A batch of more distinct ids than this share of the run's rows is one scan of the table, not index probes:
 #: a probe costs ~13 us of CPU per id and a scan ~65 ns per row (10M rows, DuckDB 2.0, loaded machine), so
 #: they cross near 0.5% (measured: 30k ids of 10M probed 1.4x faster than a scan, 100k ids 2x slower).
 SCAN_SHARE = 0.005
-#: DuckDB loads the ART nodes a probe touches into the connection's memory and keeps them: ~40 bytes per row
-#: once a batch has touched them all (3.9 GB for a 100M-row run). A reader whose memory limit (2 GB by
-#: default) cannot hold half of that scans instead: probing it ran out of memory at 100M rows.
-ART_BYTES_PER_ROW = 40
 _UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _ALLOWED = "all str ids, or all int ids for integer entity ids (served entity ids are their text)"
 
@@ -191,14 +201,17 @@ def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _Ser
         return None
     (rows,) = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0]  # from the table's metadata
     indexed = con.execute(_INDEXED, {"name": table.strip('"')}).fetchall()[0][0]
+    # The index is used only if the connection can hold every index of the file for good: DuckDB never
+    # evicts index memory, so lookups through one it cannot hold fail after a few thousand (and ever after).
+    usable = bool(indexed) and index_fits(con.execute(_INDEXED_ROWS).fetchall()[0][0], memory)
+    off = _OFF_INDEX if indexed and not usable else ""
     return _ServedRun(
-        one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1",
+        one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1{off}",
         many=f"SELECT {_STORED} FROM {table} WHERE entity_id = ANY(CAST($1 AS VARCHAR[])) ORDER BY entity_id",
         scan=f"""SELECT {_STORED} FROM {table}
-            WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))) ORDER BY entity_id""",
+            WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))){off} ORDER BY entity_id""",
         constants=row,
-        # no index (a run too big for it), or one the connection cannot hold: always a scan
-        probes=int(rows * SCAN_SHARE) if indexed and rows * ART_BYTES_PER_ROW <= memory / 2 else 0,
+        probes=int(rows * SCAN_SHARE) if usable else 0,  # no index, or not one to use: always a scan
     )
 
 

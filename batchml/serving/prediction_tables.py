@@ -3,8 +3,8 @@
     run__<model>__<run_id>  the per-row columns (entity_id, prediction, predicted_class, input_hash, reasons,
                             flags) of each model's current published run and of its staged run, sorted by
                             entity_id, with an ART index on entity_id (a point lookup reads one leaf, not a
-                            row group) unless the index would take too much of the machine's memory
-                            (`INDEX_MEMORY_SHARE`; the sorted rows' zone maps serve instead). The run's
+                            row group) while the file's indexes fit a default reader's memory
+                            (`_indexed`; the sorted rows' zone maps serve the others). The run's
                             constants (model, model_version, dataset_version, code_version, run_id,
                             scored_at) are literals in the views below, not stored per row; not VIRTUAL
                             generated columns: DuckDB 1.4 never uses the index of a table that has one
@@ -31,7 +31,6 @@ only saves reading and sorting, and never fails a publish; an edit made to it do
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +50,7 @@ from batchml.scoring.run_checksum import (
 from batchml.scoring.runs import PredictionRun, get_run
 from batchml.serving import canary, experiments
 from batchml.serving.canary import CONTROL, bucket_sql
-from batchml.serving.run_tables import run_table_name
+from batchml.serving.run_tables import READER_MEMORY_BYTES, READER_MEMORY_LIMIT, index_fits, run_table_name
 from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -88,15 +87,13 @@ PUBLISHED_RUNS = (
 )
 _EMPTY = "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in PREDICTION_SCHEMA) + " WHERE false"
 _PREVIOUS = "previous"
-#: The largest index a run gets: ~128 bytes per row of the machine's memory (the measured in-memory size of
-#: DuckDB's ART on entity_id, ~100 bytes a row, plus headroom), at most `INDEX_MEMORY_SHARE` of it. The build
-#: itself no longer holds the index (`INDEX_CHUNK_ROWS`), but a reader pages in the nodes its lookups touch.
-INDEX_BYTES_PER_ROW = 128
-INDEX_MEMORY_FLOOR = 1 << 30
-#: The most of this machine's memory an index may take. A run whose index needs more is served
-#: without it (a warning says so): its rows are sorted by entity_id, so a point lookup reads one row group
-#: through the zone maps (~2-4 ms instead of ~1) instead of the publish failing for want of memory.
-INDEX_MEMORY_SHARE = 0.6
+#: The reader memory a serving file's indexes must fit together: a reader with the default memory limit.
+#: DuckDB keeps every index node a reader's lookups load, for good (`run_tables.ART_BYTES_PER_ROW`), so a file
+#: indexing more rows than that reader can hold (~22M) made it fail after a few thousand point lookups
+#: (100M rows: after ~4,400), and any client's SQL on `entity_id = ...` with it. Runs beyond it are served
+#: without the index: their rows are sorted by entity_id, so a point lookup reads one segment of ~19k rows
+#: through the zone maps (100M rows: p50 ~1.2-1.5 ms instead of ~0.6 in a reader holding ~4 GB of index).
+INDEX_READER_MEMORY = READER_MEMORY_BYTES
 #: Rows inserted into an indexed run table per transaction, each followed by a checkpoint. DuckDB's bulk
 #: `CREATE INDEX` holds the whole ART in memory and cannot spill it (at 10M rows it failed under 400 MB and
 #: peaked at 1.1 GB given 1.3 GB); chunks inserted into a table that already has the index are written out
@@ -121,23 +118,24 @@ def index_name(run: PredictionRun) -> str:
     return f'"run__{run.model}__{run.run_id}__entity_id"'
 
 
-def physical_memory() -> int:
-    """Bytes of memory this machine has."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _indexable(run: PredictionRun) -> bool:
-    """Whether `run`'s table gets its index on entity_id (False, with a warning, if the index is too big)."""
-    need = max(INDEX_MEMORY_FLOOR, run.rows * INDEX_BYTES_PER_ROW)
-    allowed = int(physical_memory() * INDEX_MEMORY_SHARE)
-    if need > allowed:
-        log.warning(
-            "run %s: indexing its %d rows on entity_id takes ~%.1f GiB, more than the %.1f GiB allowed "
-            "(%.0f%% of this machine's memory); served without the index (point lookups use zone maps)",
-            run.run_id, run.rows, need / 2**30, allowed / 2**30, INDEX_MEMORY_SHARE * 100,
-        )  # fmt: skip
-        return False
-    return True
+def _indexed(runs: list[PredictionRun]) -> set[str]:
+    """The tables of `runs` (in placement order: current runs first) that get an index on entity_id: those
+    that fit, with the ones before them, in what a reader with the default memory limit can hold for good
+    (`INDEX_READER_MEMORY`); each other run is named in a warning."""
+    chosen: set[str] = set()
+    rows = 0
+    for run in runs:
+        if index_fits(rows + run.rows, INDEX_READER_MEMORY):
+            chosen.add(run_table(run))
+            rows += run.rows
+        else:
+            log.warning(
+                "run %s: indexing its %d rows on entity_id would leave the serving file with indexes over "
+                "%d rows, more than a reader with the default memory limit (%s) can hold; served without "
+                "the index (point lookups read the zone maps of its sorted rows)",
+                run.run_id, run.rows, rows + run.rows, READER_MEMORY_LIMIT,
+            )  # fmt: skip
+    return chosen
 
 
 def _fill(con: duckdb.DuckDBPyConnection, run: PredictionRun, chunks: Iterable[str]) -> None:
@@ -246,8 +244,9 @@ class PreviousFile:
             columns.setdefault(f'"{table}"', []).append((str(name), str(kind)))
         return cls(con, {t for t, found in columns.items() if found == STORED_SCHEMA}, attached=True)
 
-    def copy(self, run: PredictionRun) -> bool:
-        """Fill `run`'s new table from the previous file if it holds the run unchanged; True if done.
+    def copy(self, run: PredictionRun, indexed: bool) -> bool:
+        """Fill `run`'s new table (`indexed` or not) from the previous file if it holds the run unchanged;
+        True if done.
 
         The previous table is checked against the checksum the run's manifest records before it is copied
         (it is the sorted source the copy reads, in chunks, see `_fill`)."""
@@ -262,7 +261,7 @@ class PreviousFile:
         source = f"{_PREVIOUS}.{table}"  # scan order is kept (preserve_insertion_order): still sorted
         try:
             why = mismatch(recorded, table_checksum(self.con, source, str(recorded["function"])))
-            if not why and _indexable(run):
+            if not why and indexed:
                 _fill(self.con, run, _row_ranges(self.con, source))
             elif not why:
                 stored = ", ".join(STORED)
@@ -290,10 +289,14 @@ def _stores_names_only(con: duckdb.DuckDBPyConnection, select: str) -> bool:
 
 
 def _place_run(
-    con: duckdb.DuckDBPyConnection, storage: Storage, run: PredictionRun, previous: PreviousFile
+    con: duckdb.DuckDBPyConnection,
+    storage: Storage,
+    run: PredictionRun,
+    previous: PreviousFile,
+    indexed: bool,
 ) -> None:
     _create_run_table(con, run)
-    if previous.copy(run):
+    if previous.copy(run, indexed):
         return
     select = run_files_sql(storage, [run], verify=True)
     legacy = select is not None and _stores_names_only(con, select)
@@ -307,7 +310,7 @@ def _place_run(
     ascending = run.manifest.get("entity_ids_ascending") is True and not legacy
     order = "" if ascending else " ORDER BY entity_id"
     with _threads(con, 1 if ascending else None):
-        if not _indexable(run):
+        if not indexed:
             stored = ", ".join(STORED)
             con.execute(f"INSERT INTO {run_table(run)} ({stored}) SELECT * FROM ({select}){order}")
             return
@@ -413,11 +416,12 @@ def create_prediction_tables(
     for model in sorted(staging.models()):
         run_id = staging.current(model)
         staged += [get_run(storage, model, run_id)] if run_id else []
-    placed: set[str] = set()
+    placed: dict[str, PredictionRun] = {}
     for run in current + staged + [a[1] for served in arms.values() for a in served]:
-        if run_table(run) not in placed:
-            _place_run(con, storage, run, previous)
-            placed.add(run_table(run))
+        placed.setdefault(run_table(run), run)
+    indexed = _indexed(list(placed.values()))
+    for table, run in placed.items():
+        _place_run(con, storage, run, previous, table in indexed)
     _predictions_view(con, current, arms)
     _view(con, "predictions_staging", staged)
     _create_published_runs(con, ever)

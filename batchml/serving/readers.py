@@ -18,6 +18,7 @@ from batchml.errors import BatchMLError, ConfigError, NotFoundError, QueryTimeou
 from batchml.serving.pointer import SERVING_FILE as SERVING_FILE  # re-exported: where readers look
 from batchml.serving.pointer import serving_path
 from batchml.serving.run_tables import LOOKUP_CHUNK
+from batchml.serving.run_tables import READER_MEMORY_LIMIT as READER_MEMORY_LIMIT  # re-exported
 
 if TYPE_CHECKING:
     from batchml.project import Project
@@ -34,9 +35,9 @@ READER_CONFIG: dict[str, bool | int] = {
     "lock_configuration": True,
     "dynamic_or_filter_threshold": LOOKUP_CHUNK,
 }
-#: Default caps of a reader connection: one runaway query must not take the memory or every core of the host
-#: that serves predictions (DuckDB's own defaults are 80% of RAM and all cores).
-READER_MEMORY_LIMIT = "2GB"
+#: Default caps of a reader connection: one runaway query must not take the memory (`READER_MEMORY_LIMIT`, in
+#: `run_tables`: the serving build sizes its indexes by it) or every core of the host that serves
+#: predictions (DuckDB's own defaults are 80% of RAM and all cores).
 READER_THREADS = 2
 _READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 

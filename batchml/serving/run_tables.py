@@ -20,3 +20,22 @@ def run_table_name(model: str, run_id: str) -> str:
 #: and when they match at most max(`index_scan_max_count`, `index_scan_percentage` x rows) rows (DuckDB's
 #: default count is this one, 2,048, so a chunk always qualifies); otherwise it scans every row of the table.
 LOOKUP_CHUNK = 2048
+
+#: The default memory limit of a reader connection (`readers.connect`).
+READER_MEMORY_LIMIT = "2GB"
+READER_MEMORY_BYTES = 2 * 10**9  # READER_MEMORY_LIMIT as DuckDB reads it (1 GB = 10^9 bytes)
+#: DuckDB (2.0) keeps every ART index buffer a lookup loads pinned in the connection's memory and never evicts
+#: it (a loaded buffer is copied into memory that is not backed by the file: `FixedSizeBuffer::LoadFromDisk`,
+#: with "FIXME: Enable unpinning buffers" in its source), whatever the memory limit or temp directory. Random
+#: point lookups touch every buffer soon, so a reader ends up holding each index it reads whole: measured
+#: 40 bytes per indexed row at 10M and 100M rows, 45 at 100k. A reader whose memory limit cannot hold them
+#: fails after a few thousand lookups ("failed to pin block"), and stays failed.
+ART_BYTES_PER_ROW = 45
+#: The share of a reader's memory limit that the indexes it loads may take; the rest is for its queries.
+INDEX_MEMORY_SHARE = 0.5
+
+
+def index_fits(indexed_rows: int, memory_bytes: float) -> bool:
+    """Whether a reader with `memory_bytes` of memory can hold ART indexes over `indexed_rows` rows for good
+    (with the default limit: ~22M rows; a reader needs 90 bytes of memory_limit per indexed row)."""
+    return indexed_rows * ART_BYTES_PER_ROW <= memory_bytes * INDEX_MEMORY_SHARE

@@ -13,6 +13,7 @@ import batchml
 from batchml.errors import DataError, InvalidNameError, NotFoundError
 from batchml.serving import lookup as lookup_module
 from batchml.serving import prediction_tables, readers, run_tables
+from batchml.testing import write_loans
 from tests.scoring.test_reasons import configure
 from tests.serving.test_serving import second_run
 
@@ -164,7 +165,7 @@ def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows
         run = lookup_module._find_run(con, "default_risk", 2**31)
         assert run is not None and run.probes == int(len(served) * share)
         assert lookup_module._READERS[con].memory == pytest.approx(1.8 * 2**30)  # 2GB, as DuckDB shows it
-        index_bytes = len(served) * lookup_module.ART_BYTES_PER_ROW
+        index_bytes = len(served) * run_tables.ART_BYTES_PER_ROW
         too_small = lookup_module._find_run(con, "default_risk", index_bytes)
         assert too_small is not None and too_small.probes == 0  # an index it could not hold: a scan
         plan = con.execute(f"EXPLAIN ANALYZE {run.many}", [wanted[:7]]).fetchall()[0][1]
@@ -214,3 +215,37 @@ def test_run_tables_store_the_fetched_columns_uncompressed(
             [table],
         ).fetchall()
     assert {c for c, k in stored if k == "Uncompressed"} >= set(prediction_tables.UNCOMPRESSED)
+
+
+ART_MEMORY = "SELECT memory_usage_bytes FROM duckdb_memory() WHERE tag = 'ART_INDEX'"
+
+
+def test_a_long_lived_reader_that_cannot_hold_the_index_never_runs_out_of_memory(
+    project: batchml.Project, champion: batchml.ModelVersion, tmp_path: Path
+) -> None:
+    """DuckDB keeps every index node a lookup loads in the reader's memory and never evicts it, so point
+    lookups through a run's ART index on a reader whose memory limit cannot hold it failed after a few
+    ("failed to pin block": at 100M rows and the default 2 GB, after ~4,400). `batchml.lookup` reads such
+    a run through the zone maps of its sorted rows instead, for as many lookups as asked, one id or many."""
+    version = batchml.snapshot_dataset(project, "loans", str(write_loans(tmp_path / "big.csv", rows=100_000)))
+    run = batchml.score(project, "default_risk", dataset=version.ref)
+    batchml.publish(project, "default_risk", run.run_id)
+    with batchml.connect(project) as con:  # the default limit holds this run's index: it is used
+        assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchone() == (1,)
+        served = [str(r[0]) for r in con.execute("SELECT entity_id FROM predictions").fetchall()]
+        some = served[::997]
+        expected = {key: batchml.lookup(con, "default_risk", [key]) for key in some}
+        assert con.execute(ART_MEMORY).fetchone()[0] > 0
+    index_bytes = len(served) * run_tables.ART_BYTES_PER_ROW  # ~4.5 MB: more than the reader below can hold
+    with batchml.connect(project, memory_limit="4MB") as con:
+        for key in [*served[::50], *reversed(served[1::50])]:  # 4,000 lookups spread over the index
+            assert batchml.lookup(con, "default_risk", [key]).column("entity_id").to_pylist() == [key]
+        for key in some:
+            assert batchml.lookup(con, "default_risk", [key]).equals(expected[key])
+        assert con.execute(ART_MEMORY).fetchone() == (0,)  # nothing of the index was loaded
+        assert lookup_module._READERS[con].memory * run_tables.INDEX_MEMORY_SHARE < index_bytes
+    with batchml.connect(project, memory_limit="8MB") as con:  # a batch scans every row group: more memory
+        batch = batchml.lookup(con, "default_risk", [some[3], some[1], "nobody"])
+        assert batch.equals(pa.concat_tables([expected[some[1]], expected[some[3]]]))
+        assert con.execute(ART_MEMORY).fetchone() == (0,)  # the scan of its ids was not handed to the index
+        assert lookup_module._READERS[con].memory * run_tables.INDEX_MEMORY_SHARE < index_bytes

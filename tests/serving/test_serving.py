@@ -23,7 +23,7 @@ from batchml import api
 from batchml.cli import app
 from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.scoring import run_checksum
-from batchml.serving import lookup, prediction_tables
+from batchml.serving import lookup, prediction_tables, run_tables
 from batchml.serving.database import build_serving_db
 from batchml.serving.prediction_tables import PREDICTION_SCHEMA
 from batchml.serving.readers import connect_serving
@@ -176,27 +176,41 @@ def test_a_run_whose_ids_do_not_ascend_is_sorted_before_it_is_indexed(
         assert run_checksum.table_checksum(con, table) == run.manifest["content_checksum"]
 
 
-def test_a_run_too_big_to_index_on_this_machine_is_served_without_the_index(
+def test_runs_whose_indexes_a_default_reader_cannot_hold_are_served_without_them(
     project: batchml.Project,
     champion: batchml.ModelVersion,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(prediction_tables, "physical_memory", lambda: 1 << 30)  # 60% < the 1 GiB floor
+    """DuckDB keeps what a reader loads of an index for good, so a serving file indexes its runs (current
+    ones first) only while a reader with the default memory limit can hold all their indexes together; the
+    others are served through the zone maps of their sorted rows, by SQL and by `batchml.lookup` alike."""
     run = batchml.score(project, "default_risk")
+    one_index = run.rows * run_tables.ART_BYTES_PER_ROW / run_tables.INDEX_MEMORY_SHARE
+    monkeypatch.setattr(prediction_tables, "INDEX_READER_MEMORY", one_index * 1.5)  # room for one, not two
+    batchml.publish(project, "default_risk", run.run_id)
+    staged = second_run(project)
     with caplog.at_level(logging.WARNING):
-        batchml.publish(project, "default_risk", run.run_id)
-    assert f"run {run.run_id}: indexing its {run.rows} rows on entity_id takes ~1.0 GiB" in caplog.text
+        api.stage(project, "default_risk", staged.run_id)
+    assert f"run {staged.run_id}: indexing its {staged.rows} rows on entity_id would leave" in caplog.text
+    with batchml.connect(project) as con:
+        indexed = con.execute("SELECT table_name FROM duckdb_indexes()").fetchall()
+        assert indexed == [(prediction_tables.run_table(run)[1:-1],)]
+        sql = "SELECT run_id FROM predictions_staging WHERE entity_id = 'L000000042'"
+        assert con.execute(sql).fetchall() == [(staged.run_id,)]
+
+    monkeypatch.setattr(prediction_tables, "INDEX_READER_MEMORY", 0)  # no index at all
+    batchml.publish(project, "default_risk", staged.run_id)
     con = batchml.connect(project)
     assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchone() == (0,)
     sql = "SELECT run_id FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
-    assert con.execute(sql).fetchall() == [(run.run_id,)]
-    assert batchml.lookup(con, "default_risk", ["L000000042"]).column("run_id").to_pylist() == [run.run_id]
+    assert con.execute(sql).fetchall() == [(staged.run_id,)]
+    assert batchml.lookup(con, "default_risk", ["L000000042"]).column("run_id").to_pylist() == [staged.run_id]
     # a batch never probes a table without an index in chunks (each chunk would scan it): one scan
     batch = batchml.lookup(con, "default_risk", ["L000000043", "L000000042", "nobody"])
     assert batch.column("entity_id").to_pylist() == ["L000000042", "L000000043"]
     served = lookup._find_run(con, "default_risk", 2**31)
-    assert served is not None and served.probes == 0
+    assert served is not None and served.probes == 0 and "rowid" not in served.one  # no index to keep off
 
 
 def test_serving_info_names_the_file_it_is_in(

@@ -200,8 +200,14 @@ def conclude_experiment(
     """Promote the variant `winner` to champion (gates apply, as for promote) and end experiment `name`
     (a `conclude` event naming the winner); re-running after a crash between the two finishes the second."""
     events, current = _running(project, model, name)
-    if current["action"] != "start":
+    if current["action"] == "conclude" and current["winner"] == winner:  # a rerun: already done
         return {"promoted": None, "concluded": current}
+    if current["action"] != "start":
+        ended = (
+            f"concluded with winner {current['winner']!r}" if current["action"] == "conclude" else "stopped"
+        )
+        raise ConflictError(f"experiment {name!r} of model {model!r} was {ended} at {current.get('at')}: "
+                            f"it cannot be concluded with winner {winner!r} now")  # fmt: skip
     arms = {v["name"]: v for v in current["variants"]}
     if winner not in arms:
         raise NotFoundError(f"variant of experiment {name!r}", winner, sorted(arms))

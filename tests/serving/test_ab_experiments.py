@@ -15,7 +15,7 @@ from batchml import releases
 from batchml.api import score_with_shadows
 from batchml.arms import VARIANT, after_scoring, extra_arms
 from batchml.data import labels
-from batchml.errors import BatchMLError
+from batchml.errors import BatchMLError, ConflictError
 from batchml.models.registry import RegistryReader
 from batchml.serving import canary, experiment_results, experiments
 from batchml.testing import write_loans
@@ -202,6 +202,10 @@ def test_stop_and_conclude_are_events_and_the_winner_is_promoted(
     assert concluded["concluded"]["winner"] == "b" and concluded["promoted"]["to_version"] == 2
     assert RegistryReader(project.storage).aliases("default_risk")["champion"] == 2
     assert releases.conclude_experiment(project, "default_risk", "pricing", "b", "again")["promoted"] is None
+    with pytest.raises(
+        ConflictError, match="'pricing' of model 'default_risk' was concluded with winner 'b'"
+    ):
+        releases.conclude_experiment(project, "default_risk", "pricing", "control", "changed my mind")
     with batchml.connect(project) as con:
         states = con.execute("SELECT DISTINCT experiment_version, status, winner FROM experiments ORDER BY 1")
         assert states.fetchall() == [(1, "revised", None), (2, "concluded", "b")]
@@ -210,6 +214,11 @@ def test_stop_and_conclude_are_events_and_the_winner_is_promoted(
     stopped = releases.stop_experiment(project, "default_risk", "next", "by hand")
     assert (stopped["action"], stopped["reason"]) == ("stop", "by hand")
     assert experiments.running(experiments.event_log(project.storage, "default_risk").read()) is None
+    with pytest.raises(ConflictError, match=r"'next' of model 'default_risk' was stopped at .*: it cannot be"):
+        releases.conclude_experiment(
+            project, "default_risk", "next", "b", "a stopped experiment has no winner"
+        )
+    assert RegistryReader(project.storage).aliases("default_risk")["champion"] == 2  # nothing promoted
 
 
 @pytest.mark.parametrize(

@@ -214,7 +214,7 @@ def test_stop_and_conclude_are_events_and_the_winner_is_promoted(
     stopped = releases.stop_experiment(project, "default_risk", "next", "by hand")
     assert (stopped["action"], stopped["reason"]) == ("stop", "by hand")
     assert experiments.running(experiments.event_log(project.storage, "default_risk").read()) is None
-    with pytest.raises(ConflictError, match=r"'next' of model 'default_risk' was stopped at .*: it cannot be"):
+    with pytest.raises(ConflictError, match=r"'next' of model 'default_risk' was stopped at .*: it cannot"):
         releases.conclude_experiment(
             project, "default_risk", "next", "b", "a stopped experiment has no winner"
         )

@@ -73,12 +73,18 @@ def events(storage: Storage, model: str) -> list[dict[str, Any]]:
 
 
 def holding(
-    registry: RegistryReader, model: str, alias: str, until: datetime | None = None
+    registry: RegistryReader,
+    model: str,
+    alias: str,
+    until: datetime | None = None,
+    *,
+    alias_events: list[dict[str, Any]] | None = None,
 ) -> tuple[int, int] | None:
-    """(version, seq of the alias event that gave it) of the holder of `alias` (at `until`), or None."""
+    """(version, seq of the alias event that gave it) of the holder of `alias` (at `until`), or None.
+    `alias_events`: the model's alias log, already read (a replay over many times reads it once)."""
     stacks: dict[str, list[Any]] = {}
     given: dict[tuple[str, Any], int] = {}
-    for event in registry.events(model):
+    for event in registry.events(model) if alias_events is None else alias_events:
         if until is not None and datetime.fromisoformat(event["at"]) > until:
             break
         stack = apply_event(stacks, event, group="alias", value="to_version")
@@ -102,12 +108,19 @@ class ServedCanary:
 
 
 def serving(
-    storage: Storage, model: str, control_run_id: str | None, at: datetime | None = None
+    storage: Storage,
+    model: str,
+    control_run_id: str | None,
+    at: datetime | None = None,
+    *,
+    logs: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
 ) -> ServedCanary | None:
-    """The canary step served beside `control_run_id` (the published run) now (or at time `at`), if any."""
+    """The canary step served beside `control_run_id` (the published run) now (or at time `at`), if any.
+    `logs`: (canary events, alias events) already read, for a replay over many times."""
     if control_run_id is None:
         return None
-    found = [e for e in events(storage, model) if at is None or datetime.fromisoformat(e["at"]) <= at]
+    steps, alias_events = logs if logs is not None else (events(storage, model), None)
+    found = [e for e in steps if at is None or datetime.fromisoformat(e["at"]) <= at]
     # The newest step on the published run; a newer step on a run not published yet (scored, publish to
     # come) leaves it standing, a rollback after it ends it.
     for step in reversed(found):
@@ -117,7 +130,8 @@ def serving(
             break
     else:
         return None
-    if holding(RegistryReader(storage), model, step["alias"], at) != (step["version"], step["alias_seq"]):
+    held = holding(RegistryReader(storage), model, step["alias"], at, alias_events=alias_events)
+    if held != (step["version"], step["alias_seq"]):
         return None  # withdrawn, or re-promoted since: this step no longer stands
     run = get_run(storage, model, step["run_id"])
     return ServedCanary(run, step["share"], step["salt"], step["alias"], step["alias_seq"])

@@ -40,19 +40,17 @@ log = logging.getLogger(__name__)
 _UTC = pl.Datetime("us", "UTC")
 
 
-def _change_times(storage: Storage, model: str) -> list[datetime]:
-    logs = [PublicationLog(storage).events(model), RegistryReader(storage).events(model),
-            canary.events(storage, model), experiments.event_log(storage, model).read()]  # fmt: skip
-    return sorted({datetime.fromisoformat(e["at"]) for events in logs for e in events})
-
-
 def segments(storage: Storage, model: str) -> list[dict[str, Any]]:
     """From each event time on (`at`, oldest first): the `published` run, and the `arms` served beside it,
     (variant, run id or None if not scored, bucket from, bucket to) with their `salt` (`arm_of` names them).
     History readers replay the same segments (`batchml.serving.history_arms`)."""
     timeline = performance.publication_timeline(storage, model)
+    # Each log read once: the replay asks them at every change time (O(events) reads, not O(events^2)).
+    alias_events, steps = RegistryReader(storage).events(model), canary.events(storage, model)
+    started = experiments.event_log(storage, model).read()
+    logs = [PublicationLog(storage).events(model), alias_events, steps, started]
     found = []
-    for at in _change_times(storage, model):
+    for at in sorted({datetime.fromisoformat(e["at"]) for events in logs for e in events}):
         published = timeline.filter(pl.col("at") <= at)["run_id"].to_list()[-1:] or [None]
         segment: dict[str, Any] = {
             "at": at,
@@ -61,8 +59,10 @@ def segments(storage: Storage, model: str) -> list[dict[str, Any]]:
             "salt": "",
             "arms": [],
         }
-        served = experiments.serving(storage, model, published[0], at)
-        step = canary.serving(storage, model, published[0], at) if served is None else None
+        served = experiments.serving(storage, model, published[0], at, log_events=started)
+        step = None
+        if served is None:
+            step = canary.serving(storage, model, published[0], at, logs=(steps, alias_events))
         if served is not None:
             segment |= {"arm_of": f"experiment:{served.experiment}:v{served.version}", "salt": served.salt}
             segment["arms"] = [

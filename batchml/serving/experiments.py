@@ -126,14 +126,19 @@ class ServedExperiment:
 
 
 def serving(
-    storage: Storage, model: str, control_run_id: str | None, at: datetime | None = None
+    storage: Storage,
+    model: str,
+    control_run_id: str | None,
+    at: datetime | None = None,
+    *,
+    log_events: list[dict[str, Any]] | None = None,
 ) -> ServedExperiment | None:
-    """The experiment served beside published run `control_run_id` now (or at time `at`), if any."""
+    """The experiment served beside published run `control_run_id` now (or at time `at`), if any.
+    `log_events`: the model's experiments log, already read (a replay over many times reads it once)."""
     if control_run_id is None:
         return None
-    events = [
-        e for e in event_log(storage, model).read() if at is None or datetime.fromisoformat(e["at"]) <= at
-    ]
+    read = event_log(storage, model).read() if log_events is None else log_events
+    events = [e for e in read if at is None or datetime.fromisoformat(e["at"]) <= at]
     started = running(events)
     if started is None:
         return None

@@ -2,7 +2,8 @@
 
     python benchmarks/serving.py publishes [--rows 1000000] [--publishes 100] [--trees 5] [--workdir ...]
     python benchmarks/serving.py lookups [--rows 10000000] [--points 2000] [--trees 5] [--readers 8]
-                                         [--threads N] [--serving FILE] [--keep FILE] [--workdir ...]
+                                         [--threads N] [--memory-limit SIZE] [--serving FILE] [--keep FILE]
+                                         [--workdir ...]
 
 ``publishes`` scores ``--publishes`` distinct runs of the same ``--rows``-row dataset version (each with its
 own content key: a ``max_quarantine_share`` that differs in the 9th decimal, so the same predictions) and
@@ -15,14 +16,15 @@ batchml that has ``publish`` (e.g. main's venv, for the before figures); the his
 ``lookups`` scores and publishes one ``--rows`` run and measures, on one kept-open read-only connection with
 batchml's reader settings: point lookups (``--points`` random served ids, each asked as SQL on the view,
 ``SELECT * FROM predictions WHERE model = ? AND entity_id = ?``, and as ``batchml.lookup(con, model, [id])``
-in turn, p50/p99 of each) and ``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the
-fastest of 3), with the ART index and on a copy of the file with its indexes dropped ("zone maps only", rows
+in turn, p50/p99 of each) and ``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the fastest
+of 3; then the same point lookups again: every block they read is loaded by then, as in a reader that has
+served a while), with the ART index and on a copy of the file with its indexes dropped ("zone maps only", rows
 still sorted by entity id); then ``--readers`` processes at once on the indexed file, each with its own
 kept-open connection, doing the same point lookups (their p50/p99 merged). ``--serving FILE`` measures an
 existing serving file instead (no setup, no copy): run it with main's venv and this one's for side-by-side
-figures on the same file; ``--keep FILE`` only publishes and keeps the file there (a 100M-row file takes
-~5 min to build). Results are printed with the 1-minute load average (the machine may be shared)
-and written to ``<workdir>/serving_<mode>_<rows>.json``.
+figures on the same file; ``--keep FILE`` only publishes and keeps the file there (a 100M-row file takes ~5
+min to build). Results are printed with the 1-minute load average (the machine may be shared) and written to
+``<workdir>/serving_<mode>_<rows>.json``.
 """
 
 from __future__ import annotations
@@ -154,11 +156,11 @@ def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dic
     return result
 
 
-def _reader(path: str, threads: int | None) -> duckdb.DuckDBPyConnection:
+def _reader(path: str, threads: int | None, memory: str) -> duckdb.DuckDBPyConnection:
     """A read-only connection to ``path`` with batchml's reader settings (``threads``: its default)."""
     from batchml.serving import readers
 
-    caps = {"memory_limit": readers.READER_MEMORY_LIMIT, "threads": threads or readers.READER_THREADS}
+    caps = {"memory_limit": memory, "threads": threads or readers.READER_THREADS}
     return duckdb.connect(path, read_only=True, config={**readers.READER_CONFIG, **caps})
 
 
@@ -185,14 +187,17 @@ def _point_figures(seconds: dict[str, list[float]]) -> dict[str, float]:
     return {f"{kind}_{k}": v for kind, s in seconds.items() for k, v in _quantiles(s).items()}
 
 
-def child_lookups(path: str, points: int, threads: int | None) -> dict[str, Any]:
+def child_lookups(path: str, points: int, threads: int | None, memory: str) -> dict[str, Any]:
     """Point and batch lookup timings on the serving file at ``path`` (opened read-only, as readers do)."""
     import batchml
 
-    con = _reader(path, threads)
+    con = _reader(path, threads, memory)
     ids = [str(r[0]) for r in con.execute(SAMPLE.format(rows=points + 200)).fetchall()]
     seconds = _points(con, ids)
     result: dict[str, Any] = {"seconds": sum(seconds["sql"]), **_point_figures(seconds)}
+    # The same ids again: each index and row block they read is loaded by now, as in a reader that has
+    # served long enough to have read every block once (the first read of a block copies it from the file).
+    result.update({f"warm_{k}": v for k, v in _point_figures(_points(con, ids)).items()})
     for size in BATCHES:
         asked = [str(r[0]) for r in con.execute(SAMPLE.format(rows=size - size // 10)).fetchall()]
         asked += [f"missing-{i}" for i in range(size // 10)]
@@ -207,9 +212,11 @@ def child_lookups(path: str, points: int, threads: int | None) -> dict[str, Any]
     return result
 
 
-def child_reader(path: str, points: int, threads: int | None, start_at: float, seed: int) -> dict[str, Any]:
+def child_reader(
+    path: str, points: int, threads: int | None, memory: str, start_at: float, seed: int
+) -> dict[str, Any]:
     """One of several reader processes: point lookups from ``start_at`` on (all readers at once)."""
-    con = _reader(path, threads)
+    con = _reader(path, threads, memory)
     ids = [str(r[0]) for r in con.execute(SAMPLE.format(rows=points + 200)).fetchall()]
     random.Random(seed).shuffle(ids)
     time.sleep(max(0.0, start_at - time.time()))
@@ -218,10 +225,12 @@ def child_reader(path: str, points: int, threads: int | None, start_at: float, s
     return {"seconds": time.perf_counter() - begin, **seconds}
 
 
-def parallel_readers(path: str, points: int, threads: int | None, readers: int) -> dict[str, Any]:
+def parallel_readers(
+    path: str, points: int, threads: int | None, memory: str, readers: int
+) -> dict[str, Any]:
     """``readers`` processes, each with its own kept-open connection, looking up at the same time."""
     start_at = time.time() + 10 + readers  # every reader connected and sampled before the first lookup
-    args = [str(points), str(threads or 0), repr(start_at)]
+    args = [str(points), str(threads or 0), memory, repr(start_at)]
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "child", "--child", "reader", path, *args, str(i)],
@@ -307,7 +316,8 @@ def report_lookups(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> 
     published = f"publish {meta['publish_seconds']:.1f} s, " if meta.get("publish_seconds") else ""
     lines = [
         f"rows={meta['rows']:,}  point lookups={meta['points']:,}  {meta['cores']} cores, duckdb "
-        f"{meta['duckdb']}, reader threads {meta['threads']}; {published}file {meta['file_mib']:.0f} MiB",
+        f"{meta['duckdb']}, reader threads {meta['threads']}, memory_limit {meta['memory_limit']}; "
+        f"{published}file {meta['file_mib']:.0f} MiB",
         f"{'layout':<16}{'SQL p50':>9}{'p99 ms':>8}{'lookup p50':>12}{'p99 ms':>8}"
         + "".join(f"{f'{n // 1000}k ids/s':>13}" for n in BATCHES),
     ]
@@ -318,6 +328,11 @@ def report_lookups(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> 
             f"{name:<16}{r['sql_p50_ms']:>9.3f}{r['sql_p99_ms']:>8.3f}{r['api_p50_ms']:>12.3f}"
             f"{r['api_p99_ms']:>8.3f}" + "".join(f"{r[f'batch_{n}_ids_per_s']:>13,.0f}" for n in BATCHES)
         )
+        if "warm_sql_p50_ms" in r:
+            lines.append(
+                f"{'  same ids again':<16}{r['warm_sql_p50_ms']:>9.3f}{r['warm_sql_p99_ms']:>8.3f}"
+                f"{r['warm_api_p50_ms']:>12.3f}{r['warm_api_p99_ms']:>8.3f}"
+            )
     if "parallel" in results:
         r = results["parallel"]
         lines.append(
@@ -340,6 +355,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--serving", type=Path, help="lookups on this serving file (no setup)")
     parser.add_argument("--threads", type=int, default=0, help="reader threads (0: batchml's default)")
+    parser.add_argument("--memory-limit", help="each reader's memory_limit (default: batchml's, 2GB)")
     parser.add_argument("--readers", type=int, default=8, help="reader processes at once (0: none)")
     parser.add_argument("--keep", type=Path, help="lookups: publish, keep the file there, measure nothing")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -351,9 +367,11 @@ def main() -> None:
             if kind == "publishes"
             else child_publish_one(rest[0], rest[1])
             if kind == "publish"
-            else child_reader(rest[0], int(rest[1]), int(rest[2]) or None, float(rest[3]), int(rest[4]))
+            else child_reader(
+                rest[0], int(rest[1]), int(rest[2]) or None, rest[3], float(rest[4]), int(rest[5])
+            )
             if kind == "reader"
-            else child_lookups(rest[0], int(rest[1]), int(rest[2]) or None)
+            else child_lookups(rest[0], int(rest[1]), int(rest[2]) or None, rest[3])
         )
         print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}, default=str))
         return
@@ -397,25 +415,31 @@ def main() -> None:
     _report(args, rows, meta, result, text)
 
 
+def _memory(args: argparse.Namespace) -> str:
+    import batchml.serving.readers as readers
+
+    return str(args.memory_limit or readers.READER_MEMORY_LIMIT)
+
+
 def _meta(args: argparse.Namespace, rows: int, **more: Any) -> dict[str, Any]:
     import batchml.serving.readers as readers
 
     threads = args.threads or readers.READER_THREADS
     load = os.getloadavg()[0]
     return {"rows": rows, "points": args.points, "cores": os.cpu_count(), "duckdb": duckdb.__version__,
-            "threads": threads, "load_1min": load, **more}  # fmt: skip
+            "threads": threads, "memory_limit": _memory(args), "load_1min": load, **more}  # fmt: skip
 
 
 def measure_lookups(args: argparse.Namespace, layouts: dict[str, Path]) -> dict[str, Any]:
     """Lookups on each layout's file, one reader process; then ``--readers`` at once on the last one."""
-    points, threads = str(args.points), str(args.threads)
+    points, threads, memory = str(args.points), str(args.threads), _memory(args)
     result: dict[str, Any] = {
-        name: run_child(__file__, ["child", "--child", "lookups", str(path), points, threads])
+        name: run_child(__file__, ["child", "--child", "lookups", str(path), points, threads, memory])
         for name, path in layouts.items()
     }
     if args.readers:
         last = str(list(layouts.values())[-1])
-        result["parallel"] = parallel_readers(last, args.points, args.threads, args.readers)
+        result["parallel"] = parallel_readers(last, args.points, args.threads, memory, args.readers)
     return result
 
 

@@ -36,6 +36,8 @@ RunOption = Annotated[
     str | None,
     typer.Option("--run", metavar="RUN_ID", help="Prediction run.", show_default="the published run"),
 ]
+#: Promotion past failed gates: always with a --reason, recorded with the alias event.
+ForcePromote = Annotated[bool, typer.Option("--force", help="Promote even if gates failed (needs --reason).")]
 ProgressCallback = Callable[[int], None]
 
 

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batchml.cli._common import ErrorHandlingGroup, JsonFlag, emit, project_of, short_time, table
+from batchml.cli._common import (
+    ErrorHandlingGroup,
+    ForcePromote,
+    JsonFlag,
+    emit,
+    project_of,
+    short_time,
+    table,
+)
 from batchml.errors import ConfigError
 
 app = typer.Typer(
@@ -220,9 +228,7 @@ def conclude(
     name: Name = None,
     winner: Annotated[str | None, typer.Option(help="A/B: the variant promoted to champion.")] = None,
     reason: Reason = "concluded",
-    force: Annotated[
-        bool, typer.Option("--force", help="Promote even if gates failed (needs --reason).")
-    ] = False,
+    force: ForcePromote = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Promote the winner to champion and end the canary (MODEL) or the experiment (MODEL NAME --winner V)."""

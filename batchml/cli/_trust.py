@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batchml.cli._common import JsonFlag, emit, project_of, properties, table
+from batchml.cli._common import ForcePromote, JsonFlag, emit, project_of, properties, table
 from batchml.cli._models import app as models_app
 from batchml.cli._serving import predictions_app
 
@@ -115,9 +115,7 @@ def promote(
     model: Annotated[str, typer.Argument(help="Model name.")],
     alias: Annotated[str, typer.Option("--alias", help="Alias to move to the staged version.")] = "champion",
     reason: Annotated[str, typer.Option("--reason", help="Why, recorded in the event logs.")] = "",
-    force: Annotated[
-        bool, typer.Option("--force", help="Promote even if gates failed (needs --reason).")
-    ] = False,
+    force: ForcePromote = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Promote the staged run's model version to ALIAS and publish the staged run, in one step."""

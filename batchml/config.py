@@ -19,6 +19,8 @@ from msgspec import Meta, field
 from batchml.config_errors import describe
 from batchml.errors import ConfigError, InvalidNameError
 from batchml.names import check_name
+from batchml.sizes import ALLOWED as SIZES
+from batchml.sizes import size_bytes
 
 Task = Literal["binary", "regression", "multiclass"]
 _T = TypeVar("_T", bound="_Strict")
@@ -58,6 +60,27 @@ class StorageConfig(_Strict, frozen=True):
     serving_dir: str | None = None
     #: Extra fsspec options (e.g. `endpoint_url` for S3-compatible servers). Never put credentials here.
     options: dict[str, Any] = field(default_factory=dict)
+
+
+class ServingConfig(_Strict, frozen=True):
+    """`[serving]`: the caps of reader connections (`batchml.connect`, `batchml query`) on this host, and so
+    how many rows the serving build indexes: only what a reader with `reader_memory_limit` can hold."""
+
+    #: A DuckDB size ('2GB' = 2 x 10^9 bytes, '2GiB' = 2 x 2^30): each reader's memory, of which half may
+    #: go to the indexes it loads and keeps (`batchml.serving.run_tables.index_fits`: 90 bytes per row).
+    reader_memory_limit: str = "2GB"
+    reader_threads: AtLeastOne = 2
+
+    def __post_init__(self) -> None:
+        if size_bytes(self.reader_memory_limit) is None:
+            raise ValueError(f"reader_memory_limit {self.reader_memory_limit!r} is invalid: use {SIZES}")
+
+    @property
+    def reader_memory_bytes(self) -> int:
+        """`reader_memory_limit` in bytes, as DuckDB reads it."""
+        value = size_bytes(self.reader_memory_limit)
+        assert value is not None  # checked in __post_init__
+        return value
 
 
 class DatasetConfig(_Strict, frozen=True):
@@ -391,6 +414,7 @@ class Config(_Strict, frozen=True):
     """The whole `batchml.toml`."""
 
     storage: StorageConfig = field(default_factory=StorageConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
 

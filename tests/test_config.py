@@ -36,11 +36,32 @@ def test_defaults_without_a_config_file(tmp_path: Path, monkeypatch: pytest.Monk
         ({"models": {"m": {**MODEL, "exclude": ["a", 3]}}}, "models.m.exclude[1]: must be text (got 3)"),
         ({"datasets": {"d": {"format": "xls"}}}, "datasets.d.format: must be 'csv' or 'parquet' (got 'xls')"),
         ({"models": {"m": {"dataset": "d", "target": "y"}}}, "models.m.entity_id: required key is missing"),
+        (
+            {"serving": {"reader_memory_limit": "lots"}},
+            "serving: reader_memory_limit 'lots' is invalid: use a size like '2GB' or '512MB'",
+        ),
+        ({"serving": {"reader_memory_limit": "-1GB"}}, "reader_memory_limit '-1GB' is invalid"),
+        ({"serving": {"reader_memory_limit": "8"}}, "reader_memory_limit '8' is invalid"),  # DuckDB: no unit
+        ({"serving": {"reader_threads": 0}}, "reader_threads: must be an integer, at least 1 (got 0)"),
+        ({"serving": {"reader_threads": 1.5}}, "serving.reader_threads: must be an integer (got 1.5)"),
+        ({"serving": {"memory": "2GB"}}, "serving.memory: unknown key; allowed keys: reader_memory_limit"),
     ],
 )
 def test_invalid_config_names_the_field(data: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
         parse_config(data)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("limit", "bytes_"),
+    [("2GB", 2 * 10**9), ("512MB", 512 * 10**6), ("2GiB", 2**31), ("1.5 gb", 15 * 10**8), ("64kib", 2**16)],
+)
+def test_serving_reader_memory_is_read_as_duckdb_reads_sizes(limit: str, bytes_: int) -> None:
+    """`[serving]` sizes the readers (and so the serving file's indexes): 1 GB = 10^9 bytes, 1 GiB = 2^30."""
+    serving = parse_config({"serving": {"reader_memory_limit": limit, "reader_threads": 4}}).serving
+    assert (serving.reader_memory_bytes, serving.reader_threads) == (bytes_, 4)
+    assert parse_config({}).serving.reader_memory_limit == "2GB"  # today's default reader
 
 
 def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:

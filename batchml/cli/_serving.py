@@ -269,7 +269,8 @@ def query(
 ) -> None:
     """Run a read-only SQL query on the serving DB (tables: predictions, models, runs, datasets, ...).
 
-    The query may use at most the reader's memory limit and thread cap, and is interrupted after --timeout.
+    The query may use at most the reader memory limit and threads of \\[serving] in batchml.toml, and is
+    interrupted after --timeout.
     Every run ever published is history: --history reads it from the run files in storage.
 
     Examples:

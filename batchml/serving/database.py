@@ -25,13 +25,22 @@ from batchml.scoring.publications import PublicationLog
 from batchml.scoring.runs import get_run
 from batchml.serving.catalog import build_tables
 from batchml.serving.experiments import ASSIGNMENTS_VIEW
-from batchml.serving.logstate import LogState, log_state, served_state, write_state, write_state_file
+from batchml.serving.logstate import (
+    SIZED_FOR,
+    LogState,
+    log_state,
+    served_state,
+    write_state,
+    write_state_file,
+)
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
 from batchml.serving.publish_timing import RUN_STATS_VIEW, add_own_rows, newly_served, record_publish_timings
 from batchml.serving.publish_timing import TABLE as TIMINGS
 from batchml.serving.readers import SERVING_FILE
+from batchml.serving.run_tables import READER_MEMORY_LIMIT, count_indexed_rows
 from batchml.serving.snapshots import commit_snapshot
+from batchml.sizes import size_bytes
 from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -73,10 +82,11 @@ def _write_database(
     previous_path: Path | None,
     before: LogState | None,
     started: float,
+    reader_memory_limit: str,
 ) -> tuple[LogState, list[dict[str, Any]]]:
     """Write every serving table into the new file `path` (to become `final`), copying runs from
     `previous_path` where it can. `before`: the log state the current file reflects; `started`: when the
-    build began (`time.perf_counter`).
+    build began (`time.perf_counter`); `reader_memory_limit`: the readers its indexes are sized for.
 
     Returns the state of the event logs the file reflects and its own publish timing rows
     (`publish_timing`)."""
@@ -94,7 +104,7 @@ def _write_database(
             con.unregister("_records")
         previous = PreviousFile.attach(con, previous_path)
         try:  # tables inside this file, not views over the run files: readers need no file access at all
-            create_prediction_tables(con, storage, previous)
+            create_prediction_tables(con, storage, previous, reader_memory_limit)
         finally:
             previous.detach()
         _create_quarantine_table(con, storage, publications)
@@ -102,10 +112,13 @@ def _write_database(
         con.execute(RUN_STATS_VIEW)
         con.execute(ASSIGNMENTS_VIEW)
         built_at = datetime.now(UTC)
-        con.execute(
-            "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file",
-            [redact_url(storage.url), built_at, final.name],
-        )
+        con.execute(  # the reader memory it was sized for: a reader can tell whether it holds the indexes
+            "CREATE TABLE serving_info AS SELECT ? AS storage, ? AS built_at, ? AS file, "
+            "? AS reader_memory_limit, CAST(? AS BIGINT) AS reader_memory_bytes, "
+            "CAST(? AS BIGINT) AS indexed_rows",
+            [redact_url(storage.url), built_at, final.name, reader_memory_limit,
+             size_bytes(reader_memory_limit), count_indexed_rows(con)],
+        )  # fmt: skip
         write_state(con, state)
         con.execute("CHECKPOINT")
         # The publish time is measured up to here (the data is on disk); what follows is a few rows.
@@ -118,9 +131,17 @@ def _write_database(
 
 
 def build_serving_db(
-    storage: Storage, serving_dir: Path, grace_seconds: float = GRACE_SECONDS, *, full: bool = False
+    storage: Storage,
+    serving_dir: Path,
+    grace_seconds: float = GRACE_SECONDS,
+    *,
+    full: bool = False,
+    reader_memory_limit: str = READER_MEMORY_LIMIT,
 ) -> Path:
     """Build a new serving file from storage and atomically make it the current one; return its path.
+
+    Its run tables are indexed while a reader with `reader_memory_limit` (the project's `[serving]` setting)
+    can hold every index of the file; the file records that limit (`serving_info`, and beside it).
 
     Runs the current serving file already holds are copied from it (checked against the content checksums
     in their manifests) instead of re-read from their Parquet files; `full=True` reads everything from
@@ -137,10 +158,13 @@ def build_serving_db(
         building = serving_dir / f".building-{final.name}"
         try:
             before = served_state(serving_dir)
-            state, timings = _write_database(storage, building, final, previous, before, started)
+            state, timings = _write_database(
+                storage, building, final, previous, before, started, reader_memory_limit
+            )
             # Before the file: whoever finds the file finds its state (and its publish times, see
-            # `publish_timing`: they become storage records once the file is current).
-            write_state_file(final, state, **{TIMINGS: timings})
+            # `publish_timing`: they become storage records once the file is current), and the readers
+            # it was sized for (`operations` rebuilds a file sized for others).
+            write_state_file(final, state, **{TIMINGS: timings, SIZED_FOR: reader_memory_limit})
             install(serving_dir, building, final, grace_seconds)
         finally:
             building.unlink(missing_ok=True)

@@ -36,6 +36,8 @@ LOGS: dict[str, str] = {
     EXPERIMENTS: "releases/{model}/experiments",
 }
 TABLE = "serving_logs"
+#: The key beside a serving file of the reader memory limit its indexes were sized for (`[serving]`).
+SIZED_FOR = "reader_memory_limit"
 _PARENTS = {"models": (ALIASES,), "publications": (PUBLISHED, STAGING), "releases": (CANARY, EXPERIMENTS)}
 
 

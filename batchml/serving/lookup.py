@@ -33,7 +33,8 @@ import pyarrow as pa
 from batchml.errors import ConfigError, DataError, NotFoundError
 from batchml.names import check_name
 from batchml.serving.readers import connect
-from batchml.serving.run_tables import STORED_COLUMNS, index_fits, run_table_name
+from batchml.serving.run_tables import STORED_COLUMNS, index_fits, indexed_rows, run_table_name
+from batchml.sizes import size_bytes
 
 if TYPE_CHECKING:
     from batchml.project import Project
@@ -52,11 +53,6 @@ _TABLE_EXISTS = """SELECT count(*) FROM duckdb_tables()
     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
 _INDEXED = """SELECT count(*) FROM duckdb_indexes()
     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = $name"""
-#: The rows of every indexed table in the file: what a reader ends up holding if it reads every run.
-_INDEXED_ROWS = """SELECT coalesce(sum(estimated_size), 0) FROM duckdb_tables() t
-    WHERE database_name = current_database() AND schema_name = 'main' AND EXISTS (
-        SELECT 1 FROM duckdb_indexes() i WHERE i.database_name = t.database_name
-        AND i.schema_name = t.schema_name AND i.table_name = t.table_name)"""
 #: Added to a lookup's filter to keep DuckDB off a run table's index: it scans through an index only when
 #: the scan has exactly one filter (2.0: `TableScanInitGlobal`), and the join of a batch's ids hands its
 #: scan one (`dynamic_or_filter_threshold`). With a second, always true one the sorted rows' zone maps
@@ -66,7 +62,6 @@ _OFF_INDEX = " AND rowid >= 0"
 #: a probe costs ~13 us of CPU per id and a scan ~65 ns per row (10M rows, DuckDB 2.0, loaded machine), so
 #: they cross near 0.5% (measured: 30k ids of 10M probed 1.4x faster than a scan, 100k ids 2x slower).
 SCAN_SHARE = 0.005
-_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _ALLOWED = "all str ids, or all int ids for integer entity ids (served entity ids are their text)"
 
 
@@ -189,11 +184,10 @@ def _reader(con: duckdb.DuckDBPyConnection) -> _Reader:
     reader = _READERS.get(con)
     if reader is None:
         external, pushed, indexed, memory = con.execute(_SETTINGS).fetchall()[0]
-        amount, unit = str(memory).split()  # as DuckDB shows it: '1.8 GiB'
         reader = _Reader(
             pinned=not external,
             chunk=max(1, min(int(pushed), int(indexed))),
-            memory=float(amount) * _UNITS.get(unit, 1),
+            memory=size_bytes(str(memory)) or 0,  # as DuckDB shows it: '1.8 GiB'; no limit: not a size
         )
         _READERS[con] = reader
     return reader
@@ -213,7 +207,7 @@ def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _Ser
     indexed = con.execute(_INDEXED, {"name": table.strip('"')}).fetchall()[0][0]
     # The index is used only if the connection can hold every index of the file for good: DuckDB never
     # evicts index memory, so lookups through one it cannot hold fail after a few thousand (and ever after).
-    usable = bool(indexed) and index_fits(con.execute(_INDEXED_ROWS).fetchall()[0][0], memory)
+    usable = bool(indexed) and index_fits(indexed_rows(con), memory)
     off = _OFF_INDEX if indexed and not usable else ""
     return _ServedRun(
         one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1{off}",

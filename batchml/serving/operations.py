@@ -40,11 +40,13 @@ from types import TracebackType
 
 from batchml.errors import BatchMLError
 from batchml.project import Project
-from batchml.serving.logstate import LogState, event_log, lagging, log_state, served_state
+from batchml.serving.logstate import SIZED_FOR, LogState, beside, event_log, lagging, log_state, served_state
 from batchml.serving.pointer import serving_lock
 from batchml.serving.publish_timing import record_publish_timings
 from batchml.serving.readers import serving_path
+from batchml.serving.run_tables import READER_MEMORY_LIMIT
 from batchml.serving.snapshots import commit_snapshot, pull_if_current
+from batchml.sizes import size_bytes
 from batchml.store.eventlog import DERIVED_PREFIX, Operation, check_operation_key
 
 log = logging.getLogger(__name__)
@@ -135,17 +137,35 @@ def catch_up(project: Project) -> list[str]:
     return _rebuild_if_behind(project, served_state(project.serving_dir), log_state(project.storage))
 
 
+def _resized(project: Project) -> str | None:
+    """Why the current serving file's indexes are sized for other readers than the project's `[serving]
+    reader_memory_limit` (None: the same, or no file). A file records it beside itself; one that does not
+    was sized for the default."""
+    link = serving_path(project.serving_dir)
+    if not link.exists():
+        return None
+    sized_for = beside(link.resolve(), SIZED_FOR) or READER_MEMORY_LIMIT
+    wanted = project.config.serving.reader_memory_limit
+    if size_bytes(str(sized_for)) == size_bytes(wanted):
+        return None
+    return f"its indexes are sized for readers with {sized_for}, [serving] reader_memory_limit is {wanted}"
+
+
 def _rebuild_if_behind(project: Project, recorded: LogState | None, current: LogState) -> list[str]:
     behind = lagging(recorded, current)
+    resized = _resized(project)  # the file follows from the logs and from this setting
     storage, serving_dir = project.storage, project.serving_dir
     remote = not storage.is_local
-    if behind and not (remote and pull_if_current(storage, serving_dir, current)):
+    pulled = bool(behind) and remote and not resized and pull_if_current(storage, serving_dir, current)
+    if (behind or resized) and not pulled:
         # Imported here: building needs pyarrow and the run files, and every command checks (cheaply) first.
         from batchml.serving.database import build_serving_db
 
-        log.info("serving file behind the event logs (%s): rebuilding", "; ".join(behind))
-        build_serving_db(storage, serving_dir)  # commits it as a snapshot too, with object storage
+        why = "; ".join([*behind, *([resized] if resized else [])])
+        log.info("serving file behind the event logs or the [serving] setting (%s): rebuilding", why)
+        memory = project.config.serving.reader_memory_limit
+        build_serving_db(storage, serving_dir, reader_memory_limit=memory)  # and its snapshot, if remote
     elif remote and not behind:
         with serving_lock(serving_dir):  # completes a commit a crash interrupted after the build
             commit_snapshot(storage, serving_dir)
-    return behind
+    return [*behind, *([resized] if resized else [])]

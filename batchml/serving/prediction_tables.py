@@ -3,8 +3,9 @@
     run__<model>__<run_id>  the per-row columns (entity_id, prediction, predicted_class, input_hash, reasons,
                             flags) of each model's current published run and of its staged run, sorted by
                             entity_id, with an ART index on entity_id (a point lookup reads one leaf, not a
-                            row group) while the file's indexes fit a default reader's memory
-                            (`_indexed`; the sorted rows' zone maps serve the others). The run's
+                            row group) while the file's indexes fit the memory of a reader with the
+                            project's `[serving] reader_memory_limit` (`_indexed`; the sorted rows' zone
+                            maps serve the others). The run's
                             constants (model, model_version, dataset_version, code_version, run_id,
                             scored_at) are literals in the views below, not stored per row; not VIRTUAL
                             generated columns: DuckDB 1.4 never uses the index of a table that has one
@@ -50,7 +51,8 @@ from batchml.scoring.run_checksum import (
 from batchml.scoring.runs import PredictionRun, get_run
 from batchml.serving import canary, experiments
 from batchml.serving.canary import CONTROL, bucket_sql
-from batchml.serving.run_tables import READER_MEMORY_BYTES, READER_MEMORY_LIMIT, index_fits, run_table_name
+from batchml.serving.run_tables import READER_MEMORY_LIMIT, index_fits, run_table_name
+from batchml.sizes import size_bytes
 from batchml.store.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -87,13 +89,15 @@ PUBLISHED_RUNS = (
 )
 _EMPTY = "SELECT " + ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in PREDICTION_SCHEMA) + " WHERE false"
 _PREVIOUS = "previous"
-#: The reader memory a serving file's indexes must fit together: a reader with the default memory limit.
-#: DuckDB keeps every index node a reader's lookups load, for good (`run_tables.ART_BYTES_PER_ROW`), so a file
-#: indexing more rows than that reader can hold (~22M) made it fail after a few thousand point lookups
-#: (100M rows: after ~4,400), and any client's SQL on `entity_id = ...` with it. Runs beyond it are served
-#: without the index: their rows are sorted by entity_id, so a point lookup reads one segment of ~19k rows
-#: through the zone maps (100M rows: p50 ~1.2-1.5 ms instead of ~0.6 in a reader holding ~4 GB of index).
-INDEX_READER_MEMORY = READER_MEMORY_BYTES
+#: How the indexes of a serving file are sized: all together they must fit a reader with the project's
+#: `[serving] reader_memory_limit` (default 2GB: ~22M indexed rows; 8GB: ~88M). DuckDB keeps every index node
+#: a reader's lookups load, for good (`run_tables.ART_BYTES_PER_ROW`), so a file indexing more rows than that
+#: reader can hold made it fail after a few thousand point lookups (100M rows, 2GB: after ~4,400), and any
+#: client's SQL on `entity_id = ...` with it. Runs beyond it are served without the index: their rows are
+#: sorted by entity_id, so a point lookup reads one segment of ~19k rows through the zone maps (100M rows:
+#: p50 ~1.2-1.5 ms instead of ~0.6 in a reader holding ~4 GB of index). Decided at every build, also for a
+#: run copied from the previous file (`PreviousFile.copy` builds or leaves out the index as decided here),
+#: so a changed setting is honoured by the next build.
 #: Rows inserted into an indexed run table per transaction, each followed by a checkpoint. DuckDB's bulk
 #: `CREATE INDEX` holds the whole ART in memory and cannot spill it (at 10M rows it failed under 400 MB and
 #: peaked at 1.1 GB given 1.3 GB); chunks inserted into a table that already has the index are written out
@@ -118,22 +122,23 @@ def index_name(run: PredictionRun) -> str:
     return f'"run__{run.model}__{run.run_id}__entity_id"'
 
 
-def _indexed(runs: list[PredictionRun]) -> set[str]:
+def _indexed(runs: list[PredictionRun], reader_memory_limit: str) -> set[str]:
     """The tables of `runs` (in placement order: current runs first) that get an index on entity_id: those
-    that fit, with the ones before them, in what a reader with the default memory limit can hold for good
-    (`INDEX_READER_MEMORY`); each other run is named in a warning."""
+    that fit, with the ones before them, in what a reader with `reader_memory_limit` can hold for good; each
+    other run is named in a warning."""
+    memory = size_bytes(reader_memory_limit) or 0  # validated by the config
     chosen: set[str] = set()
     rows = 0
     for run in runs:
-        if index_fits(rows + run.rows, INDEX_READER_MEMORY):
+        if index_fits(rows + run.rows, memory):
             chosen.add(run_table(run))
             rows += run.rows
         else:
             log.warning(
                 "run %s: indexing its %d rows on entity_id would leave the serving file with indexes over "
-                "%d rows, more than a reader with the default memory limit (%s) can hold; served without "
-                "the index (point lookups read the zone maps of its sorted rows)",
-                run.run_id, run.rows, rows + run.rows, READER_MEMORY_LIMIT,
+                "%d rows, more than a reader with memory_limit %s ([serving] reader_memory_limit) can hold; "
+                "served without the index (point lookups read the zone maps of its sorted rows)",
+                run.run_id, run.rows, rows + run.rows, reader_memory_limit,
             )  # fmt: skip
     return chosen
 
@@ -401,9 +406,13 @@ def _create_published_runs(con: duckdb.DuckDBPyConnection, runs: list[Prediction
 
 
 def create_prediction_tables(
-    con: duckdb.DuckDBPyConnection, storage: Storage, previous: PreviousFile
+    con: duckdb.DuckDBPyConnection,
+    storage: Storage,
+    previous: PreviousFile,
+    reader_memory_limit: str = READER_MEMORY_LIMIT,
 ) -> None:
-    """The current and staged run tables (indexed), the views over them and `published_runs`."""
+    """The current and staged run tables (indexed while a reader with `reader_memory_limit` can hold their
+    indexes), the views over them and `published_runs`."""
     published, staging = PublicationLog(storage), PublicationLog(storage, "staging")
     current, staged, ever = [], [], []
     arms: dict[str, list[ServedArm]] = {}
@@ -419,7 +428,7 @@ def create_prediction_tables(
     placed: dict[str, PredictionRun] = {}
     for run in current + staged + [a[1] for served in arms.values() for a in served]:
         placed.setdefault(run_table(run), run)
-    indexed = _indexed(list(placed.values()))
+    indexed = _indexed(list(placed.values()), reader_memory_limit)
     for table, run in placed.items():
         _place_run(con, storage, run, previous, table in indexed)
     _predictions_view(con, current, arms)

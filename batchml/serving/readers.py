@@ -7,6 +7,7 @@ first from object storage when another host published it (`snapshots`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,16 @@ import duckdb
 from batchml.errors import BatchMLError, ConfigError, NotFoundError, QueryTimeoutError, ReadOnlyError
 from batchml.serving.pointer import SERVING_FILE as SERVING_FILE  # re-exported: where readers look
 from batchml.serving.pointer import serving_path
-from batchml.serving.run_tables import LOOKUP_CHUNK
+from batchml.serving.run_tables import LOOKUP_CHUNK, index_fits, indexed_rows, minimum_memory
 from batchml.serving.run_tables import READER_MEMORY_LIMIT as READER_MEMORY_LIMIT  # re-exported
+from batchml.sizes import ALLOWED as SIZES
+from batchml.sizes import size_bytes
 
 if TYPE_CHECKING:
     from batchml.project import Project
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Reader connections: no file access beyond the open database (no read_csv/COPY/ATTACH/INSTALL/LOAD), and
 #: settings locked so that SET/PRAGMA cannot turn it back on (nor lift the resource caps below).
@@ -60,20 +64,56 @@ def connect_serving(
 
     Its queries may use at most `memory_limit` (DuckDB spills or fails beyond it) and `threads` cores; the
     connection cannot change either. Every table is inside the file: readers need no access to the store.
+    A `memory_limit` that cannot hold the file's indexes is logged as a warning (`warn_if_too_small`).
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"reader threads {threads!r} is invalid: use a whole number >= 1")
+    memory = _memory_bytes(memory_limit)
     caps: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
 
     def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
-        try:
-            return duckdb.connect(str(path), read_only=True, config={**READER_CONFIG, **caps})
-        except (duckdb.ParserException, duckdb.SyntaxException) as exc:  # how DuckDB rejects a bad setting
-            raise ConfigError(
-                f"reader memory_limit {memory_limit!r} is invalid: use a size like '2GB' or '512MB' ({exc})"
-            ) from None
+        return duckdb.connect(str(path), read_only=True, config={**READER_CONFIG, **caps})
 
-    return open_current(serving_dir, open_read_only)
+    return _checked(open_current(serving_dir, open_read_only), memory_limit, memory)
+
+
+def _memory_bytes(memory_limit: str) -> int:
+    memory = size_bytes(memory_limit)
+    if memory is None:  # DuckDB would also take 'none' or '-1': no cap, which a reader must have
+        raise ConfigError(f"reader memory_limit {memory_limit!r} is invalid: use {SIZES}")
+    return memory
+
+
+def _checked(con: duckdb.DuckDBPyConnection, memory_limit: str, memory: int) -> duckdb.DuckDBPyConnection:
+    """`con`, once `warn_if_too_small` has looked at it (closed if that fails)."""
+    try:
+        warn_if_too_small(con, memory_limit, memory)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def warn_if_too_small(con: duckdb.DuckDBPyConnection, memory_limit: str, memory: int) -> None:
+    """Log one warning if a reader with `memory` bytes (`memory_limit`) cannot hold the indexes of the file
+    `con` reads (`run_tables.index_fits`).
+
+    No DuckDB (2.0) setting keeps such a reader safe: a table scan with one filter on entity_id looks the
+    key up in the ART before it compares the rows found with `index_scan_max_count` /
+    `index_scan_percentage` (`TableScanInitGlobal` -> `TryScanIndex` -> `ART::SearchEqual`), so even with
+    both at 0 every `entity_id = ...` loads index nodes it keeps for good, and plain SQL fails after a few
+    hundred to thousands of lookups. `batchml.lookup` stays off the index on such a reader; SQL cannot be."""
+    rows = indexed_rows(con)
+    if rows and not index_fits(int(rows), memory):
+        need = -(-minimum_memory(int(rows)) // 10**6)  # MB, rounded up
+        log.warning(
+            "this reader's memory_limit %s cannot hold the serving file's indexes (%d indexed rows need "
+            "%dMB): SQL on entity_id loads index memory DuckDB never frees and fails after a few thousand "
+            "lookups (batchml.lookup stays off the index); give readers memory_limit='%dMB' or more, or set "
+            "[serving] reader_memory_limit in batchml.toml to this reader's limit (the next publish indexes "
+            "only what it holds)",
+            memory_limit, rows, need, need,
+        )  # fmt: skip
 
 
 def open_current(serving_dir: Path, open_file: Callable[[Path], T]) -> T:
@@ -94,14 +134,15 @@ def open_current(serving_dir: Path, open_file: Callable[[Path], T]) -> T:
 def connect(
     project: Project | None = None,
     *,
-    memory_limit: str = READER_MEMORY_LIMIT,
-    threads: int = READER_THREADS,
+    memory_limit: str | None = None,
+    threads: int | None = None,
     pull: bool = True,
     history: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection to the published tables (`predictions`, `models`, ...).
 
-    Queries on it may use at most `memory_limit` and `threads` cores (the connection cannot raise them).
+    Queries on it may use at most `memory_limit` and `threads` cores (the connection cannot raise them);
+    not given: the project's `[serving] reader_memory_limit` and `reader_threads` (default 2GB, 2).
     With object storage, the newest serving snapshot is first fetched into the local serving folder if the
     local file is older (checking costs one listing and one small read); `pull=False` opens the local file
     as it is. `history=True` adds `prediction_history`, `past_predictions` and
@@ -112,6 +153,9 @@ def connect(
         from batchml.project import Project
 
         project = Project.open()
+    setting = project.config.serving
+    memory_limit = setting.reader_memory_limit if memory_limit is None else memory_limit
+    threads = setting.reader_threads if threads is None else threads
     if pull and not project.storage.is_local:
         from batchml.serving import snapshots  # only remote storage needs it
 
@@ -119,10 +163,12 @@ def connect(
     if history:
         from batchml.serving.history import connect_history  # fsspec: only history readers pay for it
 
-        return open_current(
+        memory = _memory_bytes(memory_limit)
+        con = open_current(
             project.serving_dir,
             lambda path: connect_history(path, project.storage, memory_limit=memory_limit),
         )
+        return _checked(con, memory_limit, memory)
     return connect_serving(project.serving_dir, memory_limit=memory_limit, threads=threads)
 
 

@@ -5,6 +5,8 @@ Its own module because readers must stay light: the builder imports polars and t
 
 from __future__ import annotations
 
+import duckdb
+
 #: The columns a run table stores per row, in table order (the run's constants are literals in the views).
 STORED_COLUMNS = ("entity_id", "prediction", "predicted_class", "input_hash", "reasons", "flags")
 
@@ -21,9 +23,8 @@ def run_table_name(model: str, run_id: str) -> str:
 #: default count is this one, 2,048, so a chunk always qualifies); otherwise it scans every row of the table.
 LOOKUP_CHUNK = 2048
 
-#: The default memory limit of a reader connection (`readers.connect`).
+#: The default memory limit of a reader connection (`readers.connect`; `[serving] reader_memory_limit`).
 READER_MEMORY_LIMIT = "2GB"
-READER_MEMORY_BYTES = 2 * 10**9  # READER_MEMORY_LIMIT as DuckDB reads it (1 GB = 10^9 bytes)
 #: DuckDB (2.0) keeps every ART index buffer a lookup loads pinned in the connection's memory and never evicts
 #: it (a loaded buffer is copied into memory that is not backed by the file: `FixedSizeBuffer::LoadFromDisk`,
 #: with "FIXME: Enable unpinning buffers" in its source), whatever the memory limit or temp directory. Random
@@ -33,6 +34,33 @@ READER_MEMORY_BYTES = 2 * 10**9  # READER_MEMORY_LIMIT as DuckDB reads it (1 GB 
 ART_BYTES_PER_ROW = 45
 #: The share of a reader's memory limit that the indexes it loads may take; the rest is for its queries.
 INDEX_MEMORY_SHARE = 0.5
+
+
+#: The indexed tables of the file (`duckdb_tables().estimated_size` would cost ~17 ms: it reads every
+#: table's row group metadata; `count(*)` of a table reads its row count only).
+_INDEXED_TABLES = """SELECT DISTINCT table_name FROM duckdb_indexes()
+    WHERE database_name = current_database() AND schema_name = 'main'"""
+
+
+def count_indexed_rows(con: duckdb.DuckDBPyConnection) -> int:
+    """The rows of every indexed table in the file `con` uses: what a reader ends up holding the indexes of
+    if it reads every run (table names are validated names: no quotes inside)."""
+    tables = [str(t) for (t,) in con.execute(_INDEXED_TABLES).fetchall()]
+    return sum(int(con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]) for t in tables)
+
+
+def indexed_rows(con: duckdb.DuckDBPyConnection) -> int:
+    """`count_indexed_rows`, as the serving build recorded it in `serving_info` (one small read at connect);
+    counted for a file built before it was recorded."""
+    try:
+        return int(con.execute("SELECT indexed_rows FROM serving_info").fetchall()[0][0])
+    except duckdb.Error:  # no such column or table: an older file
+        return count_indexed_rows(con)
+
+
+def minimum_memory(indexed_rows: int) -> int:
+    """The least memory limit (bytes) of a reader that can hold indexes over `indexed_rows` rows for good."""
+    return int(indexed_rows * ART_BYTES_PER_ROW / INDEX_MEMORY_SHARE)
 
 
 def index_fits(indexed_rows: int, memory_bytes: float) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
 import batchml
 from batchml import api
 from batchml.cli import app
+from batchml.config import ServingConfig
 from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.scoring import run_checksum
 from batchml.serving import lookup, prediction_tables, run_tables
@@ -45,6 +48,12 @@ def second_run(project: batchml.Project) -> batchml.PredictionRun:
     model = batchml.train(project, "default_risk", params={"num_leaves": 7})
     batchml.promote(project, "default_risk", model.version, reason="challenger won")
     return batchml.score(project, "default_risk")
+
+
+def readers_of(project: batchml.Project, memory_limit: str) -> batchml.Project:
+    """`project` with `[serving] reader_memory_limit = memory_limit`: its builds size indexes by it."""
+    serving = ServingConfig(reader_memory_limit=memory_limit)
+    return dataclasses.replace(project, config=msgspec.structs.replace(project.config, serving=serving))
 
 
 def test_published_tables_answer_sql(project: batchml.Project, published: batchml.PredictionRun) -> None:
@@ -179,19 +188,19 @@ def test_a_run_whose_ids_do_not_ascend_is_sorted_before_it_is_indexed(
 def test_runs_whose_indexes_a_default_reader_cannot_hold_are_served_without_them(
     project: batchml.Project,
     champion: batchml.ModelVersion,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """DuckDB keeps what a reader loads of an index for good, so a serving file indexes its runs (current
-    ones first) only while a reader with the default memory limit can hold all their indexes together; the
-    others are served through the zone maps of their sorted rows, by SQL and by `batchml.lookup` alike."""
+    ones first) only while a reader with the project's `[serving] reader_memory_limit` can hold all their
+    indexes together; the others are served through the zone maps of their sorted rows, by SQL and by
+    `batchml.lookup` alike."""
     run = batchml.score(project, "default_risk")
     one_index = run.rows * run_tables.ART_BYTES_PER_ROW / run_tables.INDEX_MEMORY_SHARE
-    monkeypatch.setattr(prediction_tables, "INDEX_READER_MEMORY", one_index * 1.5)  # room for one, not two
-    batchml.publish(project, "default_risk", run.run_id)
+    small = readers_of(project, f"{int(one_index * 1.5)}B")  # room for one, not two
+    batchml.publish(small, "default_risk", run.run_id)
     staged = second_run(project)
     with caplog.at_level(logging.WARNING):
-        api.stage(project, "default_risk", staged.run_id)
+        api.stage(small, "default_risk", staged.run_id)
     assert f"run {staged.run_id}: indexing its {staged.rows} rows on entity_id would leave" in caplog.text
     with batchml.connect(project) as con:
         indexed = con.execute("SELECT table_name FROM duckdb_indexes()").fetchall()
@@ -199,8 +208,7 @@ def test_runs_whose_indexes_a_default_reader_cannot_hold_are_served_without_them
         sql = "SELECT run_id FROM predictions_staging WHERE entity_id = 'L000000042'"
         assert con.execute(sql).fetchall() == [(staged.run_id,)]
 
-    monkeypatch.setattr(prediction_tables, "INDEX_READER_MEMORY", 0)  # no index at all
-    batchml.publish(project, "default_risk", staged.run_id)
+    batchml.publish(readers_of(project, "1B"), "default_risk", staged.run_id)  # no index at all
     con = batchml.connect(project)
     assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchone() == (0,)
     sql = "SELECT run_id FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"

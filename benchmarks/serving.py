@@ -355,7 +355,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--serving", type=Path, help="lookups on this serving file (no setup)")
     parser.add_argument("--threads", type=int, default=0, help="reader threads (0: batchml's default)")
-    parser.add_argument("--memory-limit", help="each reader's memory_limit (default: batchml's, 2GB)")
+    parser.add_argument(
+        "--memory-limit", help="[serving] reader_memory_limit: the readers' memory and the index rule (2GB)"
+    )
     parser.add_argument("--readers", type=int, default=8, help="reader processes at once (0: none)")
     parser.add_argument("--keep", type=Path, help="lookups: publish, keep the file there, measure nothing")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -392,6 +394,9 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     data = ensure_data(workdir, rows, args.seed)
     setup = setup_batchml(workdir, data, train_baseline(data, args.trees, workdir))
+    if args.memory_limit:  # the serving build indexes what readers with that limit can hold
+        with open(setup["toml"], "a", encoding="utf-8") as toml:
+            toml.write(f'\n[serving]\nreader_memory_limit = "{args.memory_limit}"\n')
     try:
         if args.mode == "publishes":
             meta = _meta(args, rows, publishes=args.publishes)

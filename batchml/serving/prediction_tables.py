@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,12 @@ _PREVIOUS = "previous"
 #: by each checkpoint, so a 10M-row publish stays within the build's `memory_limit` (~430 MB peak) and
 #: costs less CPU (one sort instead of two: `CREATE INDEX` sorts the keys again).
 INDEX_CHUNK_ROWS = 2_000_000
-_SORTED = "_sorted_run"  # the temporary table of a run's rows read from its files, sorted by entity_id
+#: A run's rows read from its files and sorted by entity_id, before they go into its indexed table in chunks:
+#: a table in a database file of its own beside the build (`_sorted_rows`), not a TEMP table. A TEMP table of
+#: 100M rows pinned more of the build's memory than it could evict, so the first checkpoints after it failed
+#: (DuckDB 2.0: "FATAL ... failed to pin block", 244/244 MiB, at 256 MB; 384 MB passed); a file's table is
+#: written out and evicted like any other (100M rows under 256 MB: peak RSS 361 MiB).
+_SCRATCH, _SORTED = "sorted_scratch", "sorted_run"
 
 
 def literal(text: str) -> str:
@@ -314,17 +319,32 @@ def _place_run(
     # file would keep (10M rows: 127 row groups, not 82; +60 MB, +3 CPU s); the sort's output is whole ones.
     ascending = run.manifest.get("entity_ids_ascending") is True and not legacy
     order = "" if ascending else " ORDER BY entity_id"
-    with _threads(con, 1 if ascending else None):
-        if not indexed:
+    if not indexed:
+        with _threads(con, 1 if ascending else None):
             stored = ", ".join(STORED)
             con.execute(f"INSERT INTO {run_table(run)} ({stored}) SELECT * FROM ({select}){order}")
-            return
-        # into temporary storage (in memory up to the build's memory_limit, spilled beyond it)
-        con.execute(f"CREATE TEMP TABLE {_SORTED} AS SELECT * FROM ({select}){order}")
+        return
+    with _sorted_rows(con, f"SELECT * FROM ({select}){order}", 1 if ascending else None) as source:
+        _fill(con, run, _row_ranges(con, source))
+
+
+@contextmanager
+def _sorted_rows(con: duckdb.DuckDBPyConnection, select: str, threads: int | None) -> Iterator[str]:
+    """The rows of `select` (sorted) as a table in a scratch database file beside the file being built
+    (see `_SORTED`), with `threads` (None: unchanged); the file is detached and deleted after the block,
+    and a crash's leftover is collected with the build's (`.building-*`, `serving.gc`)."""
+    found = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+    scratch = Path(f"{(found.fetchone() or ('',))[0]}.sorted")
+    con.execute(f"ATTACH {literal(str(scratch))} AS {_SCRATCH}")
     try:
-        _fill(con, run, _row_ranges(con, _SORTED))
+        with _threads(con, threads):
+            con.execute(f"CREATE TABLE {_SCRATCH}.{_SORTED} AS {select}")
+        yield f"{_SCRATCH}.{_SORTED}"
     finally:
-        con.execute(f"DROP TABLE {_SORTED}")
+        with suppress(duckdb.Error):  # a connection a fatal error invalidated: nothing left to detach
+            con.execute(f"DETACH {_SCRATCH}")
+        for path in (scratch, Path(f"{scratch}.wal")):
+            path.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -99,7 +99,9 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_alert_events_trigger_one_deb
         server = stack.enter_context(
             running(
                 [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                subprocess_env(home),
+                # A run refused a slot of its deployment's concurrency limit (the retrains, one at a time) is
+                # retried after this many seconds: Prefect's 30 s default left the worker idle for up to 20 s.
+                subprocess_env(home, PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2"),
                 tmp_path / "server.log",
             )
         )

@@ -22,11 +22,14 @@ from batchml.testing import write_loans
 
 PUBLISHES = 50
 READER = r"""
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import duckdb
 
 kind, config, path, stop, out = sys.argv[1:6]
+# Below the writer: three readers spinning on two cores would otherwise take most of the writer's CPU and
+# stretch the publishes (the checks are per read, not per second); they still read whenever a core is free.
+os.nice(5)
 if kind == "batchml":
     import batchml
     project = batchml.Project.open(config)
@@ -39,6 +42,8 @@ while not Path(stop).exists():
                 con.close()
             con = batchml.connect(project) if kind == "batchml" else duckdb.connect(path, read_only=True)
         reads.append(list(con.execute(SQL).fetchone()))
+        if len(reads) == 1:
+            Path(out + ".ready").touch()  # the writer starts once every reader has read
     except Exception as exc:  # every error counts, lock conflicts included
         errors.append(f"{type(exc).__name__}: {exc}")
         con = None
@@ -83,7 +88,11 @@ def test_readers_see_whole_runs_while_a_writer_publishes(
         out = tmp_path / f"reader-{i}.json"
         args = [sys.executable, "-c", READER, kind, config, str(path), str(stop), str(out)]
         readers.append((subprocess.Popen(args), out))
-    time.sleep(1.0)  # let the readers import and start reading
+    deadline = time.monotonic() + 120  # the readers import and read once before the first publish
+    while not all(out.with_name(out.name + ".ready").exists() for _, out in readers):
+        assert all(process.poll() is None for process, _ in readers), "a reader died before reading"
+        assert time.monotonic() < deadline, "the readers never started reading"
+        time.sleep(0.05)
     started = time.perf_counter()
     for n in range(PUBLISHES):
         batchml.publish(project, "default_risk", run_ids[(n + 1) % len(run_ids)])

@@ -2,21 +2,23 @@
 
 For runs too large to hold in memory (`run_compare.IN_MEMORY_ROWS`). DuckDB, capped at `MEMORY_LIMIT` and
 spilling to a temporary directory, does what needs every row at once: it sorts each run's predictions into a
-temporary Parquet file, picks each run's top-k ids (ORDER BY ... LIMIT k), and joins the two runs by entity
-id when their rows differ. Python streams the rest a row group at a time:
+temporary Parquet file and joins the two runs by entity id when their rows differ; the rest is scans and
+Python streaming a row group at a time:
 
 - PSI: the old run's quantile edges from its sorted values at the ranks `np.quantile` interpolates between
-  (`stats.psi_bin_edges_sorted`), then both runs' rows per bin.
+  (`stats.psi_bin_edges_sorted`), then both runs' rows per bin, counted in SQL against those edges.
 - KS: both sorted files merged in step; the gap of the two empirical CDFs is evaluated at every distinct
   value with the same counts and divisions as `run_compare.ks_statistic`, so the same maximum.
+- Top-k: the k-th highest value read from the sorted file; the ids above it, and the smallest ids among
+  those equal to it (the only sort), as `run_compare.top_ids` chooses them; the overlap is a join.
 - Flip rate and mean |delta|: row by row when both runs hold the same ids in the same order (runs from one
   read of one dataset version), checked batch by batch; otherwise the in-memory path's join, over the files.
 
 NaN predictions (and NULL, which the in-memory path reads as NaN) are kept out of the sorted files and
 counted: `np.sort` puts them last, where they change neither the quantile edges (a NaN makes PSI 0, as
 `np.quantile` makes every edge NaN) nor the KS gap; they fall in PSI's last bin and rank as +inf in the top k.
-Sums are added per batch (`math.fsum` of the batches' sums), so means match the in-memory ones to ~1e-15
-relative, not to the last bit.
+Counts are exact; sums are compensated (DuckDB's `fsum`, `math.fsum` of per-batch sums), so means match the
+in-memory ones (pairwise sums) to ~1e-15 relative, not always to the last bit.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from batchml.data.stats import psi_bin_edges_sorted, psi_from_counts
 from batchml.scoring.runs import PredictionRun
 from batchml.store.storage import FileEntry, Storage
 
-#: DuckDB's cap per comparison (its sorts and joins spill beyond it); with Python's batches (~2 x 131,072
-#: rows of three columns) a comparison stays within ~250 MB above the process's baseline.
+#: DuckDB's cap per comparison (its sorts and joins spill beyond it). With what DuckDB holds beyond its cap
+#: and Python's batches, a comparison adds 171-233 MiB to the process at 1M-30M rows per run, flat
+#: (`benchmarks/compare.py`), under the ~250 MB the in-memory path may add.
 MEMORY_LIMIT = "100MB"
 BATCH_ROWS = 131_072
 #: Entities both scored, flip rate of the predicted class, mean |difference| (the in-memory join path's SQL).

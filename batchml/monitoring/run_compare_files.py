@@ -82,7 +82,8 @@ def _sorted_chunks(path: Path) -> Iterator[np.ndarray]:
     for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(
         batch_size=BATCH_ROWS, columns=["prediction"], use_threads=False
     ):
-        yield batch.column(0).to_numpy()
+        if batch.num_rows:
+            yield batch.column(0).to_numpy()
 
 
 def _distinct(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

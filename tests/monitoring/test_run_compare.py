@@ -113,6 +113,9 @@ def test_nan_predictions_and_missing_classes_give_the_same_numbers(storage: Stor
     assert math.isnan(forward["mean_abs_delta"]) and forward["psi"] > 0
     backward = both_paths(storage, plain, nan_run)  # NaN in the old run: every edge NaN, PSI 0
     assert backward["psi"] == 0.0 and math.isnan(backward["mean_prediction"]["old"])
+    all_nan = write_run(storage, "all_nan", binary(ids, np.full(ROWS, np.nan)))
+    for new, old in ((all_nan, plain), (plain, all_nan)):
+        assert both_paths(storage, new, old)["common_entities"] == ROWS
 
 
 def test_regression_runs_without_a_class_and_one_value_across_batches(storage: Storage) -> None:

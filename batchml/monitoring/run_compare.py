@@ -2,7 +2,8 @@
 
 Both runs' Parquet files are hash-checked and read (entity id, prediction, predicted class) into Arrow
 tables. Used by staging (`batchml predictions compare`) and by shadow scoring (each shadow run against the
-served run).
+served run). Runs of more than `IN_MEMORY_ROWS` rows together are compared from their files instead, in
+bounded memory, with the same numbers (`run_compare_files`).
 
 Runs scored from one read of one dataset version (a shadow and its served run) hold the same entity ids in
 the same order, so the per-entity measures are computed row by row; otherwise the two tables are joined by
@@ -20,11 +21,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchml.data.stats import population_stability_index
+from batchml.monitoring.run_compare_files import PER_ENTITY_SQL, RunFiles, ks_statistic_sorted
 from batchml.scoring.runs import PredictionRun
 from batchml.store.storage import Storage
 
 DEFAULT_TOP_SHARE = 0.01
 _COLUMNS = ["entity_id", "prediction", "predicted_class"]
+#: Both runs' rows together up to which they are compared in memory (above: from their files, bounded).
+#: In memory, a comparison adds ~125 B per row of both runs when their rows align (the Arrow columns ~30 B,
+#: plus the copies the measures make: sorted values and searchsorted counts and shares for KS, partial sorts
+#: for PSI and top-k, |delta|; and pyarrow's read buffers) and ~150 B when DuckDB joins them: measured by
+#: `benchmarks/compare.py`, 238 MiB (aligned) and 284 MiB (joined) added at 1M + 1M rows, 1,269 MiB at
+#: 10M + 10M. 2M rows x ~125 B = ~250 MB, the most a comparison should add to a scoring run (~600 MiB flat).
+IN_MEMORY_ROWS = 2_000_000
 
 
 def _describe(run: PredictionRun, rows: int) -> dict[str, Any]:
@@ -70,10 +79,7 @@ def _per_entity(new: pa.Table, old: pa.Table) -> tuple[int, float | None, float 
     try:
         con.register("n_run", new)
         con.register("o_run", old)
-        row = con.execute(
-            "SELECT count(*), avg(CAST(n.predicted_class IS DISTINCT FROM o.predicted_class AS DOUBLE)), "
-            "avg(abs(n.prediction - o.prediction)) FROM n_run n JOIN o_run o USING (entity_id)"
-        ).fetchone()
+        row = con.execute(PER_ENTITY_SQL).fetchone()
     finally:
         con.close()
     return row if row else (0, None, None)
@@ -101,6 +107,11 @@ def _overlap(a: pa.Array, b: pa.Array) -> int:
     return int(pc.sum(pc.is_in(a, value_set=b)).as_py() or 0)
 
 
+def top_k(old_rows: int, top: int | None, top_share: float) -> int:
+    """k of the top-k overlap: `top`, else `top_share` of the old run's rows, else 1% (at least 1)."""
+    return top or max(1, round((top_share or DEFAULT_TOP_SHARE) * old_rows))
+
+
 def compare_runs(
     storage: Storage,
     new: PredictionRun,
@@ -109,17 +120,21 @@ def compare_runs(
     top: int | None = None,
     top_share: float = 0.0,
     old_table: pa.Table | None = None,
+    in_memory_rows: int | None = None,
 ) -> dict[str, Any]:
     """`new` against `old`: PSI and KS of the predictions, flip rate of the predicted class and mean
     |difference| over the entities both scored, and the overlap of their top-k entities (k = `top`, else
     `top_share` of `old`'s rows, else 1%; ties broken by entity id). `old_table`: `old` as `read_run`
-    gave it (several runs compared with one)."""
+    gave it (several runs compared with one). Runs of more than `in_memory_rows` (default
+    `IN_MEMORY_ROWS`) rows together are compared from their files in bounded memory (`old_table` unused)."""
+    if not fits_in_memory(new, old, in_memory_rows):
+        return _compare_files(storage, new, old, top, top_share)
     n_table = read_run(storage, new)
     o_table = old_table if old_table is not None else read_run(storage, old)
     new_values = n_table.column("prediction").to_numpy()
     old_values = o_table.column("prediction").to_numpy()
     common, flip_rate, mean_abs_delta = _per_entity(n_table, o_table)
-    k = top or max(1, round((top_share or DEFAULT_TOP_SHARE) * len(old_values)))
+    k = top_k(len(old_values), top, top_share)
     overlap = _overlap(top_ids(n_table, k), top_ids(o_table, k))
     return {
         "new": _describe(new, len(new_values)),
@@ -128,6 +143,35 @@ def compare_runs(
         "mean_prediction": {"new": float(np.mean(new_values)), "old": float(np.mean(old_values))},
         "psi": population_stability_index(old_values, new_values),
         "ks_statistic": ks_statistic(old_values, new_values),
+        "flip_rate": flip_rate,
+        "mean_abs_delta": mean_abs_delta,
+        "top_k": k,
+        "top_k_overlap": overlap / k,
+    }
+
+
+def fits_in_memory(new: PredictionRun, old: PredictionRun, in_memory_rows: int | None = None) -> bool:
+    """Whether `compare_runs` compares these runs in memory (else from their files, bounded)."""
+    return new.rows + old.rows <= (IN_MEMORY_ROWS if in_memory_rows is None else in_memory_rows)
+
+
+def _compare_files(
+    storage: Storage, new: PredictionRun, old: PredictionRun, top: int | None, top_share: float
+) -> dict[str, Any]:
+    """`compare_runs` from the run files, in bounded memory (`run_compare_files`)."""
+    with RunFiles(storage, new, old) as files:
+        common, flip_rate, mean_abs_delta = files.per_entity()
+        n_dist, o_dist = files.distribution("n_run"), files.distribution("o_run")
+        k = top_k(o_dist.rows, top, top_share)
+        overlap = files.top_overlap(k, n_dist, o_dist)
+        psi, ks = files.psi(o_dist, n_dist), ks_statistic_sorted(o_dist, n_dist)
+    return {
+        "new": _describe(new, n_dist.rows),
+        "old": _describe(old, o_dist.rows),
+        "common_entities": common,
+        "mean_prediction": {"new": n_dist.mean, "old": o_dist.mean},
+        "psi": psi,
+        "ks_statistic": ks,
         "flip_rate": flip_rate,
         "mean_abs_delta": mean_abs_delta,
         "top_k": k,

@@ -26,7 +26,7 @@ from batchml.config import DivergenceLimits, ShadowConfig
 from batchml.errors import ConflictError
 from batchml.models.registry import ModelVersion, RegistryReader
 from batchml.monitoring import alerts
-from batchml.monitoring.run_compare import compare_runs
+from batchml.monitoring.run_compare import compare_runs, fits_in_memory
 from batchml.names import check_name
 from batchml.scoring.runs import PredictionRun
 from batchml.store.eventlog import now
@@ -119,7 +119,8 @@ def compare_shadow(
     path = f"{_folder(served.model)}/{ident}.json"
     if storage.exists(path):
         return storage.read_json(path)
-    old_table = served_rows() if served_rows is not None else None
+    # Large runs are compared from their files (bounded memory): the served run is then not read whole.
+    old_table = served_rows() if served_rows is not None and fits_in_memory(shadow, served) else None
     report = compare_runs(storage, shadow, served, top_share=config.top_share, old_table=old_table)
     beyond = divergences(report, limits)
     record = {

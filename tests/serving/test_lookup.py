@@ -148,10 +148,11 @@ def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows
 ) -> None:
     """Many ids go to the run table's ART index in sorted chunks (share 1.0: any batch of this 4k-row run)
     or, beyond `SCAN_SHARE` of its rows, are one scan: either way the rows are the view's, whatever the
-    chunk size (here 7 ids a query), for present, absent and repeated ids, and DuckDB probes the index."""
+    chunk size (here 7 ids a query, two chunks at a time on two threads), for present, absent and repeated
+    ids, and DuckDB probes the index."""
     monkeypatch.setattr(lookup_module, "SCAN_SHARE", share)
     path = batchml.database_path(project).resolve()
-    config = {**readers.READER_CONFIG, "dynamic_or_filter_threshold": 7, "memory_limit": "2GB"}
+    config = {**readers.READER_CONFIG, "dynamic_or_filter_threshold": 7, "memory_limit": "2GB", "threads": 2}
     with duckdb.connect(str(path), read_only=True, config=config) as con:
         sql = "SELECT entity_id FROM predictions ORDER BY entity_id"
         served = [str(r[0]) for r in con.execute(sql).fetchall()]
@@ -161,7 +162,7 @@ def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows
         assert table.column("entity_id").to_pylist() == wanted  # once each, in order, absent ids absent
         assert table.equals(con.sql(VIEW_ROWS, params=[wanted]).to_arrow_table())
         assert batchml.lookup(con, "default_risk", ["missing-1", "missing-2"]).num_rows == 0
-        assert lookup_module._READERS[con].chunk == 7
+        assert (lookup_module._READERS[con].chunk, lookup_module._READERS[con].threads) == (7, 2)
         run = lookup_module._find_run(con, "default_risk", 2**31)
         assert run is not None and run.probes == int(len(served) * share)
         assert lookup_module._READERS[con].memory == pytest.approx(1.8 * 2**30)  # 2GB, as DuckDB shows it

@@ -4,54 +4,37 @@ Frozen msgspec structs that reject unknown fields, so a typo in the file is an e
 msgspec rather than pydantic because every CLI command reads the config: msgspec imports and validates in a
 few milliseconds where pydantic cost ~0.17 s of CPU per command (`benchmarks/cli_startup.py`). Structs are
 validated when converted from a mapping (`parse_config`, `ModelSpec.from_mapping`); building one in code
-checks only the cross-field rules in `__post_init__`.
+checks only the cross-field rules in `__post_init__`. The gates (`config_gates`) and the shadow and canary
+sections (`config_releases`) have modules of their own, on `config_base`; their structs are re-exported here.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import msgspec
 from msgspec import Meta, field
 
-from batchml.config_errors import describe
-from batchml.errors import ConfigError, InvalidNameError
+from batchml.config_base import AtLeastOne as AtLeastOne
+from batchml.config_base import NonNegative as NonNegative
+from batchml.config_base import Positive as Positive
+from batchml.config_base import PositiveShare as PositiveShare
+from batchml.config_base import Share as Share
+from batchml.config_base import Strict
+from batchml.config_gates import GatesConfig as GatesConfig
+from batchml.config_releases import CanaryConfig as CanaryConfig
+from batchml.config_releases import DivergenceLimits as DivergenceLimits
+from batchml.config_releases import ShadowConfig as ShadowConfig
+from batchml.errors import ConfigError
 from batchml.names import check_name
 from batchml.sizes import ALLOWED as SIZES
 from batchml.sizes import size_bytes
 
 Task = Literal["binary", "regression", "multiclass"]
-_T = TypeVar("_T", bound="_Strict")
-
-#: Number constraints, as msgspec metadata.
-Share = Annotated[float, Meta(ge=0.0, le=1.0)]
-PositiveShare = Annotated[float, Meta(gt=0.0, le=1.0)]
-NonNegative = Annotated[float, Meta(ge=0.0)]
-Positive = Annotated[float, Meta(gt=0.0)]
-AtLeastOne = Annotated[int, Meta(ge=1)]
 
 
-class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Immutable, and a mapping with a key the struct does not know is refused."""
-
-    @classmethod
-    def prepare(cls, data: Any) -> Any:
-        """The mapping as validation should see it (a hook for structs that normalise input first)."""
-        return data
-
-    @classmethod
-    def from_mapping(cls: type[_T], data: Any, source: str = "<config>") -> _T:
-        """Validate `data` (as read from TOML or JSON) into this struct; errors name the field and value."""
-        return _convert(data, cls, source)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values under their config-file names (`in`, not `in_`)."""
-        return msgspec.to_builtins(self)
-
-
-class StorageConfig(_Strict, frozen=True):
+class StorageConfig(Strict, frozen=True):
     """Where versions live. `root` is a path (relative to the config file) or a URL (`s3://b/prefix`)."""
 
     root: str = "data"
@@ -62,7 +45,7 @@ class StorageConfig(_Strict, frozen=True):
     options: dict[str, Any] = field(default_factory=dict)
 
 
-class ServingConfig(_Strict, frozen=True):
+class ServingConfig(Strict, frozen=True):
     """`[serving]`: the caps of reader connections (`batchml.connect`, `batchml query`) on this host, and so
     how many rows the serving build indexes: only what a reader with `reader_memory_limit` can hold."""
 
@@ -83,21 +66,21 @@ class ServingConfig(_Strict, frozen=True):
         return value
 
 
-class DatasetConfig(_Strict, frozen=True):
+class DatasetConfig(Strict, frozen=True):
     """A dataset's default source, used when `datasets snapshot NAME` is given no SOURCE."""
 
     source: str | None = None
     format: Literal["csv", "parquet"] | None = None
 
 
-class SplitConfig(_Strict, frozen=True):
+class SplitConfig(Strict, frozen=True):
     """How rows are held out for evaluation: the latest `test_fraction` by time, or by hashed entity id."""
 
     method: Literal["time", "hash"] | None = None  # None: "time" when the spec has a timestamp, else "hash"
     test_fraction: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.2
 
 
-class Expectation(_Strict, frozen=True):
+class Expectation(Strict, frozen=True):
     """Rules for one column, checked on training data and on every scoring batch.
 
     Row rules (`min`, `max`, `in`, `not_null`) with severity "hard" send breaking rows to quarantine at
@@ -118,7 +101,7 @@ class Expectation(_Strict, frozen=True):
             raise ValueError("`in` is an empty list: list the allowed values, or drop `in`")
 
 
-class ScoringConfig(_Strict, frozen=True):
+class ScoringConfig(Strict, frozen=True):
     """How scoring treats bad rows and what it adds to each prediction."""
 
     #: A run whose quarantined share of rows exceeds this fails and publishes nothing.
@@ -141,91 +124,7 @@ class ScoringConfig(_Strict, frozen=True):
     tolerance: NonNegative = 1e-9
 
 
-class MetricGate(_Strict, frozen=True):
-    """A threshold on a held-out metric."""
-
-    min: float | None = None
-    max: float | None = None
-
-
-class SliceGate(_Strict, frozen=True):
-    """Metric per slice: category values of `columns`, numeric bins of `bins`."""
-
-    columns: list[str] = field(default_factory=list)
-    bins: dict[str, list[float]] = field(default_factory=dict)
-    metric: str = "auc"
-    min_metric: float | None = None
-    max_gap: float | None = None
-    min_rows: AtLeastOne = 50
-
-
-class ChampionGate(_Strict, frozen=True):
-    """The challenger may be worse than the current champion on the same held-out rows by at most `margin`."""
-
-    metric: str = "auc"
-    margin: NonNegative = 0.0
-    alias: str = "champion"
-
-
-class InvarianceGate(_Strict, frozen=True):
-    """Shuffling a feature declared irrelevant moves predictions by less than `epsilon` (mean |change|)."""
-
-    features: list[str]
-    epsilon: Positive = 0.01
-
-
-class DirectionGate(_Strict, frozen=True):
-    """Features declared monotone move predictions the declared way on held-out rows."""
-
-    increasing: list[str] = field(default_factory=list)
-    decreasing: list[str] = field(default_factory=list)
-    #: Share of rows allowed to move the wrong way (trees are piecewise constant; ties do not count).
-    max_violation_share: Share = 0.0
-
-
-class FairnessGate(_Strict, frozen=True):
-    """Gaps across groups of a sensitive column: positive rate, and true positive rate with labels."""
-
-    column: str
-    max_positive_rate_gap: float | None = None
-    max_tpr_gap: float | None = None
-    min_rows: AtLeastOne = 50
-
-
-class FlipRateGate(_Strict, frozen=True):
-    """The share of held-out entities whose decision changes versus the champion stays under `max`."""
-
-    max: Share
-    alias: str = "champion"
-
-
-class BudgetGate(_Strict, frozen=True):
-    """What the machine it runs on allows: measured at training with the model's scoring engine."""
-
-    #: Size of the stored model text.
-    max_model_bytes: AtLeastOne | None = None
-    #: p99 of single-row predict, milliseconds.
-    max_row_latency_ms: Positive | None = None
-    #: Batch predict throughput, rows per second.
-    min_rows_per_s: Positive | None = None
-
-
-class GatesConfig(_Strict, frozen=True):
-    """Promotion gates; a version reaches `champion` only when all configured gates pass."""
-
-    #: The train flow promotes a new version automatically only if every gate passed.
-    auto_promote: bool = True
-    metrics: dict[str, MetricGate] = field(default_factory=dict)
-    slices: SliceGate | None = None
-    champion: ChampionGate | None = None
-    invariance: InvarianceGate | None = None
-    direction: DirectionGate | None = None
-    fairness: FairnessGate | None = None
-    flip_rate: FlipRateGate | None = None
-    budget: BudgetGate | None = None
-
-
-class DriftConfig(_Strict, frozen=True):
+class DriftConfig(Strict, frozen=True):
     """Drift thresholds against the model's training profile (numeric: PSI + KS; categorical: PSI + JS)."""
 
     psi: Positive = 0.2
@@ -237,7 +136,7 @@ class DriftConfig(_Strict, frozen=True):
     max_drifted_share: Share = 0.3
 
 
-class LabelsConfig(_Strict, frozen=True):
+class LabelsConfig(Strict, frozen=True):
     """Where delayed labels come from: a dataset with entity id, label and the time the label became known."""
 
     dataset: str
@@ -249,7 +148,7 @@ class LabelsConfig(_Strict, frozen=True):
         check_name("dataset", self.dataset)
 
 
-class PerformanceConfig(_Strict, frozen=True):
+class PerformanceConfig(Strict, frozen=True):
     """Metrics of labelled predictions per period and slice; a drop over `max_drop` from validation alerts."""
 
     metric: str = "auc"
@@ -259,7 +158,7 @@ class PerformanceConfig(_Strict, frozen=True):
     min_rows: AtLeastOne = 100
 
 
-class RetrainConfig(_Strict, frozen=True):
+class RetrainConfig(Strict, frozen=True):
     """When the monitor flow retrains: on which breaches, and at most once per `debounce_hours`."""
 
     on_drift: bool = True
@@ -268,7 +167,7 @@ class RetrainConfig(_Strict, frozen=True):
     debounce_hours: NonNegative = 24.0
 
 
-class MonitoringConfig(_Strict, frozen=True):
+class MonitoringConfig(Strict, frozen=True):
     """Drift, delayed-label performance, Evidently reports and the retraining loop."""
 
     drift: DriftConfig = field(default_factory=DriftConfig)
@@ -279,75 +178,7 @@ class MonitoringConfig(_Strict, frozen=True):
     report_sample_rows: Annotated[int, Meta(ge=100)] = 50_000
 
 
-class DivergenceLimits(_Strict, frozen=True):
-    """How far a run may differ from the served (control) run of the same dataset version."""
-
-    #: The top share of entities (by the served prediction) whose overlap is compared.
-    top_share: PositiveShare = 0.01
-    #: Limits; a comparison beyond any of them is a divergence (None: not checked).
-    max_psi: Positive | None = 0.2
-    max_ks: PositiveShare | None = 0.1
-    max_flip_rate: Share | None = 0.05
-    min_top_k_overlap: Share | None = None
-    max_mean_abs_delta: NonNegative | None = None
-
-    def limits(self) -> dict[str, float]:
-        """The configured limits by name (`max_...` caps, `min_...` floors)."""
-        values = {
-            "max_psi": self.max_psi,
-            "max_ks": self.max_ks,
-            "max_flip_rate": self.max_flip_rate,
-            "min_top_k_overlap": self.min_top_k_overlap,
-            "max_mean_abs_delta": self.max_mean_abs_delta,
-        }
-        return {k: v for k, v in values.items() if v is not None}
-
-
-class ShadowConfig(DivergenceLimits, frozen=True):
-    """`[models.X.shadow]`: versions scored beside the served one on every run (one read), never served, and
-    compared with it; a comparison beyond a limit is an alert (kind `shadow_divergence`)."""
-
-    #: Aliases whose holders are scored in shadow (an alias nobody holds is skipped, with a log line).
-    aliases: list[str] = field(default_factory=list)
-    #: Model versions scored in shadow.
-    versions: list[AtLeastOne] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        for alias in self.aliases:
-            check_name("alias", alias)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any version is scored in shadow."""
-        return bool(self.aliases or self.versions)
-
-
-class CanaryConfig(DivergenceLimits, frozen=True):
-    """`[models.X.canary]`: the holder of `alias` serves `shares[step]` of the entities (a stable salted hash
-    of the entity id picks them); one step further per healthy run, rolled back on a breach."""
-
-    alias: str = "canary"
-    #: The ramp: the share served at each step, increasing, the last one held until promotion.
-    shares: list[PositiveShare] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
-    #: Mixed into the entity hash; another salt draws another set of entities (default: the model's name).
-    salt: str | None = None
-    #: Labelled-performance breach: the canary arm worse than control on this metric by more than the
-    #: margin, with at least `min_samples` labelled rows in each arm, rolls it back (the monitor checks).
-    performance_metric: Literal["accuracy", "log_loss", "mae", "rmse"] | None = None
-    max_performance_drop: NonNegative | None = None
-    min_samples: AtLeastOne = 500
-
-    def __post_init__(self) -> None:
-        check_name("alias", self.alias)
-        if (self.performance_metric is None) != (self.max_performance_drop is None):
-            raise ValueError("canary performance_metric and max_performance_drop go together: set both")
-        if self.alias == "champion":
-            raise ValueError("canary alias must not be 'champion': the champion serves the control arm")
-        if not self.shares or any(b <= a for a, b in zip(self.shares, self.shares[1:], strict=False)):
-            raise ValueError(f"canary shares {self.shares} must be one or more increasing shares in (0, 1]")
-
-
-class ModelSpec(_Strict, frozen=True):
+class ModelSpec(Strict, frozen=True):
     """What to train: which dataset, which columns play which role, the task and LightGBM parameters."""
 
     dataset: str
@@ -410,7 +241,7 @@ class ModelSpec(_Strict, frozen=True):
         return self.split.method or ("time" if self.timestamp else "hash")
 
 
-class Config(_Strict, frozen=True):
+class Config(Strict, frozen=True):
     """The whole `batchml.toml`."""
 
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -454,13 +285,3 @@ def load_config(path: Path) -> Config:
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a config mapping (as read from TOML)."""
     return Config.from_mapping(data, source)
-
-
-def _convert(data: Any, cls: type[_T], source: str) -> _T:
-    try:
-        prepared = cls.prepare(data)
-        return msgspec.convert(prepared, cls)
-    except InvalidNameError as exc:  # from `prepare`: names are checked before the structs
-        raise ConfigError(f"invalid config {source!r}: {exc}") from None
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid config {source!r}: {describe(str(exc), prepared, cls)}") from None

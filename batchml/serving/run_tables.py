@@ -11,6 +11,11 @@ import duckdb
 STORED_COLUMNS = ("entity_id", "prediction", "predicted_class", "input_hash", "reasons", "flags")
 
 
+def literal(text: str) -> str:
+    """`text` as a quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def run_table_name(model: str, run_id: str) -> str:
     """The quoted name of the table holding run `run_id` of `model` (validated names: no quotes inside)."""
     return f'"run__{model}__{run_id}"'

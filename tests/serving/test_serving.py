@@ -26,7 +26,7 @@ from batchml.cli import app
 from batchml.config import ServingConfig
 from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.scoring import run_checksum
-from batchml.serving import lookup, prediction_tables, run_tables
+from batchml.serving import indexed_fill, lookup, prediction_tables, run_tables
 from batchml.serving.database import build_serving_db
 from batchml.serving.prediction_tables import PREDICTION_SCHEMA
 from batchml.serving.readers import connect_serving
@@ -137,7 +137,7 @@ def test_an_indexed_run_table_filled_in_chunks_is_whole_sorted_and_indexed(
     run_file_reads: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(prediction_tables, "INDEX_CHUNK_ROWS", 37)  # many chunks, the last one partial
+    monkeypatch.setattr(indexed_fill, "INDEX_CHUNK_ROWS", 37)  # many chunks, the last one partial
     run = batchml.score(project, "default_risk")
     assert run.manifest["entity_ids_ascending"] is True  # the loans are in id order: served without a sort
     batchml.publish(project, "default_risk", run.run_id)
@@ -152,7 +152,7 @@ def test_an_indexed_run_table_filled_in_chunks_is_whole_sorted_and_indexed(
             found = con.execute(
                 "SELECT index_name, expressions FROM duckdb_indexes() WHERE table_name = ?", [table[1:-1]]
             )
-            assert found.fetchall() == [(prediction_tables.index_name(r)[1:-1], "[entity_id]")]
+            assert found.fetchall() == [(indexed_fill.index_name(r)[1:-1], "[entity_id]")]
         row = "SELECT prediction FROM predictions WHERE model = 'default_risk' AND entity_id = 'L000000042'"
         assert con.execute(row).fetchall() == batchml.connect(project).execute(row).fetchall()
         assert len(con.execute(row).fetchall()) == 1
@@ -169,7 +169,7 @@ def test_a_run_whose_ids_do_not_ascend_is_sorted_before_it_is_indexed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(prediction_tables, "INDEX_CHUNK_ROWS", 37)
+    monkeypatch.setattr(indexed_fill, "INDEX_CHUNK_ROWS", 37)
     shuffled = tmp_path / "shuffled.csv"
     with duckdb.connect() as con:
         con.execute(f"COPY (SELECT * FROM read_csv('{loans_csv}') ORDER BY hash(loan_id)) TO '{shuffled}'")

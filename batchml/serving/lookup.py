@@ -160,6 +160,9 @@ class _ServedRun:
         return pa.Table.from_arrays(columns, schema=schema)
 
 
+_WHERE = "SELECT current_database(), current_schema()"
+
+
 def _probe_side_by_side(
     con: duckdb.DuckDBPyConnection, sql: str, chunks: list[list[str]], threads: int
 ) -> list[pa.Table]:
@@ -171,6 +174,12 @@ def _probe_side_by_side(
     89-103k with two). Each cursor parses `sql` itself: a parsed statement is not shared between threads."""
     workers = min(threads, len(chunks))
     cursors = [con.cursor() for _ in range(workers)]
+    # A cursor starts in the database's default catalog; `con` may have moved (an app's connection that
+    # ATTACHed the serving file and USEs it), and the run table is named without its catalog.
+    where = con.execute(_WHERE).fetchall()[0]
+    for cursor in cursors:
+        if cursor.execute(_WHERE).fetchall()[0] != where:
+            cursor.execute("USE " + ".".join('"' + str(name).replace('"', '""') + '"' for name in where))
 
     def probe(worker: int) -> list[pa.Table]:
         cursor = cursors[worker]

@@ -177,6 +177,23 @@ def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows
         assert lookup_module._READERS[con].chunk == run_tables.LOOKUP_CHUNK
 
 
+def test_a_batch_on_a_connection_that_attached_the_file_is_probed_side_by_side_in_that_file(
+    project: batchml.Project, published: batchml.PredictionRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app's own connection that ATTACHed the serving file and USEs it: a batch's chunks, probed on
+    cursors of that connection side by side, read the run table of that file (a new cursor starts in the
+    in-memory database)."""
+    monkeypatch.setattr(lookup_module, "SCAN_SHARE", 1.0)
+    path = batchml.database_path(project).resolve()
+    with duckdb.connect(config={"threads": 2, "dynamic_or_filter_threshold": 7}) as con:
+        con.execute(f"ATTACH '{path}' AS served (READ_ONLY)")
+        con.execute("USE served")
+        served = con.execute("SELECT entity_id FROM predictions ORDER BY entity_id LIMIT 40").fetchall()
+        wanted = [str(r[0]) for r in served]
+        table = batchml.lookup(con, "default_risk", wanted)
+        assert table.equals(con.sql(VIEW_ROWS, params=[wanted]).to_arrow_table())
+
+
 def test_a_connection_that_can_attach_a_newer_file_answers_from_the_run_it_reads_now(
     project: batchml.Project, published: batchml.PredictionRun
 ) -> None:

@@ -409,7 +409,10 @@ def main() -> None:
             served = batchml.database_path(batchml.Project.open(setup["toml"])).resolve()
             if args.keep:  # a 100M-row file takes minutes to build: keep it, measure it with --serving
                 shutil.move(served, args.keep)
-                print(f"published in {published['seconds']:.1f} s, kept at {args.keep}")
+                print(
+                    f"published in {published['seconds']:.1f} s (score + publish peak RSS "
+                    f"{published['peak_rss_mib']:.0f} MiB), kept at {args.keep}"
+                )
                 return
             layouts = {"zone maps only": without_indexes(served, args.workdir.resolve()), "ART index": served}
             result = measure_lookups(args, layouts)

@@ -270,8 +270,14 @@ def rebuild_catalog(project: Project, *, full: bool = True) -> Path:
     `full=False` copies the prediction runs the current serving file already holds instead of re-reading
     (and re-verifying) their files: what every publish, rollback and promote does to refresh the file.
     """
-    memory = project.config.serving.reader_memory_limit
-    return build_serving_db(project.storage, project.serving_dir, full=full, reader_memory_limit=memory)
+    serving = project.config.serving
+    return build_serving_db(
+        project.storage,
+        project.serving_dir,
+        full=full,
+        reader_memory_limit=serving.reader_memory_limit,
+        lookup_files=serving.lookup_files,
+    )
 
 
 def _verified_run(project: Project, model: str, run_id: str) -> None:

@@ -47,12 +47,17 @@ class StorageConfig(Strict, frozen=True):
 
 class ServingConfig(Strict, frozen=True):
     """`[serving]`: the caps of reader connections (`batchml.connect`, `batchml query`) on this host, and so
-    how many rows the serving build indexes: only what a reader with `reader_memory_limit` can hold."""
+    how many rows the serving build indexes: only what a reader with `reader_memory_limit` can hold; and
+    whether run tables get lookup files."""
 
     #: A DuckDB size ('2GB' = 2 x 10^9 bytes, '2GiB' = 2 x 2^30): each reader's memory, of which half may
     #: go to the indexes it loads and keeps (`batchml.serving.run_tables.index_fits`: 90 bytes per row).
     reader_memory_limit: str = "2GB"
     reader_threads: AtLeastOne = 2
+    #: Write each run's lookup files beside the serving file (`batchml.serving.lookup_files`): point and
+    #: batch lookups then read memory-mapped files instead of querying DuckDB. They take disk (about the
+    #: run's uncompressed rows) and are written when a file is built or pulled.
+    lookup_files: bool = True
 
     def __post_init__(self) -> None:
         if size_bytes(self.reader_memory_limit) is None:

@@ -336,7 +336,9 @@ def pull(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         data.update(pulled=False, snapshot=None, seq=None, bytes=0)
         message = f"nothing to pull: storage is on this disk, readers open {link}"
     else:
-        done = pull_snapshot(project.storage, project.serving_dir)
+        done = pull_snapshot(
+            project.storage, project.serving_dir, lookup_files=project.config.serving.lookup_files
+        )
         assert done is not None  # pull raises when there is no snapshot
         snap = done.snapshot
         data.update(pulled=done.fetched, snapshot=snap.file.sha256, seq=snap.seq, bytes=snap.file.size)

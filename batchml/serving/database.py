@@ -33,6 +33,7 @@ from batchml.serving.logstate import (
     write_state,
     write_state_file,
 )
+from batchml.serving.lookup_files import write_lookup_files
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock
 from batchml.serving.prediction_tables import PreviousFile, create_prediction_tables, literal
 from batchml.serving.publish_timing import RUN_STATS_VIEW, add_own_rows, newly_served, record_publish_timings
@@ -137,11 +138,14 @@ def build_serving_db(
     *,
     full: bool = False,
     reader_memory_limit: str = READER_MEMORY_LIMIT,
+    lookup_files: bool = True,
 ) -> Path:
     """Build a new serving file from storage and atomically make it the current one; return its path.
 
     Its run tables are indexed while a reader with `reader_memory_limit` (the project's `[serving]` setting)
-    can hold every index of the file; the file records that limit (`serving_info`, and beside it).
+    can hold every index of the file; the file records that limit (`serving_info`, and beside it). With
+    `lookup_files` (`[serving] lookup_files`) each run table gets its lookup files beside the file
+    (`lookup_files`): written for new runs, linked for the runs the current file has.
 
     Runs the current serving file already holds are copied from it (checked against the content checksums
     in their manifests) instead of re-read from their Parquet files; `full=True` reads everything from
@@ -164,6 +168,8 @@ def build_serving_db(
             # Before the file: whoever finds the file finds its state (and its publish times, see
             # `publish_timing`: they become storage records once the file is current), and the readers
             # it was sized for (`operations` rebuilds a file sized for others).
+            if lookup_files:  # before the file too: a reader that finds the file finds them
+                write_lookup_files(building, final, current)
             write_state_file(final, state, **{TIMINGS: timings, SIZED_FOR: reader_memory_limit})
             install(serving_dir, building, final, grace_seconds)
         finally:

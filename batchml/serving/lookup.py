@@ -1,5 +1,11 @@
 """Batch and point lookup: the served predictions of entity ids, as an Arrow table.
 
+A run table with lookup files beside the serving file (`lookup_files`, written by the build or the pull
+that installed it) is read from them: a binary search over memory-mapped sorted ids, rows sliced from
+memory-mapped Arrow, no DuckDB query at all (point p50 ~0.035 ms against ~0.4 ms, at 10M and 100M rows).
+What follows is how a lookup is answered without them (`[serving] lookup_files = false`, a file another
+tool built, ids the files cannot hold), and how the run and its constants are found either way.
+
 The ids reach DuckDB as parameters (one list: `= ANY($1)`), so they are never SQL text and the reader
 connection needs no file access and no registered object: it stays locked down (`enable_external_access =
 false`, `lock_configuration = true`). One id: `entity_id = $1`, one leaf of the run table's ART index, its
@@ -33,6 +39,7 @@ import pyarrow as pa
 
 from batchml.errors import ConfigError, DataError, NotFoundError
 from batchml.names import check_name
+from batchml.serving.lookup_files import LookupFiles, lookup_files
 from batchml.serving.readers import connect
 from batchml.serving.run_tables import STORED_COLUMNS, index_fits, indexed_rows, run_table_name
 from batchml.sizes import size_bytes
@@ -104,6 +111,8 @@ class _ServedRun:
     scan: str  # the same, read by scanning the table (a join of the ids with every row)
     constants: pa.Table  # one row of the view: its columns, in its order, and the run's constants
     probes: int  # the most distinct ids a batch probes through the index; more are a scan
+    #: The run's lookup files, mapped (`lookup_files`): when there are some, DuckDB is not asked at all.
+    files: LookupFiles | None = field(default=None, compare=False)
     #: The queries above as DuckDB parsed them, on first use: parsing the text costs ~0.2 ms, more than a
     #: third of a point lookup, and a kept run (a pinned reader's) is asked again and again.
     parsed: dict[str, duckdb.Statement] = field(default_factory=dict, compare=False)
@@ -126,9 +135,12 @@ class _ServedRun:
         return [STORED_COLUMNS.index(n) if n in STORED_COLUMNS else self.constants.column(n) for n in names]
 
     def one_row(self, con: duckdb.DuckDBPyConnection, key: str) -> pa.Table:
-        """The view's row of `key` (none if not served): its values as Python objects, then Arrow arrays
-        (DuckDB's Arrow export of one row costs more than the lookup). Entity ids are unique in a run
-        (duplicates are quarantined before scoring), so one row at most."""
+        """The view's row of `key` (none if not served): from the lookup files, or its values from DuckDB as
+        Python objects, then Arrow arrays (DuckDB's Arrow export of one row costs more than the lookup).
+        Entity ids are unique in a run (duplicates are quarantined before scoring), so one row at most."""
+        if self.files is not None:
+            row = self.files.find(key)
+            return self._with_constants(row.columns, 1) if row is not None else self.constants.slice(0, 0)
         found = con.execute(self._statement(con, self.one), [key]).fetchall()  # fetchone leaves it open
         if not found:
             return self.constants.slice(0, 0)
@@ -143,6 +155,9 @@ class _ServedRun:
         DuckDB to probe the index (see `_Reader.chunk`), and sorted chunks concatenated are in entity id
         order; up to `threads` chunks at once (`_probe_side_by_side`). More ids than that cost less as one
         scan of the table (see `SCAN_SHARE`)."""
+        if self.files is not None:
+            found = self.files.take(keys)
+            return self._with_constants(found.columns, found.num_rows)
         ordered = sorted(set(keys))
         if len(ordered) > self.probes:
             table = con.sql(self._statement(con, self.scan), params=[ordered]).to_arrow_table()
@@ -154,13 +169,25 @@ class _ServedRun:
                 many = self._statement(con, self.many)
                 parts = [con.sql(many, params=[ids]).to_arrow_table() for ids in chunks]
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        constants = self.constants.take(pa.array([0] * table.num_rows, pa.int64()))  # once per row found
+        return self._with_constants(table.columns, table.num_rows)
+
+    def _with_constants(self, stored: list[pa.Array] | list[pa.ChunkedArray], rows: int) -> pa.Table:
+        """The view's rows: the stored columns (in `STORED_COLUMNS` order) with the run's constants beside.
+        A stored column whose Arrow type differs (lookup files written by another DuckDB) is cast."""
+        constants = self.constants.take(pa.array([0] * rows, pa.int64())) if rows != 1 else self.constants
         schema = self.constants.schema
-        columns = [table.column(n) if n in STORED_COLUMNS else constants.column(n) for n in schema.names]
+        columns = []
+        for name in schema.names:
+            if name not in STORED_COLUMNS:
+                columns.append(constants.column(name))
+                continue
+            column, wanted = stored[STORED_COLUMNS.index(name)], schema.field(name).type
+            columns.append(column if column.type == wanted else column.cast(wanted))
         return pa.Table.from_arrays(columns, schema=schema)
 
 
 _WHERE = "SELECT current_database(), current_schema()"
+_PATH = "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
 
 
 def _probe_side_by_side(
@@ -249,6 +276,7 @@ def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _Ser
     # evicts index memory, so lookups through one it cannot hold fail after a few thousand (and ever after).
     usable = bool(indexed) and index_fits(indexed_rows(con), memory)
     off = _OFF_INDEX if indexed and not usable else ""
+    (path,) = con.execute(_PATH).fetchall()[0]
     return _ServedRun(
         one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1{off}",
         many=f"SELECT {_STORED} FROM {table} WHERE entity_id = ANY(CAST($1 AS VARCHAR[])) ORDER BY entity_id",
@@ -256,6 +284,7 @@ def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _Ser
             WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))){off} ORDER BY entity_id""",
         constants=row,
         probes=int(rows * SCAN_SHARE) if usable else 0,  # no index, or not one to use: always a scan
+        files=lookup_files(str(path), table.strip('"')) if path else None,  # an in-memory db has none
     )
 
 

@@ -156,7 +156,8 @@ def _rebuild_if_behind(project: Project, recorded: LogState | None, current: Log
     resized = _resized(project)  # the file follows from the logs and from this setting
     storage, serving_dir = project.storage, project.serving_dir
     remote = not storage.is_local
-    pulled = bool(behind) and remote and not resized and pull_if_current(storage, serving_dir, current)
+    files = project.config.serving.lookup_files
+    pulled = bool(behind) and remote and not resized and pull_if_current(storage, serving_dir, current, files)
     if (behind or resized) and not pulled:
         # Imported here: building needs pyarrow and the run files, and every command checks (cheaply) first.
         from batchml.serving.database import build_serving_db
@@ -164,7 +165,7 @@ def _rebuild_if_behind(project: Project, recorded: LogState | None, current: Log
         why = "; ".join([*behind, *([resized] if resized else [])])
         log.info("serving file behind the event logs or the [serving] setting (%s): rebuilding", why)
         memory = project.config.serving.reader_memory_limit
-        build_serving_db(storage, serving_dir, reader_memory_limit=memory)  # and its snapshot, if remote
+        build_serving_db(storage, serving_dir, reader_memory_limit=memory, lookup_files=files)  # + snapshot
     elif remote and not behind:
         with serving_lock(serving_dir):  # completes a commit a crash interrupted after the build
             commit_snapshot(storage, serving_dir)

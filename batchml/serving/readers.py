@@ -159,7 +159,8 @@ def connect(
     if pull and not project.storage.is_local:
         from batchml.serving import snapshots  # only remote storage needs it
 
-        snapshots.pull(project.storage, project.serving_dir, missing_ok=True)
+        files = setting.lookup_files
+        snapshots.pull(project.storage, project.serving_dir, missing_ok=True, lookup_files=files)
     if history:
         from batchml.serving.history import connect_history  # fsspec: only history readers pay for it
 

@@ -186,8 +186,11 @@ def retired_snapshots(storage: Storage, replaced_before: datetime) -> list[str]:
     return retired
 
 
-def _fetch(storage: Storage, snapshot: Snapshot, serving_dir: Path, grace_seconds: float) -> Path:
-    """Stream `snapshot` into the serving folder, check it, and flip the link to it (lock held)."""
+def _fetch(
+    storage: Storage, snapshot: Snapshot, serving_dir: Path, grace_seconds: float, lookup_files: bool
+) -> Path:
+    """Stream `snapshot` into the serving folder, check it, write its lookup files (with `lookup_files`),
+    and flip the link to it (lock held)."""
     entry = snapshot.file
     final = new_serving_file(serving_dir, entry.sha256[:8])
     partial = serving_dir / f".tmp-pull-{uuid.uuid4().hex}"  # gc removes leftovers of a killed pull
@@ -206,6 +209,10 @@ def _fetch(storage: Storage, snapshot: Snapshot, serving_dir: Path, grace_second
                 f"sha256 {entry.sha256} ({entry.size} bytes) as serving event {snapshot.seq} records",
                 f"sha256 {digest.hexdigest()} ({size} bytes); refused, the local serving file is unchanged",
             )
+        if lookup_files:  # derived from the file on each host: a snapshot is the file alone
+            from batchml.serving.lookup_files import write_lookup_files  # numpy and pyarrow: only now
+
+            write_lookup_files(partial, final, _local_file(serving_dir)[0])
         write_state_file(final, snapshot.state)  # before the file, as a build does (`logstate`)
         install(serving_dir, partial, final, grace_seconds)
     finally:
@@ -214,16 +221,22 @@ def _fetch(storage: Storage, snapshot: Snapshot, serving_dir: Path, grace_second
 
 
 def pull(
-    storage: Storage, serving_dir: Path, *, grace_seconds: float = GRACE_SECONDS, missing_ok: bool = False
+    storage: Storage,
+    serving_dir: Path,
+    *,
+    grace_seconds: float = GRACE_SECONDS,
+    missing_ok: bool = False,
+    lookup_files: bool = True,
 ) -> Pulled | None:
-    """Fetch the newest snapshot into `serving_dir` if it reflects anything the local file does not.
+    """Fetch the newest snapshot into `serving_dir` if it reflects anything the local file does not, with
+    its lookup files unless `lookup_files` is off (`[serving] lookup_files`).
 
     NotFoundError if nothing was committed yet (None instead with `missing_ok`); IntegrityError if its bytes
     differ from what its event records (the local file is then left as it was).
     """
     newest = newest_snapshot(storage)
     if newest is not None:
-        return _pull(storage, serving_dir, newest, grace_seconds)
+        return _pull(storage, serving_dir, newest, grace_seconds, lookup_files)
     if missing_ok:
         return None
     raise NotFoundError(
@@ -234,7 +247,9 @@ def pull(
     )
 
 
-def _pull(storage: Storage, serving_dir: Path, newest: Snapshot, grace_seconds: float) -> Pulled:
+def _pull(
+    storage: Storage, serving_dir: Path, newest: Snapshot, grace_seconds: float, lookup_files: bool
+) -> Pulled:
     path, state = _local_file(serving_dir)
     if path is not None and not has_news(state, newest.state):
         return Pulled(newest, fetched=False, path=path)  # the common case, decided without the lock
@@ -242,12 +257,14 @@ def _pull(storage: Storage, serving_dir: Path, newest: Snapshot, grace_seconds: 
         path, state = _local_file(serving_dir)
         if path is not None and not has_news(state, newest.state):
             return Pulled(newest, fetched=False, path=path)  # another process pulled or built it meanwhile
-        final = _fetch(storage, newest, serving_dir, grace_seconds)
+        final = _fetch(storage, newest, serving_dir, grace_seconds, lookup_files)
     log.info("pulled serving %s (%d bytes) into %s", newest.name, newest.file.size, final)
     return Pulled(newest, fetched=True, path=final)
 
 
-def pull_if_current(storage: Storage, serving_dir: Path, current: LogState) -> bool:
+def pull_if_current(
+    storage: Storage, serving_dir: Path, current: LogState, lookup_files: bool = True
+) -> bool:
     """Pull the newest snapshot if it reflects every event of `current`; True if the local file now does.
 
     What a host does instead of building a file another host has built already. A damaged snapshot is
@@ -257,7 +274,7 @@ def pull_if_current(storage: Storage, serving_dir: Path, current: LogState) -> b
     if newest is None or has_news(newest.state, current):
         return False
     try:
-        _pull(storage, serving_dir, newest, GRACE_SECONDS)
+        _pull(storage, serving_dir, newest, GRACE_SECONDS, lookup_files)
     except IntegrityError as exc:
         log.warning("not using the newest serving snapshot: %s", exc)
         return False

@@ -18,8 +18,22 @@ from tests.scoring.test_reasons import configure
 from tests.serving.test_serving import second_run
 
 
+@pytest.fixture
+def without_lookup_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lookups as on a file without lookup files (`[serving] lookup_files = false`): through DuckDB."""
+    monkeypatch.setattr(lookup_module, "lookup_files", lambda *_: None)
+
+
+@pytest.fixture(params=["lookup files", "duckdb"])
+def either_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test through the lookup files beside the serving file, and again through DuckDB alone."""
+    if request.param == "duckdb":
+        monkeypatch.setattr(lookup_module, "lookup_files", lambda *_: None)
+    return str(request.param)
+
+
 def test_lookup_returns_the_served_rows_of_many_ids_in_one_query(
-    project: batchml.Project, published: batchml.PredictionRun
+    project: batchml.Project, published: batchml.PredictionRun, either_path: str
 ) -> None:
     con = batchml.connect(project)
     served = con.execute("SELECT entity_id FROM predictions ORDER BY entity_id").fetchall()
@@ -27,6 +41,8 @@ def test_lookup_returns_the_served_rows_of_many_ids_in_one_query(
     asked = [*reversed(wanted), "missing-1", wanted[0], wanted[0], "'; DROP TABLE runs; --"]
     table = batchml.lookup(con, "default_risk", asked)
     assert isinstance(table, pa.Table)
+    run = lookup_module._READERS[con].runs["default_risk"]
+    assert run is not None and (run.files is not None) == (either_path == "lookup files")
     assert table.column("entity_id").to_pylist() == wanted  # once each, in entity id order, missing absent
     expected = con.sql(
         "SELECT * FROM predictions WHERE entity_id IN (SELECT unnest(?)) ORDER BY entity_id", params=[wanted]
@@ -86,7 +102,7 @@ POINT = "SELECT * FROM predictions WHERE model = ? AND entity_id = ?"
 
 
 def test_one_id_is_the_views_row_read_from_the_run_table(
-    project: batchml.Project, champion: batchml.ModelVersion, loans_csv: Path
+    project: batchml.Project, champion: batchml.ModelVersion, loans_csv: Path, either_path: str
 ) -> None:
     """One id reads the run table (its ART index) and adds the run's constants: the view's row, exactly."""
     project = configure(project, loans_csv, reason_codes=3, reason_rows="top", reason_share=0.2)
@@ -100,6 +116,8 @@ def test_one_id_is_the_views_row_read_from_the_run_table(
         for entity in wanted:
             table = batchml.lookup(con, "default_risk", [entity])
             assert table.equals(con.sql(POINT, params=["default_risk", entity]).to_arrow_table())
+        run = lookup_module._READERS[con].runs["default_risk"]
+        assert run is not None and (run.files is not None) == (either_path == "lookup files")
         empty = batchml.lookup(con, "default_risk", ["nobody"])
         assert empty.num_rows == 0 and empty.schema == table.schema
         assert batchml.lookup(con, "default_risk", [42]).num_rows == 0  # an int id is matched as its text
@@ -143,6 +161,7 @@ VIEW_ROWS = "SELECT * FROM predictions WHERE entity_id IN (SELECT unnest(?)) ORD
 
 
 @pytest.mark.parametrize("share", [1.0, lookup_module.SCAN_SHARE])
+@pytest.mark.usefixtures("without_lookup_files")
 def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows(
     project: batchml.Project, published: batchml.PredictionRun, monkeypatch: pytest.MonkeyPatch, share: float
 ) -> None:
@@ -177,6 +196,7 @@ def test_a_batch_probed_through_the_index_in_chunks_or_scanned_is_the_views_rows
         assert lookup_module._READERS[con].chunk == run_tables.LOOKUP_CHUNK
 
 
+@pytest.mark.usefixtures("without_lookup_files")
 def test_a_batch_on_a_connection_that_attached_the_file_is_probed_side_by_side_in_that_file(
     project: batchml.Project, published: batchml.PredictionRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,6 +258,7 @@ def test_run_tables_store_the_fetched_columns_uncompressed(
 ART_MEMORY = "SELECT memory_usage_bytes FROM duckdb_memory() WHERE tag = 'ART_INDEX'"
 
 
+@pytest.mark.usefixtures("without_lookup_files")
 def test_a_long_lived_reader_that_cannot_hold_the_index_never_runs_out_of_memory(
     project: batchml.Project, champion: batchml.ModelVersion, tmp_path: Path
 ) -> None:

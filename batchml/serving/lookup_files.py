@@ -48,6 +48,7 @@ MAX_KEY_BYTES = 64
 #: (~45 us a take of six columns), so few large batches; writing holds one in memory (~50-150 MB).
 BATCH_ROWS = 1 << 20
 MEMORY_LIMIT = "256MB"
+_SLICE_ROWS = 1 << 16
 _RUN_TABLES = """SELECT table_name FROM duckdb_tables()
     WHERE database_name = current_database() AND schema_name = 'main' AND starts_with(table_name, 'run__')
     ORDER BY table_name"""
@@ -88,9 +89,9 @@ def _link(sources: tuple[Path, Path], targets: tuple[Path, Path]) -> bool:
 def _write(con: duckdb.DuckDBPyConnection, table: str, keys_path: Path, rows_path: Path) -> bool:
     """Write `table`'s files (see the module docstring); False, and nothing left behind, if it cannot."""
     name = f'"{table}"'  # validated names: no quotes inside
-    rows, width = con.execute(
-        f"SELECT count(*), coalesce(max(octet_length(CAST(entity_id AS BLOB))), 1) FROM {name}"
-    ).fetchall()[0]
+    rows, width = con.execute(f"SELECT count(*), coalesce(max(strlen(entity_id)), 1) FROM {name}").fetchall()[
+        0
+    ]
     if not rows:
         return False  # nothing to find: DuckDB answers at once
     if width > MAX_KEY_BYTES:
@@ -123,7 +124,7 @@ def _fill(con: duckdb.DuckDBPyConnection, table: str, rows: int, width: int, key
             column = batch.column(0)
             if column.null_count or pc.any(pc.match_substring(column, "\x00")).as_py():
                 return False
-            chunk = column.cast(pa.binary()).to_numpy(zero_copy_only=False).astype(ids.dtype)
+            chunk = _fixed_width(column, width)
             if len(chunk) and (
                 (last is not None and chunk[0] <= last) or not bool(np.all(chunk[1:] > chunk[:-1]))
             ):
@@ -142,6 +143,23 @@ def _fill(con: duckdb.DuckDBPyConnection, table: str, rows: int, width: int, key
     with open(keys, "rb+") as handle:
         os.fsync(handle.fileno())
     return done == rows
+
+
+def _fixed_width(column: pa.Array, width: int) -> np.ndarray:
+    """`column`'s text as numpy `S<width>` bytes, straight from its Arrow buffers (pyarrow's own conversion
+    makes a Python object of each value, through pandas), a slice of rows at a time to bound memory."""
+    values = column.cast(pa.large_binary())  # int64 offsets, whatever string type DuckDB handed over
+    _, offsets_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    out = np.zeros((len(values), width), dtype=np.uint8)
+    places = np.arange(width)
+    for start in range(0, len(values), _SLICE_ROWS):
+        ends = offsets[start + 1 : start + _SLICE_ROWS + 1]
+        starts = offsets[start : start + len(ends)]
+        inside = places < (ends - starts)[:, None]
+        out[start : start + _SLICE_ROWS][inside] = data[(starts[:, None] + places)[inside]]
+    return out.view(f"S{width}").ravel()
 
 
 def _write_batch(writer: ipc.RecordBatchFileWriter, batches: list[pa.RecordBatch]) -> None:

@@ -20,13 +20,17 @@ from batchml.cli import app
 from batchml.errors import IntegrityError, NotFoundError
 from batchml.scoring.publications import PublicationLog
 from batchml.serving import database, gc, snapshots
+from batchml.serving import lookup as lookup_module
+from batchml.serving.lookup_files import sidecars
 from batchml.serving.pointer import serving_path
+from batchml.serving.run_tables import run_table_name
 from batchml.serving.snapshots import SNAPSHOT_FILES, SNAPSHOT_LOG, commit_snapshot, newest_snapshot
 from batchml.store.eventlog import EventLog
 from batchml.store.storage import Storage
 from tests.s3_server import MotoS3, s3_toml
 
 MODEL = "default_risk"
+VIEW_ROWS = "SELECT * FROM predictions WHERE entity_id IN (SELECT unnest(?)) ORDER BY entity_id"
 Hosts = Callable[[str], batchml.Project]
 #: Every host has its own filesystem instance and listings, as separate processes would.
 pytestmark = pytest.mark.usefixtures("no_cached_s3fs")
@@ -98,6 +102,13 @@ def test_a_second_folder_sharing_only_the_bucket_pulls_and_reads_the_same_predic
     pulled = serving_path(b.serving_dir).resolve()
     assert pulled.parent == b.serving_dir and oct(pulled.stat().st_mode & 0o777) == oct(0o444)
     assert fingerprint(b) == fingerprint(a)
+    # The pull wrote the run's lookup files beside the file (a snapshot is the file alone); lookups use them
+    run_table = run_table_name(MODEL, fingerprint(a)[0]).strip('"')
+    assert all(path.exists() for path in sidecars(pulled, run_table))
+    with batchml.connect(b) as con:
+        found = batchml.lookup(con, MODEL, ["L000000042", "L000000043"])
+        assert lookup_module._READERS[con].runs[MODEL].files is not None  # type: ignore[union-attr]
+        assert found.equals(con.sql(VIEW_ROWS, params=[["L000000042", "L000000043"]]).to_arrow_table())
 
     code, out, _ = cli(b, "serving", "pull")  # a re-pull fetches nothing and flips nothing
     assert code == 0 and out == [f"already current: {serving_path(b.serving_dir)} reflects {snap.name}"]
@@ -292,6 +303,11 @@ def test_pulling_and_querying_on_another_host_import_no_heavy_library(
     from tests.cli.test_startup import HEAVY, _imported
 
     b = host("b")  # fresh processes: the moto fixture's AWS environment is inherited
+    with open(b.base_dir / "batchml.toml", "a", encoding="utf-8") as toml:
+        toml.write("\n[serving]\nlookup_files = false\n")
     for args in (["query", "SELECT count(*) FROM predictions"], ["serving", "pull"]):  # query pulls first
         assert sorted(set(HEAVY) & _imported(args, b.base_dir)) == [], args
     assert serving_path(b.serving_dir).exists()
+    # With lookup files (the default) a pull that fetches writes them: numpy and pyarrow, nothing else
+    c = host("c")
+    assert sorted(set(HEAVY) & _imported(["serving", "pull"], c.base_dir)) == ["numpy", "pyarrow"]

@@ -145,7 +145,8 @@ def build_serving_db(
     Its run tables are indexed while a reader with `reader_memory_limit` (the project's `[serving]` setting)
     can hold every index of the file; the file records that limit (`serving_info`, and beside it). With
     `lookup_files` (`[serving] lookup_files`) each run table gets its lookup files beside the file
-    (`lookup_files`): written for new runs, linked for the runs the current file has.
+    (`lookup_files`): written for new runs, linked for the runs the current file has (written anew with
+    `full`, as its tables are).
 
     Runs the current serving file already holds are copied from it (checked against the content checksums
     in their manifests) instead of re-read from their Parquet files; `full=True` reads everything from
@@ -169,7 +170,7 @@ def build_serving_db(
             # `publish_timing`: they become storage records once the file is current), and the readers
             # it was sized for (`operations` rebuilds a file sized for others).
             if lookup_files:  # before the file too: a reader that finds the file finds them
-                write_lookup_files(building, final, current)
+                write_lookup_files(building, final, previous)  # `full`: all written anew, none linked
             write_state_file(final, state, **{TIMINGS: timings, SIZED_FOR: reader_memory_limit})
             install(serving_dir, building, final, grace_seconds)
         finally:

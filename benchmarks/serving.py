@@ -18,18 +18,28 @@ batchml's reader settings: point lookups (``--points`` random served ids, each a
 ``SELECT * FROM predictions WHERE model = ? AND entity_id = ?``, and as ``batchml.lookup(con, model, [id])``
 in turn, p50/p99 of each) and ``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the fastest
 of 3; then the same point lookups again: every block they read is loaded by then, as in a reader that has
-served a while), with the ART index and on a copy of the file with its indexes dropped ("zone maps only", rows
-still sorted by entity id); then ``--readers`` processes at once on the indexed file, each with its own
-kept-open connection, doing the same point lookups (their p50/p99 merged). ``--serving FILE`` measures an
-existing serving file instead (no setup, no copy): run it with main's venv and this one's for side-by-side
-figures on the same file; ``--keep FILE`` only publishes and keeps the file there (a 100M-row file takes ~5
-min to build). Results are printed with the 1-minute load average (the machine may be shared) and written to
-``<workdir>/serving_<mode>_<rows>.json``.
+served a while). It does so on three layouts of the same rows, side by side:
+
+- "zone maps only": a copy of the file with its indexes dropped (rows still sorted by entity id);
+- "ART index": the published file under another name (a hard link in the workdir): no lookup files beside
+  it, so ``batchml.lookup`` asks DuckDB, through the index;
+- "lookup files": the published file itself, with the lookup files the publish wrote beside it
+  (``batchml.serving.lookup_files``): ``batchml.lookup`` reads them, not DuckDB (the SQL is the same).
+
+Then ``--readers`` processes at once on the last layout, each with its own kept-open connection, doing the
+same point lookups (their p50/p99 merged). ``--serving FILE`` measures an existing serving file instead (no
+setup, no copy without indexes): "ART index" on FILE (on a hard link of it if it has lookup files), "lookup
+files" on a hard link of FILE in the workdir with FILE's lookup files linked beside it, or written there
+(timed) if FILE has none; nothing is written beside FILE. ``--keep FILE`` only publishes and moves the file
+there with its lookup files (a 100M-row file takes ~5 min to build). Results are printed with the 1-minute
+load average (the machine may be shared) and written to ``<workdir>/serving_<mode>_<rows>.json``; the links
+and copies the benchmark made in the workdir are removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import random
@@ -258,10 +268,62 @@ def child_publish_one(toml: str, dataset: str) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "file_mib": path.stat().st_size / 2**20}
 
 
+#: What the benchmark makes in the workdir (each with the lookup files it may get), removed at the end.
+WITHOUT_INDEX = "serving_without_index.duckdb"  # "zone maps only"
+ART_LINK = "serving_art_index.duckdb"  # "ART index": the serving file, no lookup files beside this name
+FILES_LINK = "serving_lookup_files.duckdb"  # "lookup files" (--serving): the file's own, or written
+
+
+def lookup_sidecars(path: Path) -> list[Path]:
+    """The lookup files beside the serving file at ``path`` (their names start with its name)."""
+    from batchml.serving.lookup_files import SUFFIX
+
+    return sorted(path.parent.glob(f"{glob.escape(path.name)}.*.{SUFFIX}.*"))
+
+
+def _mib(paths: list[Path]) -> float:
+    return sum(p.stat().st_size for p in paths) / 2**20
+
+
+def _remove(path: Path) -> None:
+    """Remove a file the benchmark made, and its lookup files."""
+    for sidecar in lookup_sidecars(path):
+        sidecar.unlink()
+    path.unlink(missing_ok=True)
+
+
+def linked(path: Path, link: Path) -> Path:
+    """The serving file at ``path`` under the name ``link`` (replaced), without lookup files beside it: a hard
+    link (no copy of a 100M-row file; not chmod-ed, it is the same inode), or a copy across filesystems."""
+    _remove(link)
+    try:
+        os.link(path, link)
+    except OSError:
+        shutil.copy(path, link)
+    return link
+
+
+def with_lookup_files(path: Path, link: Path) -> float | None:
+    """``linked(path, link)`` with lookup files beside it: ``path``'s own if it has them (linked; copied
+    across filesystems, where a hard link cannot go), else written; the seconds the writing took, or None."""
+    from batchml.serving.lookup_files import write_lookup_files
+
+    own = lookup_sidecars(path)
+    linked(path, link)
+    if own and not link.samefile(path):  # a copy: so are the lookup files
+        for sidecar in own:
+            shutil.copy(sidecar, link.with_name(link.name + sidecar.name[len(path.name) :]))
+        return None
+    start = time.perf_counter()
+    write_lookup_files(link, link, path if own else None)
+    return None if own else time.perf_counter() - start
+
+
 def without_indexes(path: Path, workdir: Path) -> Path:
-    """A copy of the serving file at ``path`` with every index dropped (the same rows, sorted)."""
-    copy = workdir / "serving_without_index.duckdb"
-    copy.unlink(missing_ok=True)
+    """A copy of the serving file at ``path`` with every index dropped (the same rows, sorted), and no
+    lookup files beside it (a previous run's are removed)."""
+    copy = workdir / WITHOUT_INDEX
+    _remove(copy)
     shutil.copy(path, copy)
     copy.chmod(0o644)
     with duckdb.connect(str(copy)) as con:
@@ -269,6 +331,24 @@ def without_indexes(path: Path, workdir: Path) -> Path:
             con.execute(f'DROP INDEX "{name}"')
         con.execute("CHECKPOINT")
     return copy
+
+
+def keep_file(served: Path, keep: Path) -> None:
+    """Move the published file to ``keep`` with its lookup files, renamed for it (``--serving keep`` finds
+    them); those of a file kept there before go."""
+    sidecars = lookup_sidecars(served)
+    _remove(keep)
+    shutil.move(served, keep)
+    for sidecar in sidecars:
+        shutil.move(sidecar, keep.with_name(keep.name + sidecar.name[len(served.name) :]))
+
+
+def check_layouts(layouts: dict[str, Path]) -> None:
+    """A layout has lookup files beside it if and only if it is "lookup files": else it measures another."""
+    for name, path in layouts.items():
+        if bool(lookup_sidecars(path)) != (name == "lookup files"):
+            state = "has" if lookup_sidecars(path) else "has no"
+            raise RuntimeError(f"layout {name!r}: {path} {state} lookup files beside it")
 
 
 def _window(steps: list[dict[str, Any]], n: int, key: str) -> float:
@@ -314,10 +394,14 @@ def report_publishes(r: dict[str, Any], meta: dict[str, Any]) -> str:
 def report_lookups(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """Point lookups (SQL on the view, `batchml.lookup` of one id) and batch lookups per layout."""
     published = f"publish {meta['publish_seconds']:.1f} s, " if meta.get("publish_seconds") else ""
+    written = meta.get("lookup_write_seconds")
+    files = f"lookup files {meta['lookup_mib']:.0f} MiB" + (
+        f" (written in {written:.1f} s)" if written is not None else ""
+    )
     lines = [
         f"rows={meta['rows']:,}  point lookups={meta['points']:,}  {meta['cores']} cores, duckdb "
         f"{meta['duckdb']}, reader threads {meta['threads']}, memory_limit {meta['memory_limit']}; "
-        f"{published}file {meta['file_mib']:.0f} MiB",
+        f"{published}file {meta['file_mib']:.0f} MiB, {files}",
         f"{'layout':<16}{'SQL p50':>9}{'p99 ms':>8}{'lookup p50':>12}{'p99 ms':>8}"
         + "".join(f"{f'{n // 1000}k ids/s':>13}" for n in BATCHES),
     ]
@@ -379,12 +463,7 @@ def main() -> None:
         return
 
     if args.mode == "lookups" and args.serving:  # an existing file: no setup, no copy without indexes
-        served = args.serving.resolve()
-        with duckdb.connect(str(served), read_only=True) as con:
-            (rows,) = con.execute("SELECT count(*) FROM predictions").fetchone() or (0,)
-        meta = _meta(args, rows, publish_seconds=None, file_mib=served.stat().st_size / 2**20)
-        result = measure_lookups(args, {"ART index": served})
-        _report(args, rows, meta, result, report_lookups(result, meta))
+        measure_serving_file(args)
         return
 
     import batchml
@@ -407,20 +486,57 @@ def main() -> None:
             published = run_child(__file__, ["child", "--child", "publish", setup["toml"], setup["dataset"]])
             meta = _meta(args, rows, publish_seconds=published["seconds"], file_mib=published["file_mib"])
             served = batchml.database_path(batchml.Project.open(setup["toml"])).resolve()
+            meta["lookup_mib"] = _mib(lookup_sidecars(served))
             if args.keep:  # a 100M-row file takes minutes to build: keep it, measure it with --serving
-                shutil.move(served, args.keep)
+                keep_file(served, args.keep.resolve())
                 print(
                     f"published in {published['seconds']:.1f} s (score + publish peak RSS "
-                    f"{published['peak_rss_mib']:.0f} MiB), kept at {args.keep}"
+                    f"{published['peak_rss_mib']:.0f} MiB), kept at {args.keep} with "
+                    f"{meta['lookup_mib']:.0f} MiB of lookup files"
                 )
                 return
-            layouts = {"zone maps only": without_indexes(served, args.workdir.resolve()), "ART index": served}
+            layouts = {
+                "zone maps only": without_indexes(served, workdir),
+                "ART index": linked(served, workdir / ART_LINK),
+                "lookup files": served,
+            }
+            check_layouts(layouts)
             result = measure_lookups(args, layouts)
             text = report_lookups(result, meta)
     finally:
         shutil.rmtree(setup["project"])
-        (workdir / "serving_without_index.duckdb").unlink(missing_ok=True)
+        _clean(workdir)
     _report(args, rows, meta, result, text)
+
+
+def measure_serving_file(args: argparse.Namespace) -> None:
+    """``--serving FILE``: "ART index" and "lookup files" on FILE's rows, through links in the workdir."""
+    served, workdir = args.serving.resolve(), args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if served.parent == workdir and served.name in (WITHOUT_INDEX, ART_LINK, FILES_LINK):
+        sys.exit(f"--serving {served} is invalid: the benchmark replaces that file; move or rename it")
+    with duckdb.connect(str(served), read_only=True) as con:
+        (rows,) = con.execute("SELECT count(*) FROM predictions").fetchone() or (0,)
+    try:
+        art = linked(served, workdir / ART_LINK) if lookup_sidecars(served) else served
+        written = with_lookup_files(served, workdir / FILES_LINK)
+        if written is not None:
+            print(f"{served.name} has no lookup files: wrote them beside a link of it in {written:.1f} s")
+        files = lookup_sidecars(workdir / FILES_LINK)
+        meta = _meta(args, rows, publish_seconds=None, file_mib=served.stat().st_size / 2**20,
+                     lookup_mib=_mib(files), lookup_write_seconds=written)  # fmt: skip
+        layouts = {"ART index": art, "lookup files": workdir / FILES_LINK}
+        check_layouts(layouts)
+        result = measure_lookups(args, layouts)
+    finally:
+        _clean(workdir)
+    _report(args, rows, meta, result, report_lookups(result, meta))
+
+
+def _clean(workdir: Path) -> None:
+    """Remove what the benchmark made in the workdir: links, the copy without indexes, their lookup files."""
+    for name in (WITHOUT_INDEX, ART_LINK, FILES_LINK):
+        _remove(workdir / name)
 
 
 def _memory(args: argparse.Namespace) -> str:

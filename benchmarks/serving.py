@@ -18,7 +18,9 @@ batchml's reader settings: point lookups (``--points`` random served ids, each a
 ``SELECT * FROM predictions WHERE model = ? AND entity_id = ?``, and as ``batchml.lookup(con, model, [id])``
 in turn, p50/p99 of each) and ``batchml.lookup`` of 1k, 10k and 100k ids (10% not served; ids/s of the fastest
 of 3; then the same point lookups again: every block they read is loaded by then, as in a reader that has
-served a while). It does so on three layouts of the same rows, side by side:
+served a while; then ``batchml.lookup`` of those ids alone, not in turn with SQL, as an app that only looks
+ids up asks: a query just before each mapped lookup triples what it takes). It does so on three layouts
+of the same rows, side by side:
 
 - "zone maps only": a copy of the file with its indexes dropped (rows still sorted by entity id);
 - "ART index": the published file under another name (a hard link in the workdir): no lookup files beside
@@ -208,6 +210,14 @@ def child_lookups(path: str, points: int, threads: int | None, memory: str) -> d
     # The same ids again: each index and row block they read is loaded by now, as in a reader that has
     # served long enough to have read every block once (the first read of a block copies it from the file).
     result.update({f"warm_{k}": v for k, v in _point_figures(_points(con, ids)).items()})
+    # And `batchml.lookup` alone, as an app that only looks ids up asks: a DuckDB query just before each
+    # mapped lookup (the pass above) triples what the lookup itself takes (caches the query evicted).
+    alone = []
+    for entity in ids:
+        start = time.perf_counter()
+        batchml.lookup(con, MODEL, [entity])
+        alone.append(time.perf_counter() - start)
+    result.update({f"alone_api_{k}": v for k, v in _quantiles(alone).items()})
     for size in BATCHES:
         asked = [str(r[0]) for r in con.execute(SAMPLE.format(rows=size - size // 10)).fetchall()]
         asked += [f"missing-{i}" for i in range(size // 10)]
@@ -416,6 +426,10 @@ def report_lookups(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> 
             lines.append(
                 f"{'  same ids again':<16}{r['warm_sql_p50_ms']:>9.3f}{r['warm_sql_p99_ms']:>8.3f}"
                 f"{r['warm_api_p50_ms']:>12.3f}{r['warm_api_p99_ms']:>8.3f}"
+            )
+        if "alone_api_p50_ms" in r:
+            lines.append(
+                f"{'  lookup alone':<16}{'':>17}{r['alone_api_p50_ms']:>12.3f}{r['alone_api_p99_ms']:>8.3f}"
             )
     if "parallel" in results:
         r = results["parallel"]

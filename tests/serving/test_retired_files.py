@@ -16,8 +16,10 @@ import duckdb
 import batchml
 from batchml.serving.database import build_serving_db
 from batchml.serving.gc import collect
+from batchml.serving.lookup_files import SUFFIX, sidecars
 from batchml.serving.pointer import GRACE_SECONDS, serving_path
 from batchml.serving.readers import open_current
+from batchml.serving.run_tables import run_table_name
 
 HOUR = 3600.0
 
@@ -30,6 +32,12 @@ def _age(path: Path, seconds: float) -> Path:
 
 def _serving_names(project: batchml.Project) -> set[str]:
     return {p.name for p in project.serving_dir.glob("serving-*")}
+
+
+def _own(path: Path, run: batchml.PredictionRun) -> set[str]:
+    """The names of serving file `path` and of its sidecars: its log state and the run's lookup files."""
+    table = run_table_name("default_risk", run.run_id).strip('"')
+    return {path.name, f"{path.name}.logs", *(p.name for p in sidecars(path, table))}
 
 
 def _build(project: batchml.Project, **kwargs: float) -> Path:
@@ -47,13 +55,11 @@ def test_a_replaced_file_stays_for_the_grace_period_counted_from_its_replacement
 ) -> None:
     first = _age(serving_path(project.serving_dir).resolve(), 2 * HOUR)  # built long ago, current until now
     second = _build(project)
-    assert {first.name, f"{first.name}.logs"} <= _serving_names(project)  # replaced a moment ago: kept
+    assert _own(first, published) <= _serving_names(project)  # replaced a moment ago: kept
 
     _age(second, GRACE_SECONDS + 5)  # `first` was replaced when `second` was installed: that long ago
     third = _build(project)
-    assert _serving_names(project) == {
-        second.name, f"{second.name}.logs", third.name, f"{third.name}.logs"
-    }  # fmt: skip
+    assert _serving_names(project) == _own(second, published) | _own(third, published)
 
 
 def test_publishing_many_times_keeps_only_the_files_within_the_grace_period(
@@ -61,7 +67,7 @@ def test_publishing_many_times_keeps_only_the_files_within_the_grace_period(
 ) -> None:
     for _ in range(5):
         current = _build(project, grace_seconds=0)
-    assert _serving_names(project) == {current.name, f"{current.name}.logs"}
+    assert _serving_names(project) == _own(current, published)
 
 
 def test_a_reader_keeps_reading_the_file_it_opened_after_it_is_collected(
@@ -100,13 +106,15 @@ def test_gc_collects_replaced_files_by_their_replacement_time_and_orphaned_sidec
     first = _build(project, grace_seconds=0)  # the only file
     second = _build(project)
     orphan = project.serving_dir / "serving-20000101T000000000000-deadbeef.duckdb.logs"
-    orphan.write_text("{}")
-    _age(orphan, 2 * HOUR)
+    lookup = orphan.with_name(f"serving-20000101T000000000000-deadbeef.duckdb.run__m__r.{SUFFIX}.keys")
+    for leftover in (orphan, lookup):  # of a build that crashed before its flip
+        leftover.write_text("{}")
+        _age(leftover, 2 * HOUR)
     young = collect(project.storage, project.serving_dir, grace_seconds=HOUR)
-    assert young.deleted == [str(orphan)] and str(first) in young.kept_young
+    assert young.deleted == [str(orphan), str(lookup)] and str(first) in young.kept_young
 
     _age(second, 2 * HOUR)
     report = collect(project.storage, project.serving_dir, grace_seconds=HOUR)
     assert report.deleted == [str(first)]
-    assert _serving_names(project) == {second.name, f"{second.name}.logs"}
+    assert _serving_names(project) == _own(second, published)
     assert _count(batchml.connect(project))[0] == published.rows

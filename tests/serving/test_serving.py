@@ -28,6 +28,7 @@ from batchml.errors import NotFoundError, ReadOnlyError
 from batchml.scoring import run_checksum
 from batchml.serving import indexed_fill, lookup, prediction_tables, run_tables
 from batchml.serving.database import build_serving_db
+from batchml.serving.lookup_files import sidecars
 from batchml.serving.prediction_tables import PREDICTION_SCHEMA
 from batchml.serving.readers import connect_serving
 from tests.conftest import PROJECT_TOML
@@ -234,7 +235,11 @@ def test_old_serving_files_are_collected_after_the_grace_period(
 ) -> None:
     current = build_serving_db(project.storage, project.serving_dir, grace_seconds=0)
     beside = f"{current.name}.logs"  # the log state it reflects (see `batchml.serving.logstate`)
-    assert sorted(p.name for p in project.serving_dir.glob("serving-*")) == [current.name, beside]
+    table = run_tables.run_table_name("default_risk", published.run_id).strip('"')
+    lookup_files = [p.name for p in sidecars(current, table)]  # the run's lookup files (`lookup_files`)
+    assert sorted(p.name for p in project.serving_dir.glob("serving-*")) == sorted(
+        [current.name, beside, *lookup_files]
+    )
 
 
 @pytest.mark.parametrize(

@@ -89,9 +89,8 @@ def _link(sources: tuple[Path, Path], targets: tuple[Path, Path]) -> bool:
 def _write(con: duckdb.DuckDBPyConnection, table: str, keys_path: Path, rows_path: Path) -> bool:
     """Write `table`'s files (see the module docstring); False, and nothing left behind, if it cannot."""
     name = f'"{table}"'  # validated names: no quotes inside
-    rows, width = con.execute(f"SELECT count(*), coalesce(max(strlen(entity_id)), 1) FROM {name}").fetchall()[
-        0
-    ]
+    sizes = f"SELECT count(*), coalesce(max(strlen(entity_id)), 1) FROM {name}"  # strlen: UTF-8 bytes
+    rows, width = con.execute(sizes).fetchall()[0]
     if not rows:
         return False  # nothing to find: DuckDB answers at once
     if width > MAX_KEY_BYTES:

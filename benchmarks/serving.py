@@ -144,6 +144,8 @@ def child_publishes(toml: str, dataset: str, publishes: int, points: int) -> dic
         "loop_seconds": time.perf_counter() - began,
         "serving_files": len(serving_files),
         "serving_mib": sum(p.stat().st_size for p in serving_files) / 2**20,
+        # Their sidecars: the log state and the lookup files (a kept run's links count once per name)
+        "sidecar_mib": sum(p.stat().st_size for p in project.serving_dir.glob("serving-*.duckdb.*")) / 2**20,
         "grace_seconds": GRACE_SECONDS,
     }
     folders = (Path(project.storage.root), project.serving_dir)
@@ -391,6 +393,7 @@ def report_publishes(r: dict[str, Any], meta: dict[str, Any]) -> str:
             f"serving folder after {len(steps)} publishes in {r['loop_seconds']:.0f} s: "
             f"{r['serving_files']} files, {r['serving_mib']:.0f} MiB (the current file and those replaced "
             f"within the last {r['grace_seconds']:.0f} s)"
+            + (f", and {r['sidecar_mib']:.0f} MiB of their sidecars" if "sidecar_mib" in r else "")
         )
     if "at_lookup_p50_ms" in r:
         lines.append(

@@ -26,6 +26,7 @@ from batchml.scoring.runs import get_run
 from batchml.serving.catalog import build_tables
 from batchml.serving.experiments import ASSIGNMENTS_VIEW
 from batchml.serving.logstate import (
+    LOOKUP_FILES,
     SIZED_FOR,
     LogState,
     log_state,
@@ -171,7 +172,8 @@ def build_serving_db(
             # it was sized for (`operations` rebuilds a file sized for others).
             if lookup_files:  # before the file too: a reader that finds the file finds them
                 write_lookup_files(building, final, previous)  # `full`: all written anew, none linked
-            write_state_file(final, state, **{TIMINGS: timings, SIZED_FOR: reader_memory_limit})
+            recorded = {TIMINGS: timings, SIZED_FOR: reader_memory_limit, LOOKUP_FILES: lookup_files}
+            write_state_file(final, state, **recorded)
             install(serving_dir, building, final, grace_seconds)
         finally:
             building.unlink(missing_ok=True)

@@ -38,6 +38,8 @@ LOGS: dict[str, str] = {
 TABLE = "serving_logs"
 #: The key beside a serving file of the reader memory limit its indexes were sized for (`[serving]`).
 SIZED_FOR = "reader_memory_limit"
+#: Beside a serving file: whether its installer wrote lookup files (`[serving] lookup_files`, `lookup_files`).
+LOOKUP_FILES = "lookup_files"
 _PARENTS = {"models": (ALIASES,), "publications": (PUBLISHED, STAGING), "releases": (CANARY, EXPERIMENTS)}
 
 

@@ -37,11 +37,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from batchml.serving.run_tables import STORED_COLUMNS
+from batchml.serving.run_tables import LOOKUP_FILES_SUFFIX, STORED_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SUFFIX = "lookup-v1"  # a new layout gets a new suffix: old readers never misread it
+SUFFIX = LOOKUP_FILES_SUFFIX
 #: The widest entity id (UTF-8 bytes) a table's keys are written for: every key takes the widest id's bytes.
 MAX_KEY_BYTES = 64
 #: Rows per Arrow record batch (at least): a batch lookup takes from each batch that holds one of its ids

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,11 +41,20 @@ from types import TracebackType
 
 from batchml.errors import BatchMLError
 from batchml.project import Project
-from batchml.serving.logstate import SIZED_FOR, LogState, beside, event_log, lagging, log_state, served_state
+from batchml.serving.logstate import (
+    LOOKUP_FILES,
+    SIZED_FOR,
+    LogState,
+    beside,
+    event_log,
+    lagging,
+    log_state,
+    served_state,
+)
 from batchml.serving.pointer import serving_lock
 from batchml.serving.publish_timing import record_publish_timings
 from batchml.serving.readers import serving_path
-from batchml.serving.run_tables import READER_MEMORY_LIMIT
+from batchml.serving.run_tables import LOOKUP_FILES_SUFFIX, READER_MEMORY_LIMIT
 from batchml.serving.snapshots import commit_snapshot, pull_if_current
 from batchml.sizes import size_bytes
 from batchml.store.eventlog import DERIVED_PREFIX, Operation, check_operation_key
@@ -151,9 +161,31 @@ def _resized(project: Project) -> str | None:
     return f"its indexes are sized for readers with {sized_for}, [serving] reader_memory_limit is {wanted}"
 
 
+def _lookup_files_changed(project: Project) -> str | None:
+    """Why the current serving file's lookup files differ from the project's `[serving] lookup_files` (None:
+    as set, or no file). A file records whether its installer wrote them; for one that does not (its state
+    beside it lost, or built before lookup files) the folder tells."""
+    link = serving_path(project.serving_dir)
+    if not link.exists():
+        return None
+    served = link.resolve()
+    written = beside(served, LOOKUP_FILES)
+    if written is None:
+        written = any(served.parent.glob(f"{glob.escape(served.name)}.*.{LOOKUP_FILES_SUFFIX}.*"))
+    wanted = project.config.serving.lookup_files
+    if written == wanted:
+        return None
+    return f"it has {'' if written else 'no '}lookup files, [serving] lookup_files is {str(wanted).lower()}"
+
+
+def _settings_changed(project: Project) -> str | None:
+    """Why the current serving file was built for other `[serving]` settings than the project's."""
+    return "; ".join(why for why in (_resized(project), _lookup_files_changed(project)) if why) or None
+
+
 def _rebuild_if_behind(project: Project, recorded: LogState | None, current: LogState) -> list[str]:
     behind = lagging(recorded, current)
-    resized = _resized(project)  # the file follows from the logs and from this setting
+    resized = _settings_changed(project)  # the file follows from the logs and from these settings
     storage, serving_dir = project.storage, project.serving_dir
     remote = not storage.is_local
     files = project.config.serving.lookup_files

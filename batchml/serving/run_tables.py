@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import duckdb
 
+#: The suffix of a run table's lookup files (`lookup_files`): a new layout gets a new suffix, so old readers
+#: never misread one. Here because commands that only check the serving folder must not import numpy.
+LOOKUP_FILES_SUFFIX = "lookup-v1"
 #: The columns a run table stores per row, in table order (the run's constants are literals in the views).
 STORED_COLUMNS = ("entity_id", "prediction", "predicted_class", "input_hash", "reasons", "flags")
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from batchml.errors import ConflictError, IntegrityError, NotFoundError
-from batchml.serving.logstate import LogState, served_state, write_state_file
+from batchml.serving.logstate import LOOKUP_FILES, LogState, served_state, write_state_file
 from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock, serving_path
 from batchml.store.eventlog import EventLog
 from batchml.store.storage import FileEntry, Storage
@@ -213,7 +213,7 @@ def _fetch(
             from batchml.serving.lookup_files import write_lookup_files  # numpy and pyarrow: only now
 
             write_lookup_files(partial, final, _local_file(serving_dir)[0])
-        write_state_file(final, snapshot.state)  # before the file, as a build does (`logstate`)
+        write_state_file(final, snapshot.state, **{LOOKUP_FILES: lookup_files})  # before the file, as a build
         install(serving_dir, partial, final, grace_seconds)
     finally:
         partial.unlink(missing_ok=True)

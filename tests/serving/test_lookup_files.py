@@ -19,6 +19,7 @@ from batchml.serving import lookup as lookup_module
 from batchml.serving import lookup_files
 from batchml.serving.database import build_serving_db
 from batchml.serving.lookup_files import LookupFiles, sidecars, write_lookup_files
+from batchml.serving.operations import catch_up
 from batchml.serving.run_tables import STORED_COLUMNS, run_table_name
 from tests.conftest import PROJECT_TOML
 from tests.serving.test_serving import second_run
@@ -159,3 +160,19 @@ def test_a_bad_setting_is_one_clear_line(
 ) -> None:
     with pytest.raises(BatchMLError, match=r"serving.lookup_files: must be true or false \(got 'yes'\)"):
         make_project(PROJECT_TOML.format(source=loans_csv) + '\n[serving]\nlookup_files = "yes"\n')
+
+
+def test_changing_the_setting_rebuilds_the_file_at_the_next_command(
+    project: batchml.Project, published: batchml.PredictionRun
+) -> None:
+    """Like `reader_memory_limit`: the file follows the setting without waiting for a publish."""
+    table = run_table_name("default_risk", published.run_id).strip('"')
+    toml = project.base_dir / "batchml.toml"
+    toml.write_text(toml.read_text() + "\n[serving]\nlookup_files = false\n")
+    off = batchml.Project.open(toml)
+    assert catch_up(off) == ["it has lookup files, [serving] lookup_files is false"]
+    without = batchml.database_path(off).resolve()
+    assert not any(p.exists() for p in sidecars(without, table))
+    assert catch_up(off) == []  # as set: nothing to do
+    assert catch_up(project) == ["it has no lookup files, [serving] lookup_files is true"]  # the default
+    assert all(p.exists() for p in sidecars(batchml.database_path(project).resolve(), table))

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 
 from batchml.scoring.runs import PredictionRun
-from batchml.serving.run_tables import STORED_COLUMNS, index_fits, literal, run_table_name
+from batchml.serving.run_tables import STORED_COLUMNS, database_file, index_fits, literal, run_table_name
 from batchml.sizes import size_bytes
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ def sorted_rows(con: duckdb.DuckDBPyConnection, select: str, threads: int | None
     """The rows of `select` (sorted) as a table in a scratch database file beside the file being built
     (see `_SORTED`), with `threads` (None: unchanged); the file is detached and deleted after the block,
     and a crash's leftover is collected with the build's (`.building-*`, `serving.gc`)."""
-    found = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
-    scratch = Path(f"{(found.fetchone() or ('',))[0]}.sorted")
+    scratch = Path(f"{database_file(con)}.sorted")
     con.execute(f"ATTACH {literal(str(scratch))} AS {_SCRATCH}")
     try:
         with using_threads(con, threads):

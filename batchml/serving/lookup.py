@@ -41,7 +41,13 @@ from batchml.errors import ConfigError, DataError, NotFoundError
 from batchml.names import check_name
 from batchml.serving.lookup_files import LookupFiles, lookup_files
 from batchml.serving.readers import connect
-from batchml.serving.run_tables import STORED_COLUMNS, index_fits, indexed_rows, run_table_name
+from batchml.serving.run_tables import (
+    STORED_COLUMNS,
+    database_file,
+    index_fits,
+    indexed_rows,
+    run_table_name,
+)
 from batchml.sizes import size_bytes
 
 if TYPE_CHECKING:
@@ -187,7 +193,6 @@ class _ServedRun:
 
 
 _WHERE = "SELECT current_database(), current_schema()"
-_PATH = "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
 
 
 def _probe_side_by_side(
@@ -276,7 +281,7 @@ def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _Ser
     # evicts index memory, so lookups through one it cannot hold fail after a few thousand (and ever after).
     usable = bool(indexed) and index_fits(indexed_rows(con), memory)
     off = _OFF_INDEX if indexed and not usable else ""
-    (path,) = con.execute(_PATH).fetchall()[0]
+    path = database_file(con)
     return _ServedRun(
         one=f"SELECT {_STORED} FROM {table} WHERE entity_id = $1{off}",
         many=f"SELECT {_STORED} FROM {table} WHERE entity_id = ANY(CAST($1 AS VARCHAR[])) ORDER BY entity_id",
@@ -284,7 +289,7 @@ def _find_run(con: duckdb.DuckDBPyConnection, model: str, memory: float) -> _Ser
             WHERE entity_id IN (SELECT unnest(CAST($1 AS VARCHAR[]))){off} ORDER BY entity_id""",
         constants=row,
         probes=int(rows * SCAN_SHARE) if usable else 0,  # no index, or not one to use: always a scan
-        files=lookup_files(str(path), table.strip('"')) if path else None,  # an in-memory db has none
+        files=lookup_files(path, table.strip('"')) if path else None,  # an in-memory db has none
     )
 
 

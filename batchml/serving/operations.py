@@ -147,28 +147,21 @@ def catch_up(project: Project) -> list[str]:
     return _rebuild_if_behind(project, served_state(project.serving_dir), log_state(project.storage))
 
 
-def _resized(project: Project) -> str | None:
-    """Why the current serving file's indexes are sized for other readers than the project's `[serving]
-    reader_memory_limit` (None: the same, or no file). A file records it beside itself; one that does not
-    was sized for the default."""
-    link = serving_path(project.serving_dir)
-    if not link.exists():
-        return None
-    sized_for = beside(link.resolve(), SIZED_FOR) or READER_MEMORY_LIMIT
+def _resized(project: Project, served: Path) -> str | None:
+    """Why the serving file `served`'s indexes are sized for other readers than the project's `[serving]
+    reader_memory_limit` (None: the same). A file records it beside itself; one that does not was sized for
+    the default."""
+    sized_for = beside(served, SIZED_FOR) or READER_MEMORY_LIMIT
     wanted = project.config.serving.reader_memory_limit
     if size_bytes(str(sized_for)) == size_bytes(wanted):
         return None
     return f"its indexes are sized for readers with {sized_for}, [serving] reader_memory_limit is {wanted}"
 
 
-def _lookup_files_changed(project: Project) -> str | None:
-    """Why the current serving file's lookup files differ from the project's `[serving] lookup_files` (None:
-    as set, or no file). A file records whether its installer wrote them; for one that does not (its state
+def _lookup_files_changed(project: Project, served: Path) -> str | None:
+    """Why the serving file `served`'s lookup files differ from the project's `[serving] lookup_files`
+    (None: as set). A file records whether its installer wrote them; for one that does not (its state
     beside it lost, or built before lookup files) the folder tells."""
-    link = serving_path(project.serving_dir)
-    if not link.exists():
-        return None
-    served = link.resolve()
     written = beside(served, LOOKUP_FILES)
     if written is None:
         written = any(served.parent.glob(f"{glob.escape(served.name)}.*.{LOOKUP_FILES_SUFFIX}.*"))
@@ -179,8 +172,14 @@ def _lookup_files_changed(project: Project) -> str | None:
 
 
 def _settings_changed(project: Project) -> str | None:
-    """Why the current serving file was built for other `[serving]` settings than the project's."""
-    return "; ".join(why for why in (_resized(project), _lookup_files_changed(project)) if why) or None
+    """Why the current serving file was built for other `[serving]` settings than the project's (None: the
+    same, or no file)."""
+    link = serving_path(project.serving_dir)
+    if not link.exists():
+        return None
+    served = link.resolve()
+    changed = (_resized(project, served), _lookup_files_changed(project, served))
+    return "; ".join(why for why in changed if why) or None
 
 
 def _rebuild_if_behind(project: Project, recorded: LogState | None, current: LogState) -> list[str]:

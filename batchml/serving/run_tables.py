@@ -19,6 +19,13 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def database_file(con: duckdb.DuckDBPyConnection) -> str:
+    """The file of the database `con` uses now ('' for an in-memory one)."""
+    sql = "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    found = con.execute(sql).fetchall()  # not fetchone: it leaves the result open
+    return str(found[0][0] or "") if found else ""
+
+
 def run_table_name(model: str, run_id: str) -> str:
     """The quoted name of the table holding run `run_id` of `model` (validated names: no quotes inside)."""
     return f'"run__{model}__{run_id}"'

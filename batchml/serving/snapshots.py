@@ -42,7 +42,14 @@ from typing import Any
 
 from batchml.errors import ConflictError, IntegrityError, NotFoundError
 from batchml.serving.logstate import LOOKUP_FILES, LogState, served_state, write_state_file
-from batchml.serving.pointer import GRACE_SECONDS, install, new_serving_file, serving_lock, serving_path
+from batchml.serving.pointer import (
+    GRACE_SECONDS,
+    current_file_name,
+    install,
+    new_serving_file,
+    serving_lock,
+    serving_path,
+)
 from batchml.store.eventlog import EventLog
 from batchml.store.storage import FileEntry, Storage
 
@@ -212,7 +219,8 @@ def _fetch(
         if lookup_files:  # derived from the file on each host: a snapshot is the file alone
             from batchml.serving.lookup_files import write_lookup_files  # numpy and pyarrow: only now
 
-            write_lookup_files(partial, final, _local_file(serving_dir)[0])
+            current = current_file_name(serving_dir)  # its runs' lookup files are linked, not rewritten
+            write_lookup_files(partial, final, serving_dir / current if current else None)
         write_state_file(final, snapshot.state, **{LOOKUP_FILES: lookup_files})  # before the file, as a build
         install(serving_dir, partial, final, grace_seconds)
     finally:
